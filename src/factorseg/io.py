@@ -1,0 +1,413 @@
+"""Safe file I/O: validated NIfTI reading, grid consistency checks, atomic writes and checkpoints.
+
+Everything a user hands to the CLI goes through here, so that a bad file produces a one-line
+:class:`~factorseg.errors.InputError` naming the file and the problem instead of a traceback from deep
+inside nibabel, gzip or pickle. Inputs are only ever opened for reading. Outputs are written to a temporary
+file in the destination folder and renamed into place, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import secrets
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError, SpatialImage
+
+from factorseg import __version__
+from factorseg.errors import InputError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "NIFTI_SUFFIXES",
+    "Volume",
+    "atomic_path",
+    "atomic_write",
+    "check_same_grid",
+    "load_checkpoint",
+    "read_image",
+    "save_checkpoint",
+    "save_nifti",
+]
+
+#: Version of the checkpoint layout written by :func:`save_checkpoint`; bump it on incompatible changes.
+CHECKPOINT_FORMAT = 1
+
+#: File name endings accepted as NIfTI (single-file NIfTI-1 or NIfTI-2, optionally gzip-compressed).
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_NIFTI1_HEADER_SIZE = 348
+_NIFTI2_HEADER_SIZE = 540
+# Errors that reading a damaged gzip stream or a short file can raise (BadGzipFile is an OSError).
+_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError)
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A validated image: voxel data as float32 (scaling applied), its voxel-to-world affine and header.
+
+    ``array`` is 3D, or 4D with channels last when read with ``expect_3d=False``; ``affine`` maps voxel
+    indices to RAS+ world coordinates in millimetres (nibabel convention).
+    """
+
+    path: Path
+    array: np.ndarray
+    affine: np.ndarray
+    header: nib.nifti1.Nifti1Header
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in millimetres along the three spatial axes (column norms of the affine)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def _one_line(exc: BaseException) -> str:
+    """First line of an exception message, so that InputError messages stay one line."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _nifti_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
+
+
+def _read_raw_header(path: Path) -> nib.nifti1.Nifti1Header:
+    """Check that ``path`` is a readable, non-empty, single-file NIfTI and return its unfixed header.
+
+    The header is parsed with ``check=False`` because nibabel silently repairs some absurd values (such as
+    zero or negative voxel sizes) on load, and we want to report those instead of guessing.
+    """
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    suffix = _nifti_suffix(path)
+    if suffix is None:
+        raise InputError(f"{path}: not a NIfTI file (expected a name ending in .nii or .nii.gz)")
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise InputError(f"{path}: file is empty")
+        with open(path, "rb") as raw:
+            if suffix == ".nii.gz":
+                if raw.read(2) != _GZIP_MAGIC:
+                    raise InputError(f"{path}: not gzip-compressed although named .nii.gz (not a NIfTI file?)")
+                raw.seek(0)
+                with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                    block = stream.read(_NIFTI2_HEADER_SIZE)
+            else:
+                block = raw.read(_NIFTI2_HEADER_SIZE)
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
+    if len(block) < 4:
+        raise InputError(f"{path}: truncated NIfTI header ({len(block)} bytes)")
+    sizes = {int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big")}
+    if _NIFTI2_HEADER_SIZE in sizes:
+        header_class: type[nib.nifti1.Nifti1Header] = nib.nifti2.Nifti2Header
+        needed, magic_at, magic_ok = _NIFTI2_HEADER_SIZE, 4, (b"n+2\0",)
+    elif _NIFTI1_HEADER_SIZE in sizes:
+        header_class = nib.nifti1.Nifti1Header
+        needed, magic_at, magic_ok = _NIFTI1_HEADER_SIZE, 344, (b"n+1\0",)
+    else:
+        raise InputError(f"{path}: not a NIfTI file (no NIfTI-1/NIfTI-2 header)")
+    if len(block) < needed:
+        raise InputError(f"{path}: truncated NIfTI header ({len(block)} of {needed} bytes)")
+    magic = block[magic_at : magic_at + 4]
+    if magic not in magic_ok:
+        if magic[:3] in (b"ni1", b"ni2"):
+            raise InputError(f"{path}: is the header of a .hdr/.img pair; convert it to a single-file .nii(.gz)")
+        raise InputError(f"{path}: not a NIfTI file (bad magic string {magic!r})")
+    try:
+        return header_class.from_fileobj(io.BytesIO(block[:needed]), check=False)
+    except (HeaderDataError, ValueError) as exc:
+        raise InputError(f"{path}: invalid NIfTI header ({_one_line(exc)})") from exc
+
+
+def _spatial_shape(shape: tuple[int, ...], path: Path, expect_3d: bool) -> tuple[int, ...]:
+    """Validate dimensionality; drop trailing singleton dimensions beyond the third (or fourth)."""
+    keep = 3 if expect_3d else 4
+    while len(shape) > keep and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) < 3:
+        raise InputError(f"{path}: is {len(shape)}D (shape {tuple(shape)}), expected a 3D volume")
+    if len(shape) > keep:
+        if expect_3d and len(shape) == 4:
+            raise InputError(
+                f"{path}: is 4D with {shape[3]} volumes (shape {tuple(shape)}), expected a single 3D volume"
+            )
+        raise InputError(f"{path}: is {len(shape)}D (shape {tuple(shape)}), expected 3D or 4D")
+    if min(shape) < 1:
+        raise InputError(f"{path}: invalid image shape {tuple(shape)}")
+    return shape
+
+
+def _check_header(header: nib.nifti1.Nifti1Header, path: Path, expect_3d: bool) -> tuple[int, ...]:
+    """Reject headers with impossible geometry; return the validated (squeezed) data shape."""
+    shape = _spatial_shape(tuple(int(v) for v in header.get_data_shape()), path, expect_3d)
+    pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise InputError(
+            f"{path}: absurd header, voxel sizes (pixdim) must be positive, got {tuple(pixdim.tolist())}"
+        )
+    return shape
+
+
+def _checked_affine(img: SpatialImage, path: Path) -> np.ndarray:
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(f"{path}: absurd header, the voxel-to-world affine is singular or not finite")
+    return affine
+
+
+def _open_nifti(path: Path, expect_3d: bool) -> tuple[SpatialImage, tuple[int, ...], np.ndarray]:
+    """Validate file and header, then open the image lazily (no voxel data is read yet).
+
+    Returns the image, its validated data shape (trailing singleton dimensions dropped) and its affine.
+    """
+    shape = _check_header(_read_raw_header(path), path, expect_3d)
+    try:
+        img = nib.load(path, mmap=False)
+    except _READ_ERRORS as exc:
+        raise InputError(f"{path}: unreadable NIfTI file ({_one_line(exc)})") from exc
+    return img, shape, _checked_affine(img, path)
+
+
+def read_image(path: PathLike, expect_3d: bool = True) -> Volume:
+    """Read and validate a NIfTI image; any problem raises a one-line :class:`InputError`.
+
+    Checks, in order: the path exists and is a readable ``.nii``/``.nii.gz`` file with gzip and NIfTI magic
+    bytes, a complete header with positive voxel sizes, the expected dimensionality (3D; a singleton 4th
+    dimension is dropped; ``expect_3d=False`` also allows 4D channel-last images), intact (de)compressed
+    voxel data and a non-singular affine, and finally that no voxel is NaN or infinite.
+    """
+    path = Path(path)
+    img, shape, affine = _open_nifti(path, expect_3d)
+    try:
+        data = img.get_fdata(dtype=np.float32, caching="unchanged")
+    except _READ_ERRORS as exc:
+        if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
+            raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
+        raise InputError(f"{path}: truncated or unreadable voxel data ({_one_line(exc)})") from exc
+    data = data.reshape(shape)
+    n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if n_bad:
+        raise InputError(f"{path}: {n_bad} of {data.size} voxels are NaN or infinite")
+    return Volume(path=path, array=data, affine=affine, header=img.header)
+
+
+def _grid_of(item: Volume | SpatialImage | PathLike, index: int) -> tuple[str, tuple[int, int, int], np.ndarray]:
+    """(name, spatial shape, affine) of an image given as Volume, nibabel image or path (header only)."""
+    if isinstance(item, Volume):
+        return item.path.name, tuple(item.array.shape[:3]), item.affine  # type: ignore[return-value]
+    if isinstance(item, SpatialImage):
+        name = Path(item.get_filename()).name if item.get_filename() else f"image {index}"
+        return name, tuple(int(v) for v in item.shape[:3]), np.asarray(item.affine, dtype=np.float64)  # type: ignore[return-value]
+    path = Path(item)
+    _, shape, affine = _open_nifti(path, expect_3d=False)
+    return path.name, shape[:3], affine  # type: ignore[return-value]
+
+
+def _box_corners(shape: Sequence[int], affine: np.ndarray, outer: bool) -> np.ndarray:
+    """World coordinates (8, 3) of the corners of the voxel-centre box, or of the outer field of view."""
+    lo, hi = (-0.5, 0.5) if outer else (0.0, 0.0)
+    corners = np.array(list(product(*[(lo, n - 1 + hi) for n in shape])), dtype=np.float64)
+    return corners @ affine[:3, :3].T + affine[:3, 3]
+
+
+def check_same_grid(
+    images: Sequence[Volume | SpatialImage | PathLike],
+    atol_mm: float = 1e-3,
+    max_shift_voxels: float = 0.5,
+) -> list[str]:
+    """Check that co-registered images (e.g. the modalities of one case) share the first image's grid.
+
+    Returns one warning per image whose grid differs from the first one but covers the same field of view
+    to within ``max_shift_voxels`` of the first image's smallest voxel size (e.g. rounding in the affine,
+    another orientation or resolution of the same box): the caller should resample it onto the first grid.
+    Differences up to ``atol_mm`` are ignored. Anything further apart raises :class:`InputError`, because
+    resampling would silently misalign the channels; such images need registration first.
+    """
+    if not images:
+        return []
+    ref_name, ref_shape, ref_affine = _grid_of(images[0], 0)
+    ref_voxel = float(np.linalg.norm(ref_affine[:3, :3], axis=0).min())
+    tolerance = max(max_shift_voxels * ref_voxel, atol_mm)
+    ref_outer = _box_corners(ref_shape, ref_affine, outer=True)
+    warnings: list[str] = []
+    for index, item in enumerate(images[1:], start=1):
+        name, shape, affine = _grid_of(item, index)
+        if shape == ref_shape:
+            shift = np.abs(_box_corners(shape, affine, False) - _box_corners(ref_shape, ref_affine, False))
+            if float(np.linalg.norm(shift, axis=1).max()) <= atol_mm:
+                continue
+        outer = _box_corners(shape, affine, outer=True)
+        pairwise = np.linalg.norm(outer[:, None, :] - ref_outer[None, :, :], axis=2)
+        distance = float(max(pairwise.min(axis=0).max(), pairwise.min(axis=1).max()))
+        if distance > tolerance:
+            raise InputError(
+                f"{name}: on a different grid from {ref_name} (shape {shape} vs {ref_shape}, field of view "
+                f"differs by up to {distance:.2f} mm); register the images onto one grid first"
+            )
+        warnings.append(
+            f"{name}: grid differs slightly from {ref_name} (shape {shape} vs {ref_shape}, field of view "
+            f"within {distance:.3g} mm); resampling it onto the grid of {ref_name}"
+        )
+    return warnings
+
+
+@contextmanager
+def atomic_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place on success, delete it on any error.
+
+    The temporary name keeps the destination's file name as its ending (``.tmp-<random>-<name>``) so that
+    writers which pick a format from the suffix (nibabel: ``.nii.gz``) behave as for the final name. An
+    existing destination is refused with :class:`InputError` unless ``overwrite`` is true; without
+    overwrite the final step is a hard link, which fails instead of clobbering a file created meanwhile.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: output folder {path.parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, cannot write a file there")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: already exists (pass overwrite to replace it)")
+    tmp = path.with_name(f".tmp-{secrets.token_hex(6)}-{path.name}")
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"the writer did not create {tmp}")
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError as exc:
+                raise InputError(f"{path}: already exists (pass overwrite to replace it)") from exc
+            except OSError:  # file systems without hard links
+                if path.exists():
+                    raise InputError(f"{path}: already exists (pass overwrite to replace it)") from None
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: PathLike, content: bytes | Callable[[Path], object], overwrite: bool = False) -> Path:
+    """Write ``content`` (bytes, or a function that writes to the path it is given) atomically to ``path``."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        if isinstance(content, bytes | bytearray | memoryview):
+            tmp.write_bytes(bytes(content))
+        else:
+            content(tmp)
+    return Path(path)
+
+
+def save_nifti(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: PathLike,
+    header: nib.nifti1.Nifti1Header | None = None,
+    overwrite: bool = False,
+    dtype: np.dtype | type | str | None = None,
+) -> Path:
+    """Save ``array`` as NIfTI with ``affine`` atomically; ``dtype`` defaults to the array's own dtype.
+
+    With a ``header`` (for instance the input image's) its metadata is kept and the affine and data type are
+    updated; without one, qform and sform are both set to ``affine`` with code 1 (scanner coordinates).
+    """
+    path = Path(path)
+    if _nifti_suffix(path) is None:
+        raise InputError(f"{path}: output name must end in .nii or .nii.gz")
+    data = np.asarray(array) if dtype is None else np.asarray(array, dtype=dtype)
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64), header=header)
+    img.set_data_dtype(data.dtype)
+    if header is None:
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+    atomic_write(path, img.to_filename, overwrite=overwrite)
+    return path
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Raise TypeError unless ``obj`` is built from types that ``torch.load(weights_only=True)`` restores."""
+    if obj is None or type(obj) in (str, int, float, bool) or isinstance(obj, torch.Tensor):
+        return
+    if type(obj) in (dict, OrderedDict):
+        for key, value in obj.items():
+            if type(key) not in (str, int):
+                raise TypeError(f"checkpoint key {key!r} in {where} must be str or int")
+            _check_plain(value, f"{where}[{key!r}]")
+        return
+    if type(obj) in (list, tuple):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} has type {type(obj).__name__}; checkpoints hold only tensors, str/int/float/bool/None, "
+        "lists, tuples and dicts"
+    )
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: PathLike, overwrite: bool = False) -> Path:
+    """Write a checkpoint dict atomically, stamped with ``format_version`` and ``factorseg_version``.
+
+    Only plain data is accepted (tensors, numbers, strings, lists, tuples, dicts) so that
+    :func:`load_checkpoint` can read it back without unpickling arbitrary objects.
+    """
+    payload = dict(obj)
+    payload["format_version"] = CHECKPOINT_FORMAT
+    payload["factorseg_version"] = __version__
+    _check_plain(payload, "checkpoint")
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
+
+
+def load_checkpoint(path: PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` on the CPU, refusing to unpickle code.
+
+    Uses ``torch.load(weights_only=True)``, which only restores tensors and plain containers; files that
+    are not torch checkpoints, hold other objects, or use another checkpoint format raise :class:`InputError`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a checkpoint file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: checkpoint file is empty")
+    refused = f"{path}: is not a factorseg checkpoint or contains untrusted objects (refused to unpickle)"
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError) as exc:
+        raise InputError(refused) from exc
+    if not isinstance(obj, dict) or "format_version" not in obj:
+        raise InputError(f"{path}: is not a factorseg checkpoint (no format_version entry)")
+    version = obj["format_version"]
+    if version != CHECKPOINT_FORMAT:
+        written_by = obj.get("factorseg_version", "an unknown version")
+        hint = "upgrade factorseg" if isinstance(version, int) and version > CHECKPOINT_FORMAT else "re-export it"
+        raise InputError(
+            f"{path}: checkpoint format {version!r} (written by factorseg {written_by}) is not supported; "
+            f"factorseg {__version__} reads format {CHECKPOINT_FORMAT}: {hint}"
+        )
+    return obj

@@ -1,0 +1,197 @@
+"""The U-shaped Factorizer network and the presets of the paper."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from factorseg.blocks import ConvBlock, Downsample, FactorizerBlock, PositionalEmbedding, Upsample, conv_nd
+from factorseg.nmf import Init, Solver
+
+Variant = Literal["swin", "local", "global"]
+
+# Paper presets (Ashtari et al., MedIA 2023). ``crop`` is the training patch size the preset was
+# designed for; the model itself runs on any size divisible by its total stride.
+PRESETS: dict[str, dict[str, Any]] = {
+    "brats": dict(
+        in_channels=4, out_channels=3, widths=(32, 64, 128, 256, 512), head_dim=8, window_size=8, rank=1,
+        nmf_iters=5, solver="hals", mlp_ratio=2.0, dropout=0.1, deep_supervision=True, ds_heads=3, crop=128,
+    ),
+    "isles22": dict(
+        in_channels=2, out_channels=2, widths=(32, 64, 128, 256, 512), head_dim=4, window_size=4, rank=1,
+        nmf_iters=5, solver="hals", mlp_ratio=4.0, dropout=0.1, deep_supervision=True, ds_heads=3, crop=64,
+    ),
+}
+
+
+class Factorizer(nn.Module):
+    """U-shaped network with Factorizer blocks at every encoder and decoder stage.
+
+    Conv stem -> [strided-conv down -> Factorizer blocks] per stage -> [transposed-conv up ->
+    skip concatenation -> 1x1 fuse -> Factorizer blocks] per stage -> 1x1 head. In training mode
+    with ``deep_supervision`` it returns ``[full-res, 1/2-res, ...]`` logits (``ds_heads`` in all);
+    otherwise one tensor.
+
+    ``variant`` picks the matricize: ``"swin"`` (windows at shifts 0 and window/2, averaged),
+    ``"local"`` (windows, no shift) or ``"global"`` (the whole map is one window).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        spatial_dims: int = 3,
+        widths: Sequence[int] = (32, 64, 128, 256, 512),
+        encoder_depths: Sequence[int] | None = None,
+        decoder_depths: Sequence[int] | None = None,
+        variant: Variant = "swin",
+        head_dim: int = 8,
+        window_size: int | Sequence[int] = 8,
+        shifts: Sequence[int | Sequence[int]] | None = None,
+        rank: int = 1,
+        nmf_iters: int = 5,
+        solver: Solver = "hals",
+        init: Init = "fixed",
+        backprop_iters: int | None = None,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.1,
+        deep_supervision: bool = False,
+        ds_heads: int = 3,
+        pos_embed_size: Sequence[int] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        widths = tuple(widths)
+        levels = len(widths)
+        encoder_depths = tuple(encoder_depths or (1,) * levels)
+        decoder_depths = tuple(decoder_depths or (1,) * (levels - 1))
+        if len(encoder_depths) != levels or len(decoder_depths) != levels - 1:
+            raise ValueError("need one encoder depth per width and one decoder depth per width but the last")
+        if any(w % head_dim for w in widths):
+            raise ValueError(f"every width {widths} must be divisible by head_dim {head_dim}")
+        if variant not in ("swin", "local", "global"):
+            raise ValueError(f"unknown Factorizer variant {variant!r}")
+        if deep_supervision and not 1 <= ds_heads <= levels - 1:
+            raise ValueError(f"ds_heads must be between 1 and {levels - 1}")
+        if variant == "global":
+            window, shift_list = None, [0]
+        else:
+            window = window_size
+            if shifts is not None:
+                shift_list = list(shifts)
+            elif variant == "swin":
+                half = [w // 2 for w in (window_size if not isinstance(window_size, int) else [window_size] * spatial_dims)]
+                shift_list = [0, half]
+            else:
+                shift_list = [0]
+        self.spatial_dims, self.deep_supervision, self.ds_heads = spatial_dims, deep_supervision, ds_heads
+        self.total_stride = 2 ** (levels - 1)
+        self._seed = seed
+
+        def blocks(channels: int, depth: int) -> nn.Sequential:
+            made = []
+            for _ in range(depth):
+                made.append(
+                    FactorizerBlock(
+                        channels, spatial_dims, mlp_ratio, dropout, head_dim=head_dim, window_size=window,
+                        shifts=shift_list, rank=rank, num_iters=nmf_iters, solver=solver, init=init,
+                        backprop_iters=backprop_iters, seed=self._seed,
+                    )
+                )
+                self._seed += 1
+            return nn.Sequential(*made)
+
+        self.stem = ConvBlock(in_channels, widths[0], spatial_dims)
+        self.down = nn.ModuleList([Downsample(widths[i - 1], widths[i], spatial_dims) for i in range(1, levels)])
+        self.encoder = nn.ModuleList([blocks(w, d) for w, d in zip(widths, encoder_depths)])
+        self.pos_embed = PositionalEmbedding(widths[-1], pos_embed_size) if pos_embed_size else None
+        conv = conv_nd(spatial_dims)
+        self.up = nn.ModuleList([Upsample(widths[i + 1], widths[i], spatial_dims) for i in range(levels - 1)])
+        self.fuse = nn.ModuleList([conv(2 * widths[i], widths[i], 1) for i in range(levels - 1)])
+        self.decoder = nn.ModuleList([blocks(widths[i], decoder_depths[i]) for i in range(levels - 1)])
+        self.head = conv(widths[0], out_channels, 1)
+        n_aux = ds_heads - 1 if deep_supervision else 0
+        self.aux_heads = nn.ModuleList([conv(widths[i], out_channels, 1) for i in range(1, 1 + n_aux)])
+
+    def check_size(self, spatial: Sequence[int]) -> None:
+        """Raise a clear error for input sizes the strided path cannot halve evenly."""
+        bad = [s for s in spatial if s % self.total_stride]
+        if bad:
+            raise ValueError(
+                f"input size {tuple(spatial)} is not divisible by the network's total stride {self.total_stride}; "
+                "pad the input or use sliding-window inference"
+            )
+
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        self.check_size(x.shape[2:])
+        skips = []
+        h = self.encoder[0](self.stem(x))
+        for i, (down, stage) in enumerate(zip(self.down, self.encoder[1:]), start=1):
+            skips.append(h)
+            h = down(h)
+            if i == len(self.down) and self.pos_embed is not None:
+                h = self.pos_embed(h)
+            h = stage(h)
+        decoded: list[Tensor] = []
+        for i in reversed(range(len(self.up))):
+            h = self.up[i](h)
+            h = self.fuse[i](torch.cat([h, skips[i]], dim=1))
+            h = self.decoder[i](h)
+            decoded.append(h)
+        out = self.head(h)
+        if not (self.training and self.deep_supervision):
+            return out
+        # decoded[-1] is full resolution; decoded[-1 - k] is 1 / 2**k.
+        aux = [head(decoded[-1 - k]) for k, head in enumerate(self.aux_heads, start=1)]
+        return [out, *aux]
+
+
+def build_factorizer(variant: Variant, preset: str | None = None, **overrides: Any) -> Factorizer:
+    """A Factorizer of ``variant``, starting from ``preset`` (``brats``, ``isles22``) and ``overrides``."""
+    params: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        params.update(PRESETS[preset])
+    params.update(overrides)
+    crop = params.pop("crop", None)
+    if params.pop("pos_embed", False):
+        if crop is None and "pos_embed_size" not in params:
+            raise ValueError("pos_embed=True needs crop (the training patch size) or pos_embed_size")
+        levels = len(params.get("widths", (32, 64, 128, 256, 512)))
+        dims = params.get("spatial_dims", 3)
+        params.setdefault("pos_embed_size", [max(1, crop // 2 ** (levels - 1))] * dims)
+    return Factorizer(variant=variant, **params)
+
+
+def preset_crop(preset: str) -> int:
+    """Training patch edge length of a preset."""
+    return int(PRESETS[preset]["crop"])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
+    """Floating-point operations (a multiply-add counts 2) of one eval-mode forward pass on zeros."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(*shape))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def receptive_sizes(model: Factorizer, size: int) -> list[int]:
+    """Spatial edge length at each level for an input edge of ``size``."""
+    levels = int(math.log2(model.total_stride)) + 1
+    return [size // 2**i for i in range(levels)]

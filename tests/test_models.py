@@ -1,0 +1,98 @@
+"""Factorizer models: size-agnostic forward/backward, deep supervision, presets and the registry."""
+
+import pytest
+import torch
+
+from factorseg.models import PRESETS, available, count_flops, count_parameters, create
+from factorseg.nmf import set_nmf_iters
+
+SMALL = dict(widths=(8, 16, 32), head_dim=4, window_size=4, dropout=0.0)
+
+
+@pytest.mark.parametrize("name", ["swin_factorizer", "local_factorizer", "global_factorizer"])
+@pytest.mark.parametrize("preset", ["brats", "isles22"])
+def test_presets_run_at_three_sizes_with_same_weights(name: str, preset: str) -> None:
+    torch.manual_seed(0)
+    model = create(name, preset=preset)
+    model.train()
+    cin, cout, heads = PRESETS[preset]["in_channels"], PRESETS[preset]["out_channels"], PRESETS[preset]["ds_heads"]
+    for size in [(16, 16, 16), (32, 16, 48), (48, 32, 16)]:
+        x = torch.randn(1, cin, *size)
+        outs = model(x)
+        assert isinstance(outs, list) and len(outs) == heads
+        for k, out in enumerate(outs):
+            assert out.shape == (1, cout, *(s // 2**k for s in size))
+        sum(o.float().mean() for o in outs).backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+        model.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, cin, 16, 16, 16))
+    assert isinstance(out, torch.Tensor) and out.shape == (1, cout, 16, 16, 16)
+
+
+def test_2d_model_and_window_larger_than_input() -> None:
+    model = create("swin_factorizer", in_channels=1, out_channels=2, spatial_dims=2, **SMALL)
+    model.eval()
+    for size in [(8, 8), (24, 40), (4, 4)]:
+        assert model(torch.randn(2, 1, *size)).shape == (2, 2, *size)
+
+
+def test_size_not_divisible_by_stride_is_a_clear_error() -> None:
+    model = create("swin_factorizer", in_channels=1, out_channels=2, **SMALL)
+    with pytest.raises(ValueError, match="total stride 4"):
+        model(torch.randn(1, 1, 10, 12, 12))
+
+
+def test_dropout_is_wired_into_every_block() -> None:
+    model = create("swin_factorizer", in_channels=1, out_channels=2, **{**SMALL, "dropout": 0.5})
+    x = torch.randn(1, 1, 8, 8, 8)
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    b = model(x)
+    assert not torch.allclose(a, b)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    from factorseg.blocks import FactorizerBlock
+    for block in (m for m in model.modules() if isinstance(m, FactorizerBlock)):
+        assert block.drop.p == 0.5 and block.mlp.net[2].p == 0.5
+
+
+def test_positional_embedding_resizes() -> None:
+    model = create("swin_factorizer", in_channels=1, out_channels=2, pos_embed=True, crop=16, **SMALL)
+    assert model.pos_embed is not None and model.pos_embed.weight.shape[2:] == (4, 4, 4)
+    model.eval()
+    assert model(torch.randn(1, 1, 32, 16, 24)).shape == (1, 2, 32, 16, 24)
+
+
+def test_nmf_iters_change_on_trained_model() -> None:
+    model = create("swin_factorizer", in_channels=1, out_channels=2, **SMALL).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    before = model(x)
+    assert set_nmf_iters(model, 1) == 5
+    assert not torch.allclose(before, model(x))
+
+
+def test_registry_builds_baselines() -> None:
+    assert {"swin_factorizer", "segresnet", "swinunetr", "unetr", "dynunet", "basicunet"} <= set(available())
+    for name, size, kw in [("segresnet", 32, {}), ("swinunetr", 64, {"feature_size": 12}),
+                           ("unetr", 32, {"img_size": 32}), ("dynunet", 32, {"patch_size": 32}),
+                           ("basicunet", 32, {"features": (4, 4, 8, 16, 32, 4)})]:
+        model = create(name, in_channels=2, out_channels=3, **kw).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 2, size, size, size)).shape == (1, 3, size, size, size), name
+    with pytest.raises(ValueError, match="unknown model"):
+        create("resnet50")
+
+
+def test_isles_preset_size_matches_paper() -> None:
+    """Published: 7.3 M parameters for the ISLES'22 Swin Factorizer."""
+    model = create("swin_factorizer", preset="isles22")
+    assert abs(count_parameters(model) / 1e6 - 7.3) < 0.15
+
+
+def test_flop_counter_counts_convolutions() -> None:
+    conv = torch.nn.Conv3d(2, 4, 1, bias=False)
+    assert count_flops(conv, (1, 2, 4, 4, 4)) == 2 * 2 * 4 * 64

@@ -1,0 +1,165 @@
+"""NMF solvers against their defining properties, scikit-learn and autograd."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import NMF as SkNMF
+
+from factorseg.nmf import NMF, nndsvd, set_nmf_iters
+
+
+def _error(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.matrix_norm(x - u @ v.transpose(-1, -2))
+
+
+SHAPES = [(8, 64, 1), (8, 64, 2), (16, 27, 3), (4, 343, 1), (32, 10, 4)]
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+@pytest.mark.parametrize("m,n,rank", SHAPES)
+def test_objective_never_increases(solver: str, m: int, n: int, rank: int) -> None:
+    gen = torch.Generator().manual_seed(m * n + rank)
+    x = torch.rand(5, m, n, generator=gen, dtype=torch.float64)
+    previous = None
+    for iters in range(0, 30):
+        layer = NMF(m, rank, iters, solver, init="fixed", seed=3).double()
+        err = _error(x, *layer.decompose(x))
+        if previous is not None:
+            assert torch.all(err <= previous * (1 + 1e-10)), (iters, (err - previous).max())
+        previous = err
+
+
+@pytest.mark.parametrize("solver,sk_solver", [("mu", "mu"), ("hals", "cd")])
+@pytest.mark.parametrize("m,n,rank", [(8, 64, 1), (12, 50, 2), (20, 30, 3)])
+def test_matches_sklearn(solver: str, sk_solver: str, m: int, n: int, rank: int) -> None:
+    rng = np.random.default_rng(m + n + rank)
+    # Planted low-rank structure plus noise, as in real feature windows.
+    x = rng.random((m, rank)) @ rng.random((rank, n)) + 0.1 * rng.random((m, n))
+    sk = SkNMF(rank, solver=sk_solver, init="nndsvda", max_iter=2000, tol=1e-12, random_state=0)
+    w = sk.fit_transform(x)
+    sk_rel = np.linalg.norm(x - w @ sk.components_) / np.linalg.norm(x)
+    xt = torch.from_numpy(x)
+    ours = NMF(m, rank, 2000 if solver == "mu" else 500, solver, init="nndsvd").double()
+    u, v = ours.decompose(xt)
+    our_rel = (_error(xt, u, v) / torch.linalg.matrix_norm(xt)).item()
+    assert our_rel <= sk_rel * 1.02 + 1e-9, (our_rel, sk_rel)
+
+
+def test_rank_one_hals_is_power_iteration_fixed_point() -> None:
+    """Rank 1 on nonnegative data converges to the leading singular pair (Perron-Frobenius)."""
+    x = torch.rand(6, 40, dtype=torch.float64) + 0.1
+    u, v = NMF(6, 1, 300, "hals").double().decompose(x)
+    s = torch.linalg.svdvals(x)[0]
+    assert torch.allclose(torch.linalg.matrix_norm(u @ v.T, ord=2), s, rtol=1e-8)
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+@pytest.mark.parametrize("rank", [1, 2])
+def test_gradcheck_full_unrolling(solver: str, rank: int) -> None:
+    layer = NMF(4, rank, 3, solver, init="fixed").double()
+    x = (torch.rand(2, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(rank)) + 0.1)
+    assert torch.autograd.gradcheck(layer, (x.requires_grad_(),), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize("k", [1, 2])
+def test_gradcheck_last_k_iterations(solver: str, rank: int, k: int) -> None:
+    """Last-k mode is the exact gradient of the last k iterations from the (constant) earlier state."""
+    iters = 4
+    x = torch.rand(2, 4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(k + rank)) + 0.1
+    with torch.no_grad():
+        state = NMF(4, rank, iters - k, solver).double().decompose(x)
+    tail = NMF(4, rank, k, solver).double()
+    assert torch.autograd.gradcheck(lambda t: tail(t, warm_start=state), (x.clone().requires_grad_(),), eps=1e-6, atol=1e-5)
+    truncated = NMF(4, rank, iters, solver, backprop_iters=k).double()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    w = torch.rand_like(x)
+    (truncated(xa) * w).sum().backward()
+    (tail(xb, warm_start=state) * w).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_one_step_gradient_only_tracks_last_iteration() -> None:
+    x = (torch.rand(3, 8, 30) + 0.1).requires_grad_()
+    full = NMF(8, 2, 6, "hals", backprop_iters=None)
+    one = NMF(8, 2, 6, "hals", backprop_iters=1)
+    assert torch.allclose(full(x), one(x))  # same forward value
+    g_full = torch.autograd.grad(full(x).sum(), x)[0]
+    g_one = torch.autograd.grad(one(x).sum(), x)[0]
+    assert not torch.allclose(g_full, g_one)
+    # The one-step graph must be much smaller: count autograd nodes.
+    def nodes(t: torch.Tensor) -> int:
+        seen, stack = set(), [t.grad_fn]
+        while stack:
+            f = stack.pop()
+            if f is None or f in seen:
+                continue
+            seen.add(f)
+            stack.extend(n for n, _ in f.next_functions)
+        return len(seen)
+    assert nodes(one(x)) * 3 < nodes(full(x))
+
+
+@pytest.mark.parametrize("init", ["fixed", "random", "nndsvd"])
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_zero_window_is_finite(init: str, solver: str) -> None:
+    x = torch.zeros(2, 3, 8, 27)
+    x[0, 0] = torch.rand(8, 27)
+    out = NMF(8, 2, 5, solver, init)(x)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("solver", ["hals", "mu"])
+def test_half_precision_autocast_is_finite(dtype: torch.dtype, solver: str) -> None:
+    layer = NMF(8, 1, 5, solver)
+    x = torch.rand(4, 8, 512) * 1e3
+    x[0] = 0
+    x[1] = 1e-6
+    with torch.autocast("cpu", dtype=dtype):
+        out = layer(x.to(dtype))
+    assert out.dtype == dtype
+    assert torch.isfinite(out).all()
+    ref = layer(x)
+    assert torch.allclose(out.float(), ref, rtol=2e-2, atol=1e-2)
+
+
+def test_nndsvd_batched_and_nonnegative() -> None:
+    x = torch.rand(2, 3, 5, 10, 12, dtype=torch.float64)
+    u, v = nndsvd(x, 3)
+    assert u.shape == (2, 3, 5, 10, 3) and v.shape == (2, 3, 5, 12, 3)
+    assert (u >= 0).all() and (v >= 0).all()
+    # Rank-1 NNDSVD is the leading singular triplet of a positive matrix.
+    u1, v1 = nndsvd(x, 1)
+    s = torch.linalg.svdvals(x)[..., 0]
+    assert torch.allclose(torch.linalg.matrix_norm(u1 @ v1.transpose(-1, -2), ord=2), s)
+
+
+def test_fixed_init_is_saved_and_reproducible() -> None:
+    a, b = NMF(8, 2, seed=7), NMF(8, 2, seed=7)
+    assert torch.equal(a.u0, b.u0)
+    assert not torch.equal(a.u0, NMF(8, 2, seed=8).u0)
+    assert "u0" in a.state_dict()
+    x = torch.rand(3, 8, 20)
+    assert torch.equal(a(x), b(x))
+
+
+def test_set_nmf_iters_changes_output_and_counts_layers() -> None:
+    model = torch.nn.Sequential(NMF(4, 2, 5), NMF(4, 2, 5))
+    assert set_nmf_iters(model, 1) == 2
+    assert all(m.num_iters == 1 for m in model)
+    x = torch.rand(4, 30)
+    fewer = model[0](x)
+    set_nmf_iters(model, 50)
+    assert not torch.allclose(fewer, model[0](x))
+    with pytest.raises(ValueError):
+        set_nmf_iters(model, -1)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="solver"):
+        NMF(4, solver="als")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rows"):
+        NMF(4)(torch.rand(5, 9))
