@@ -15,6 +15,8 @@ from factorseg import metrics as M
 from factorseg.errors import InputError
 
 torch.set_num_threads(1)
+# MONAI 1.6 warns about its own deprecated argument inside HausdorffDistanceMetric.
+pytestmark = pytest.mark.filterwarnings("ignore:.*always_return_as_numpy:FutureWarning")
 
 SPACING = (1.5, 1.0, 0.7)
 
@@ -218,10 +220,11 @@ def test_surface_touching_image_border() -> None:
     # Foreground on the border: the border counts as background, as in MONAI.
     pred, ref = random_blobs((24, 20, 16), 8, threshold=-0.2)
     assert pred[0].any() and ref[-1].any()
+    p, r, sp = as_monai(pred), as_monai(ref), list(SPACING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hd = float(HausdorffDistanceMetric(include_background=True, percentile=95)(as_monai(pred), as_monai(ref), spacing=list(SPACING))[0, 0])
-        nsd = float(SurfaceDiceMetric([1.0], include_background=True)(as_monai(pred), as_monai(ref), spacing=list(SPACING))[0, 0])
+        hd = float(HausdorffDistanceMetric(include_background=True, percentile=95)(p, r, spacing=sp)[0, 0])
+        nsd = float(SurfaceDiceMetric([1.0], include_background=True)(p, r, spacing=sp)[0, 0])
     assert M.hd95(pred, ref, SPACING) == pytest.approx(hd, abs=1e-4)
     assert M.surface_dice(pred, ref, SPACING, 1.0) == pytest.approx(nsd, abs=1e-6)
 
@@ -241,8 +244,9 @@ def label_maps() -> tuple[np.ndarray, np.ndarray]:
 def test_compute_case_metrics_classes_and_regions() -> None:
     pred, ref = label_maps()
     structures = {"one": {1}, "two": {2}, "whole": {1, 2}}
-    out = M.compute_case_metrics(pred, ref, SPACING, structures, ["dice", "hd95", "nsd", "lesion_f1"], nsd_tolerance=2.0)
-    assert list(out) == [f"{m}/{s}" for m in ("dice", "hd95", "nsd", "lesion_f1") for s in ("one", "two", "whole")]
+    names = ["dice", "hd95", "nsd", "lesion_f1"]
+    out = M.compute_case_metrics(pred, ref, SPACING, structures, names, nsd_tolerance=2.0)
+    assert list(out) == [f"{m}/{s}" for m in names for s in ("one", "two", "whole")]
     for name, values in structures.items():
         p, r = np.isin(pred, list(values)), np.isin(ref, list(values))
         assert out[f"dice/{name}"] == M.dice(p, r)
@@ -255,7 +259,8 @@ def test_compute_case_metrics_classes_and_regions() -> None:
 def test_per_structure_nsd_tolerance() -> None:
     pred, ref = label_maps()
     structures = {"one": [1], "two": [2]}
-    out = M.compute_case_metrics(pred, ref, SPACING, structures, ["nsd"], nsd_tolerance={"one": 0.5, "two": 3.0})
+    tolerances = {"one": 0.5, "two": 3.0}
+    out = M.compute_case_metrics(pred, ref, SPACING, structures, ["nsd"], nsd_tolerance=tolerances)
     assert out["nsd/one"] == M.surface_dice(pred == 1, ref == 1, SPACING, 0.5)
     assert out["nsd/two"] == M.surface_dice(pred == 2, ref == 2, SPACING, 3.0)
     with pytest.raises(InputError, match="two"):
@@ -273,6 +278,7 @@ def test_per_structure_nsd_tolerance() -> None:
         ({"spacing": (1.0, 1.0)}, "spacing"),
         ({"spacing": (1.0, -1.0, 1.0)}, "spacing"),
         ({"spacing": (1.0, float("nan"), 1.0)}, "spacing"),
+        ({"spacing": "1mm"}, "spacing"),
         ({"nsd_tolerance": -1.0, "metrics": ["nsd"]}, "tolerance"),
     ],
 )
@@ -288,3 +294,17 @@ def test_shape_mismatch_is_input_error() -> None:
         M.dice(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)))
     with pytest.raises(InputError, match="shape"):
         M.compute_case_metrics(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), 1.0, {"a": [1]})
+
+
+def test_label_spec_adapter() -> None:
+    from factorseg.data.labels import LABEL_SPECS, LabelSpec
+
+    assert M.structures_from_labels(LABEL_SPECS["brats2021"]) == {"TC": {1, 4}, "WT": {1, 2, 4}, "ET": {4}}
+    spec = LabelSpec.classes_from_values([0, 1, 2], ["background", "anterior", "posterior"])
+    assert M.structures_from_labels(spec) == {"anterior": {1}, "posterior": {2}}
+    pred, ref = label_maps()
+    via_spec = M.compute_case_metrics(pred, ref, SPACING, spec, ["dice", "hd95"])
+    via_mapping = M.compute_case_metrics(pred, ref, SPACING, {"anterior": [1], "posterior": [2]}, ["dice", "hd95"])
+    assert via_spec == via_mapping
+    with pytest.raises(InputError, match="LabelSpec"):
+        M.compute_case_metrics(pred, ref, SPACING, ["anterior"], ["dice"])  # type: ignore[arg-type]

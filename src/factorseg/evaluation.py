@@ -244,6 +244,9 @@ def evaluate_folders(
     tolerance = resolve_nsd_tolerance(nsd_tolerance, structures)
     if num_workers < 0:
         raise InputError(f"num_workers must be >= 0, got {num_workers}")
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None and out.exists() and not out.is_dir():
+        raise InputError(f"output folder {out} exists and is not a folder")
 
     refs = find_nifti_cases(ref_dir, "reference")
     if not refs:
@@ -272,10 +275,7 @@ def evaluate_folders(
     summary = {column: _stats([v[column] for v in values]) for column in columns}
     result = EvaluationResult(per_case, summary, structures, metric_names, missing, unmatched)
 
-    if out_dir is not None:
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"output folder {out} exists and is not a folder")
+    if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         document: dict[str, Any] = {
             "n_cases": result.n_cases,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import pickle
 import secrets
 import zlib
 from collections import OrderedDict
@@ -53,8 +52,8 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI1_HEADER_SIZE = 348
 _NIFTI2_HEADER_SIZE = 540
-# Errors that reading a damaged gzip stream or a short file can raise (BadGzipFile is an OSError).
-_READ_ERRORS = (OSError, EOFError, zlib.error, ValueError, ImageFileError, HeaderDataError)
+# Errors that nibabel raises for a header it cannot use or voxel data shorter than the header says.
+_READ_ERRORS = (OSError, ValueError, ImageFileError, HeaderDataError)
 
 PathLike = str | os.PathLike[str]
 
@@ -89,11 +88,14 @@ def _nifti_suffix(path: Path) -> str | None:
     return next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
 
 
-def _read_raw_header(path: Path) -> nib.nifti1.Nifti1Header:
-    """Check that ``path`` is a readable, non-empty, single-file NIfTI and return its unfixed header.
+def _read_nifti_bytes(path: Path) -> tuple[bytes, type[nib.Nifti1Image], nib.nifti1.Nifti1Header]:
+    """Read a single-file NIfTI completely (decompressing ``.nii.gz``) and parse its header unchecked.
 
-    The header is parsed with ``check=False`` because nibabel silently repairs some absurd values (such as
-    zero or negative voxel sizes) on load, and we want to report those instead of guessing.
+    The whole gzip stream is decompressed here because that is what verifies its CRC and length: nibabel
+    stops reading once it has the voxels it needs, so a corrupted stream would otherwise give garbage
+    voxels without an error. The header is parsed with ``check=False`` because nibabel silently repairs
+    some absurd values (such as zero or negative voxel sizes), and we want to report those instead.
+    Returns the uncompressed file content, the nibabel image class to use and the header.
     """
     if not path.exists():
         raise InputError(f"{path}: file not found")
@@ -103,48 +105,49 @@ def _read_raw_header(path: Path) -> nib.nifti1.Nifti1Header:
     if suffix is None:
         raise InputError(f"{path}: not a NIfTI file (expected a name ending in .nii or .nii.gz)")
     try:
-        size = path.stat().st_size
-        if size == 0:
-            raise InputError(f"{path}: file is empty")
-        with open(path, "rb") as raw:
-            if suffix == ".nii.gz":
-                if raw.read(2) != _GZIP_MAGIC:
-                    raise InputError(f"{path}: not gzip-compressed although named .nii.gz (not a NIfTI file?)")
-                raw.seek(0)
-                with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                    block = stream.read(_NIFTI2_HEADER_SIZE)
-            else:
-                block = raw.read(_NIFTI2_HEADER_SIZE)
+        content = path.read_bytes()
     except PermissionError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
-    if len(block) < 4:
-        raise InputError(f"{path}: truncated NIfTI header ({len(block)} bytes)")
-    sizes = {int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big")}
-    if _NIFTI2_HEADER_SIZE in sizes:
-        header_class: type[nib.nifti1.Nifti1Header] = nib.nifti2.Nifti2Header
-        needed, magic_at, magic_ok = _NIFTI2_HEADER_SIZE, 4, (b"n+2\0",)
-    elif _NIFTI1_HEADER_SIZE in sizes:
-        header_class = nib.nifti1.Nifti1Header
-        needed, magic_at, magic_ok = _NIFTI1_HEADER_SIZE, 344, (b"n+1\0",)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({_one_line(exc)})") from exc
+    if not content:
+        raise InputError(f"{path}: file is empty")
+    if suffix == ".nii.gz":
+        if content[:2] != _GZIP_MAGIC:
+            if _NIFTI1_HEADER_SIZE in {int.from_bytes(content[:4], order) for order in ("little", "big")}:
+                raise InputError(f"{path}: is an uncompressed NIfTI file named .nii.gz; rename it to .nii")
+            raise InputError(f"{path}: not gzip-compressed although named .nii.gz (not a NIfTI file?)")
+        try:
+            content = gzip.decompress(content)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
+    sizes = {int.from_bytes(content[:4], "little"), int.from_bytes(content[:4], "big")}
+    if len(content) >= 4 and _NIFTI2_HEADER_SIZE in sizes:
+        image_class: type[nib.Nifti1Image] = nib.Nifti2Image
+        needed, magic_at, magic_ok = _NIFTI2_HEADER_SIZE, 4, b"n+2\0"
+    elif len(content) >= 4 and _NIFTI1_HEADER_SIZE in sizes:
+        image_class = nib.Nifti1Image
+        needed, magic_at, magic_ok = _NIFTI1_HEADER_SIZE, 344, b"n+1\0"
     else:
         raise InputError(f"{path}: not a NIfTI file (no NIfTI-1/NIfTI-2 header)")
-    if len(block) < needed:
-        raise InputError(f"{path}: truncated NIfTI header ({len(block)} of {needed} bytes)")
-    magic = block[magic_at : magic_at + 4]
-    if magic not in magic_ok:
+    if len(content) < needed:
+        raise InputError(f"{path}: truncated NIfTI header ({len(content)} of {needed} bytes)")
+    magic = content[magic_at : magic_at + 4]
+    if magic != magic_ok:
         if magic[:3] in (b"ni1", b"ni2"):
             raise InputError(f"{path}: is the header of a .hdr/.img pair; convert it to a single-file .nii(.gz)")
         raise InputError(f"{path}: not a NIfTI file (bad magic string {magic!r})")
     try:
-        return header_class.from_fileobj(io.BytesIO(block[:needed]), check=False)
+        header = image_class.header_class.from_fileobj(io.BytesIO(content[:needed]), check=False)
     except (HeaderDataError, ValueError) as exc:
         raise InputError(f"{path}: invalid NIfTI header ({_one_line(exc)})") from exc
+    return content, image_class, header
 
 
 def _spatial_shape(shape: tuple[int, ...], path: Path, expect_3d: bool) -> tuple[int, ...]:
     """Validate dimensionality; drop trailing singleton dimensions beyond the third (or fourth)."""
+    if min(shape, default=0) < 1:
+        raise InputError(f"{path}: invalid NIfTI header, image shape {tuple(shape)} has empty dimensions")
     keep = 3 if expect_3d else 4
     while len(shape) > keep and shape[-1] == 1:
         shape = shape[:-1]
@@ -156,13 +159,14 @@ def _spatial_shape(shape: tuple[int, ...], path: Path, expect_3d: bool) -> tuple
                 f"{path}: is 4D with {shape[3]} volumes (shape {tuple(shape)}), expected a single 3D volume"
             )
         raise InputError(f"{path}: is {len(shape)}D (shape {tuple(shape)}), expected 3D or 4D")
-    if min(shape) < 1:
-        raise InputError(f"{path}: invalid image shape {tuple(shape)}")
     return shape
 
 
 def _check_header(header: nib.nifti1.Nifti1Header, path: Path, expect_3d: bool) -> tuple[int, ...]:
     """Reject headers with impossible geometry; return the validated (squeezed) data shape."""
+    n_dims = int(header["dim"][0])
+    if not 1 <= n_dims <= 7:
+        raise InputError(f"{path}: invalid NIfTI header, dim[0] = {n_dims} (must be 1 to 7)")
     shape = _spatial_shape(tuple(int(v) for v in header.get_data_shape()), path, expect_3d)
     pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
@@ -180,13 +184,14 @@ def _checked_affine(img: SpatialImage, path: Path) -> np.ndarray:
 
 
 def _open_nifti(path: Path, expect_3d: bool) -> tuple[SpatialImage, tuple[int, ...], np.ndarray]:
-    """Validate file and header, then open the image lazily (no voxel data is read yet).
+    """Read and validate file and header; voxel data stay undecoded in the returned in-memory image.
 
     Returns the image, its validated data shape (trailing singleton dimensions dropped) and its affine.
     """
-    shape = _check_header(_read_raw_header(path), path, expect_3d)
+    content, image_class, header = _read_nifti_bytes(path)
+    shape = _check_header(header, path, expect_3d)
     try:
-        img = nib.load(path, mmap=False)
+        img = image_class.from_bytes(content)
     except _READ_ERRORS as exc:
         raise InputError(f"{path}: unreadable NIfTI file ({_one_line(exc)})") from exc
     return img, shape, _checked_affine(img, path)
@@ -205,8 +210,6 @@ def read_image(path: PathLike, expect_3d: bool = True) -> Volume:
     try:
         data = img.get_fdata(dtype=np.float32, caching="unchanged")
     except _READ_ERRORS as exc:
-        if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)):
-            raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
         raise InputError(f"{path}: truncated or unreadable voxel data ({_one_line(exc)})") from exc
     data = data.reshape(shape)
     n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
@@ -216,12 +219,13 @@ def read_image(path: PathLike, expect_3d: bool = True) -> Volume:
 
 
 def _grid_of(item: Volume | SpatialImage | PathLike, index: int) -> tuple[str, tuple[int, int, int], np.ndarray]:
-    """(name, spatial shape, affine) of an image given as Volume, nibabel image or path (header only)."""
+    """(name, spatial shape, affine) of an image given as Volume, nibabel image or path (read and validated)."""
     if isinstance(item, Volume):
         return item.path.name, tuple(item.array.shape[:3]), item.affine  # type: ignore[return-value]
     if isinstance(item, SpatialImage):
         name = Path(item.get_filename()).name if item.get_filename() else f"image {index}"
-        return name, tuple(int(v) for v in item.shape[:3]), np.asarray(item.affine, dtype=np.float64)  # type: ignore[return-value]
+        shape = tuple(int(v) for v in item.shape[:3])
+        return name, shape, np.asarray(item.affine, dtype=np.float64)  # type: ignore[return-value]
     path = Path(item)
     _, shape, affine = _open_nifti(path, expect_3d=False)
     return path.name, shape[:3], affine  # type: ignore[return-value]
@@ -398,7 +402,7 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - arbitrary bytes make the weights-only unpickler fail in many ways
         raise InputError(refused) from exc
     if not isinstance(obj, dict) or "format_version" not in obj:
         raise InputError(f"{path}: is not a factorseg checkpoint (no format_version entry)")

@@ -59,13 +59,13 @@ __all__ = [
     "DEFAULT_METRICS",
     "HIGHER_IS_BETTER",
     "abs_volume_difference",
+    "check_metric_names",
     "compute_case_metrics",
     "dice",
     "hd95",
     "image_diagonal_mm",
     "lesion_count_difference",
     "lesion_wise_f1",
-    "check_metric_names",
     "precision",
     "resolve_nsd_tolerance",
     "resolve_structures",
@@ -107,12 +107,13 @@ CONVENTIONS: dict[str, str] = {
     "units": "hd95 in mm, avd in ml, nsd tolerance in mm",
 }
 
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
-
 
 def _as_spacing(spacing: Spacing, ndim: int) -> np.ndarray:
     """Return spacing as ``ndim`` positive finite floats (a scalar means isotropic)."""
-    arr = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    try:
+        arr = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"voxel spacing {spacing!r} must be {ndim} positive finite numbers (mm)") from None
     if arr.size == 1:
         arr = np.repeat(arr, ndim)
     if arr.size != ndim or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
@@ -155,16 +156,24 @@ class _Pair:
         )
 
     @cached_property
+    def cropped(self) -> tuple[np.ndarray, np.ndarray]:
+        """Both masks cropped to their union's bounding box (two empty arrays if the union is empty).
+
+        No metric changes: a foreground voxel on the box's faces is on the image border or has a
+        background neighbour outside the box, so it is an edge voxel either way.
+        """
+        boxes = ndimage.find_objects((self.pred | self.ref).astype(np.uint8))
+        if not boxes:
+            return np.zeros((0,) * self.pred.ndim, bool), np.zeros((0,) * self.pred.ndim, bool)
+        return self.pred[boxes[0]], self.ref[boxes[0]]
+
+    @cached_property
     def surface_distances(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Distances (mm) from each pred edge voxel to the ref surface and vice versa; None if a mask is empty."""
         _, n_pred, n_ref = self.counts
         if n_pred == 0 or n_ref == 0:
             return None
-        # Crop to the union's bounding box plus a one-voxel zero border: the erosion then treats the
-        # image border as background and the distance transforms only cover voxels that matter.
-        box = ndimage.find_objects((self.pred | self.ref).astype(np.uint8))[0]
-        pred = np.pad(self.pred[box], 1)
-        ref = np.pad(self.ref[box], 1)
+        pred, ref = self.cropped
         edges_pred = pred & ~ndimage.binary_erosion(pred)
         edges_ref = ref & ~ndimage.binary_erosion(ref)
         to_ref = ndimage.distance_transform_edt(~edges_ref, sampling=self.spacing)
@@ -174,10 +183,11 @@ class _Pair:
     @cached_property
     def lesions(self) -> tuple[int, int, int, int, int]:
         """ISLES'22 lesion counts ``(TP, FP, FN, #pred lesions, #ref lesions)`` with 26-connectivity."""
-        structure = _CONNECTIVITY_26 if self.pred.ndim == 3 else np.ones((3,) * self.pred.ndim, dtype=bool)
-        pred_lab, n_pred = ndimage.label(self.pred, structure=structure)
-        ref_lab, n_ref = ndimage.label(self.ref, structure=structure)
-        overlap = self.pred & self.ref
+        pred, ref = self.cropped
+        structure = np.ones((3,) * pred.ndim, dtype=bool)
+        pred_lab, n_pred = ndimage.label(pred, structure=structure)
+        ref_lab, n_ref = ndimage.label(ref, structure=structure)
+        overlap = pred & ref
         tp = int(np.unique(ref_lab[overlap]).size)
         fp = n_pred - int(np.unique(pred_lab[overlap]).size)
         return tp, fp, n_ref - tp, int(n_pred), int(n_ref)
@@ -351,6 +361,14 @@ def resolve_nsd_tolerance(nsd_tolerance: float | Mapping[str, float], structures
     return tolerances
 
 
+def _mask_of(label: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """Voxels of ``label`` holding any of the (few) ``values``; faster than ``np.isin`` on large volumes."""
+    mask = label == values[0]
+    for value in values[1:]:
+        mask |= label == value
+    return mask
+
+
 def compute_case_metrics(
     pred_label: np.ndarray,
     ref_label: np.ndarray,
@@ -384,7 +402,7 @@ def compute_case_metrics(
 
     results: dict[str, float] = {}
     for structure, values in values_by_name.items():
-        pair = _Pair(np.isin(pred_label, values), np.isin(ref_label, values), sp)
+        pair = _Pair(_mask_of(pred_label, values), _mask_of(ref_label, values), sp)
         for metric in names:
             results[f"{metric}/{structure}"] = float(_METRIC_FUNCS[metric](pair, tolerances[structure]))
     return {f"{m}/{s}": results[f"{m}/{s}"] for m in names for s in values_by_name}

@@ -144,7 +144,8 @@ def _dataset_json_format(root: Path) -> str:
         if any((listed.parent / f"{stem}_0000{s}").is_file() for s in NIFTI_SUFFIXES):
             return "nnunet"
         return "msd"  # loading will name the missing file
-    if (root / "imagesTr").is_dir() and any(_NNUNET_CHANNEL.match(strip_nifti(p.name)) for p in (root / "imagesTr").iterdir()):
+    images = root / "imagesTr"
+    if images.is_dir() and any(_NNUNET_CHANNEL.match(strip_nifti(p.name)) for p in images.iterdir()):
         return "nnunet"
     raise InputError(f"{root / 'dataset.json'}: neither an MSD (no 'training' list) nor an nnU-Net dataset.json")
 
@@ -198,7 +199,10 @@ def _load_msd(root: Path, **_: Any) -> DatasetInfo:
         return c
 
     training = d.get("training", [])
-    if not isinstance(training, list) or any(not isinstance(t, dict) or "image" not in t or "label" not in t for t in training):
+    entries_ok = isinstance(training, list) and all(
+        isinstance(t, dict) and {"image", "label"} <= set(t) for t in training
+    )
+    if not entries_ok:
         raise InputError(f"{root / 'dataset.json'}: 'training' must be a list of {{'image', 'label'}} entries")
     cases = [case(t["image"], t["label"]) for t in training]
     tests = [case(t["image"] if isinstance(t, dict) else t, None) for t in d.get("test", [])]
@@ -302,7 +306,10 @@ def _load_brats2015(root: Path, **_: Any) -> DatasetInfo:
 
 def _isles_case(cid: str, image_dir: Path, anat_dir: Path, mask_dir: Path, use_flair: bool) -> dict[str, Any]:
     """One ISLES'22 session: DWI, ADC (+FLAIR) and the lesion mask if present."""
-    images = [_one(_find_ci(image_dir, f"{cid}_dwi"), "DWI", image_dir), _one(_find_ci(image_dir, f"{cid}_adc"), "ADC", image_dir)]
+    images = [
+        _one(_find_ci(image_dir, f"{cid}_dwi"), "DWI", image_dir),
+        _one(_find_ci(image_dir, f"{cid}_adc"), "ADC", image_dir),
+    ]
     if use_flair:
         images.append(_one(_find_ci(anat_dir, f"{cid}_flair"), "FLAIR", anat_dir))
     c: dict[str, Any] = {"id": cid, "image": [str(p.resolve()) for p in images]}
@@ -447,14 +454,16 @@ def _folder_cases(folder: Path, channels: int) -> list[dict[str, Any]]:
         cases = []
         for cid, chans in groups.items():
             if sorted(chans) != list(range(channels)):
-                raise InputError(f"{folder}: case {cid!r} has channel files {sorted(chans)}, expected 0..{channels - 1}")
+                raise InputError(
+                    f"{folder}: case {cid!r} has channel files {sorted(chans)}, expected 0..{channels - 1}"
+                )
             cases.append({"id": cid, "image": [str(chans[i].resolve()) for i in range(channels)]})
         return cases + [_file_case(p, channels) for p in singles]
     # Single-channel model: every file is its own case; nnU-Net names lose their _0000 suffix.
     cases = [_file_case(p, channels) for p in singles]
     for cid, chans in groups.items():
         if sorted(chans) != [0]:
-            raise InputError(f"{folder}: case {cid!r} has channel files {sorted(chans)}, but the model expects 1 channel")
+            raise InputError(f"{folder}: case {cid!r} has channel files {sorted(chans)}; the model expects 1 channel")
         cases.append({"id": cid, "image": [str(chans[0].resolve())]})
     return cases
 
@@ -487,7 +496,9 @@ def cases_from_paths(paths: Iterable[str | Path], channels: int) -> list[dict[st
             continue
         info = load_dataset(path, fmt)
         if len(info.channels) != channels:
-            raise InputError(f"{path}: {fmt} dataset has {len(info.channels)} channels but the model expects {channels}")
+            raise InputError(
+                f"{path}: {fmt} dataset has {len(info.channels)} channels but the model expects {channels}"
+            )
         cases.extend({"id": c["id"], "image": list(c["image"])} for c in info.test_cases + info.cases)
     seen: set[str] = set()
     for c in cases:

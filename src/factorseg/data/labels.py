@@ -111,7 +111,10 @@ class LabelSpec:
         """Check that regions are non-empty, use allowed values and are nested or disjoint."""
         n = len(self.regions)
         if n == 0 or len(self.names) != n or len(self.fill) != n:
-            raise InputError(f"regions spec needs one name, region and fill value per channel (got {len(self.names)}, {n}, {len(self.fill)})")
+            raise InputError(
+                "regions spec needs one name, region and fill value per channel "
+                f"(got {len(self.names)}, {n}, {len(self.fill)})"
+            )
         allowed = set(self.values)
         if 0 not in allowed:
             raise InputError("regions spec: value 0 (background) must be among the allowed values")
@@ -163,7 +166,8 @@ class LabelSpec:
                     raise InputError(f"region {name!r}: cannot infer its fill value from {sorted(own)}; give 'fill'")
                 fill.append(next(iter(own)))
         allowed = {0}.union(*region_sets) if values is None else {int(v) for v in values}
-        return cls("regions", tuple(names), tuple(sorted(allowed)), tuple(tuple(s) for s in region_sets), tuple(fill), convention)
+        regions_t = tuple(tuple(s) for s in region_sets)
+        return cls("regions", tuple(names), tuple(sorted(allowed)), regions_t, tuple(fill), convention)
 
     @classmethod
     def from_json_labels(cls, labels: Mapping[str, Any], regions_class_order: Sequence[int] | None = None) -> LabelSpec:
@@ -180,12 +184,14 @@ class LabelSpec:
             try:
                 pairs = [(int(k), v) for k, v in items]
             except ValueError as exc:
-                raise InputError(f"'labels' keys must be integer values when its values are names: {dict(labels)}") from exc
+                raise InputError(f"'labels' keys must be integers when its values are names: {dict(labels)}") from exc
             return cls.classes_from_values([p[0] for p in pairs], [p[1] for p in pairs], convention="dataset.json")
         if any(isinstance(v, (list, tuple)) for _, v in items):
             fg = [(k, v) for k, v in items if not (isinstance(v, int) and v == 0)]
             region_sets = [[v] if isinstance(v, int) else list(v) for _, v in fg]
-            return cls.regions_from_sets([k for k, _ in fg], region_sets, fill=regions_class_order, convention="dataset.json")
+            return cls.regions_from_sets(
+                [k for k, _ in fg], region_sets, fill=regions_class_order, convention="dataset.json"
+            )
         if all(isinstance(v, int) and not isinstance(v, bool) for _, v in items):
             return cls.classes_from_values([v for _, v in items], [k for k, _ in items], convention="dataset.json")
         raise InputError(f"cannot read 'labels' {dict(labels)}: expected value->name or name->value pairs")
@@ -258,7 +264,8 @@ class LabelSpec:
     def to_label(self, pred: np.ndarray | torch.Tensor, threshold: float = 0.5) -> np.ndarray:
         """Network decisions ``(C, *spatial)`` -> dataset label values ``(*spatial)``.
 
-        classes: ``C == num_outputs`` scores/probabilities/one-hot (argmax over channels), or ``C == 1`` class-index map.
+        classes: ``C == num_outputs`` scores/probabilities/one-hot (argmax over channels), or ``C == 1``
+        class-index map.
         regions: ``C == num_outputs`` probabilities or 0/1 masks, positive where ``> threshold``; regions are
         painted from the largest to the smallest with their ``fill`` values.
         """
@@ -299,7 +306,9 @@ LABEL_SPECS: dict[str, LabelSpec] = {
     "brats2023": LabelSpec("regions", _REGION_NAMES, (0, 1, 2, 3), ((1, 3), (1, 2, 3), (3,)), (1, 2, 3), "brats2023"),
     # BRATS 2015: 1 necrosis, 2 edema, 3 non-enhancing, 4 enhancing. Necrosis and non-enhancing are both
     # "core minus enhancing", so predictions write 1 there (as later BraTS editions merged them).
-    "brats2015": LabelSpec("regions", _REGION_NAMES, (0, 1, 2, 3, 4), ((1, 3, 4), (1, 2, 3, 4), (4,)), (1, 2, 4), "brats2015"),
+    "brats2015": LabelSpec(
+        "regions", _REGION_NAMES, (0, 1, 2, 3, 4), ((1, 3, 4), (1, 2, 3, 4), (4,)), (1, 2, 4), "brats2015"
+    ),
     # ISLES'22: binary ischemic stroke lesion.
     "isles22": LabelSpec("classes", ("background", "lesion"), (0, 1), convention="isles22"),
 }

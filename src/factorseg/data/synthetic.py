@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
@@ -26,16 +28,41 @@ from scipy.spatial.transform import Rotation
 from factorseg.errors import InputError
 from factorseg.io import save_nifti
 
-__all__ = ["MODALITIES", "NCR", "ED", "ET", "brats_affine", "generate_case", "write_brats_dataset"]
+__all__ = [
+    "ED",
+    "ET",
+    "MODALITIES",
+    "NCR",
+    "Phantom",
+    "Tissue",
+    "brats_affine",
+    "generate_case",
+    "generate_phantom",
+    "write_brats_dataset",
+]
 
 #: Channel order of generated images and file suffixes of the BraTS 2021 layout.
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 #: BraTS 2021 label values: necrotic tumour core, peritumoral edema, enhancing tumour.
 NCR, ED, ET = 1, 2, 4
 
-# Internal tissue classes, indices into _CONTRAST.
-_AIR, _SCALP, _SKULL, _CSF, _GM, _WM, _NCR, _ED, _ET = range(9)
-# Mean intensity per tissue (rows) and modality (columns: flair, t1, t1ce, t2), white matter ~0.5-0.7.
+
+
+class Tissue(IntEnum):
+    """Tissue classes of the phantom (rows of the contrast table)."""
+
+    AIR = 0
+    SCALP = 1
+    SKULL = 2
+    CSF = 3
+    GREY_MATTER = 4
+    WHITE_MATTER = 5
+    NECROSIS = 6
+    EDEMA = 7
+    ENHANCING = 8
+
+
+# Mean intensity per tissue (rows, Tissue order) and modality (columns: flair, t1, t1ce, t2).
 _CONTRAST = np.array(
     [
         [0.00, 0.00, 0.00, 0.00],  # air
@@ -46,7 +73,7 @@ _CONTRAST = np.array(
         [0.48, 0.72, 0.70, 0.45],  # white matter
         [0.50, 0.28, 0.26, 0.88],  # necrosis: dark T1/T1ce, bright T2
         [0.90, 0.42, 0.44, 0.80],  # edema: bright FLAIR/T2, mildly dark T1
-        [0.70, 0.50, 1.00, 0.66],  # enhancing rim: bright T1ce
+        [0.70, 0.50, 1.30, 0.66],  # enhancing rim: gadolinium makes it bright on T1ce
     ],
     dtype=np.float32,
 )
@@ -125,32 +152,49 @@ def _add_tumour(
     fields = _smooth_fields(rng, coords, length=0.09, count=3)
     core_r = base + 0.22 * fields[0]
     core = _connected_to(idx, (core_r < 1.0) & brain & ~csf)
-    necrotic = core & (core_r + 0.12 * fields[1] < rng.uniform(0.5, 0.72))
+    # necrosis stays strictly inside the rim; edema always surrounds the core by at least one voxel
+    necrotic = ndimage.binary_erosion(core) & (core_r + 0.12 * fields[1] < rng.uniform(0.5, 0.72))
     edema_r = base / rng.uniform(1.4, 2.1) + 0.25 * fields[2]
-    edema = _connected_to(idx, brain & ~csf & ((edema_r < 1.0) & ~grey | (edema_r < 0.75)) | core) & ~core
+    edema = (edema_r < 1.0) & ~grey | (edema_r < 0.75) | ndimage.binary_dilation(core)
+    edema = _connected_to(idx, edema & brain & ~csf | core) & ~core
     label[edema & (label == 0)] = ED
     label[core] = ET
     label[necrotic] = NCR
 
 
-def generate_case(
+@dataclass(frozen=True)
+class Phantom:
+    """A generated case with its ground truth anatomy.
+
+    ``image``: float32 ``(4, *shape)``, channels :data:`MODALITIES`, non-negative, arbitrary per-modality
+    scanner units. ``label``: uint8 BraTS 2021 values 0/1/2/4. ``tissue``: uint8 :class:`Tissue` per voxel.
+    ``brain``: bool brain mask (tumour included).
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    tissue: np.ndarray
+    brain: np.ndarray
+
+
+def generate_phantom(
     rng: np.random.Generator | int,
     shape: Sequence[int] = (64, 64, 64),
     spacing: float | Sequence[float] = 1.0,
     skull_strip: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Generate one synthetic case from a seed or generator.
+) -> Phantom:
+    """Generate one synthetic case from a seed or generator, with its tissue map and brain mask.
 
-    Returns ``image`` (float32, ``(4, *shape)``, channels flair, t1, t1ce, t2, non-negative, arbitrary
-    per-modality scanner units) and ``label`` (uint8, ``shape``, BraTS 2021 values 0/1/2/4). ``spacing``
-    (mm, scalar or per axis) only matters when anisotropic: the head fills the field of view. With
-    ``skull_strip`` everything outside the brain is zero, as in the released BraTS data.
+    ``spacing`` (mm, scalar or per axis) only matters when anisotropic: the head fills the field of view
+    whatever the grid. With ``skull_strip`` everything outside the brain is zero, as in released BraTS data.
     """
     rng = np.random.default_rng(rng)
     shape = tuple(int(n) for n in shape)
-    spacings = (float(spacing),) * 3 if np.isscalar(spacing) else tuple(float(s) for s in spacing)  # type: ignore[arg-type]
-    if len(shape) != 3 or min(shape) < 16 or len(spacings) != 3 or min(spacings) <= 0:
-        raise InputError(f"synthetic case needs a 3D shape of at least 16 voxels and positive spacing, got {shape}, {spacing}")
+    spacings = tuple(float(s) for s in np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)))
+    if len(shape) != 3 or min(shape) < 16 or min(spacings) <= 0:
+        raise InputError(
+            f"synthetic case needs a 3D shape of at least 16 voxels and positive spacing, got {shape}, {spacing}"
+        )
     coords = _axis_coords(shape, spacings)
     points = np.ix_(*coords)  # broadcastable (n,1,1), (1,n,1), (1,1,n)
 
@@ -164,17 +208,17 @@ def generate_case(
     depth = _ellipsoid_radius(points, centre, head_radii * 0.84) + 0.04 * coarse[1]  # 1 on the brain surface
     brain = (depth < 1.0) & (head_r < 0.86)
 
-    tissue = np.full(shape, _AIR, dtype=np.uint8)
-    tissue[head_r < 1.0] = _SCALP
-    tissue[head_r < 0.93] = _SKULL
-    tissue[head_r < 0.86] = _CSF
-    tissue[brain] = _WM
+    tissue = np.full(shape, Tissue.AIR, dtype=np.uint8)
+    tissue[head_r < 1.0] = Tissue.SCALP
+    tissue[head_r < 0.93] = Tissue.SKULL
+    tissue[head_r < 0.86] = Tissue.CSF
+    tissue[brain] = Tissue.WHITE_MATTER
     grey = brain & (depth + 0.05 * fine[0] > 0.8)
     nuclei_r = rng.uniform(0.09, 0.13)
     for side in (-1.0, 1.0):  # deep grey nuclei (basal ganglia / thalamus), one per hemisphere
         nucleus = centre + np.array([side * 0.17, -0.05, 0.0], dtype=np.float32)
         grey |= _ellipsoid_radius(points, nucleus, np.array([0.7, 1.2, 0.9]) * nuclei_r) < 1.0
-    tissue[grey & brain] = _GM
+    tissue[grey & brain] = Tissue.GREY_MATTER
     sulci = brain & (depth > 0.86) & (fine[1] > 0.9)
     ventricle_scale = rng.uniform(0.7, 1.4)
     ventricles = np.zeros(shape, dtype=bool)
@@ -183,23 +227,22 @@ def generate_case(
         v_radii = np.array([0.055, 0.27, 0.08], dtype=np.float32) * ventricle_scale
         ventricles |= _ellipsoid_radius(points, v_centre, v_radii) + 0.15 * coarse[0] < 1.0
     csf = (sulci | ventricles) & brain
-    tissue[csf] = _CSF
+    tissue[csf] = Tissue.CSF
 
     label = np.zeros(shape, dtype=np.uint8)
     for _ in range(2 if rng.random() < 0.2 else 1):
         _add_tumour(rng, points, coords, brain, depth, csf, grey, label)
-    for value, cls in ((ED, _ED), (ET, _ET), (NCR, _NCR)):
+    for value, cls in ((ED, Tissue.EDEMA), (ET, Tissue.ENHANCING), (NCR, Tissue.NECROSIS)):
         tissue[label == value] = cls
 
     # Intensities: per-case contrast jitter, texture, partial-volume blur, bias field, Rician noise.
     contrast = _CONTRAST * np.exp(rng.normal(0.0, 0.05, _CONTRAST.shape)).astype(np.float32)
     texture = _smooth_fields(rng, coords, length=0.05, count=4)
     bias = _smooth_fields(rng, coords, length=0.6, count=4)
-    sigma_vox = [0.6 / s for s in spacings]  # ~0.6 mm point-spread function
     image = np.empty((4, *shape), dtype=np.float32)
     for m in range(4):
         clean = contrast[tissue, m] * (1.0 + _TEXTURE[tissue] * texture[m])
-        clean = ndimage.gaussian_filter(clean, sigma_vox, truncate=3.0)
+        clean = ndimage.gaussian_filter(clean, 0.6, truncate=3.0)  # point-spread function ~0.6 voxel
         clean *= np.exp(0.12 * bias[m])
         noise = rng.uniform(0.015, 0.035)
         real = clean + noise * rng.standard_normal(shape, dtype=np.float32)
@@ -207,7 +250,18 @@ def generate_case(
         image[m] = np.sqrt(real * real + imag * imag) * rng.uniform(300.0, 1500.0)
     if skull_strip:
         image *= brain
-    return image, label
+    return Phantom(image=image, label=label, tissue=tissue, brain=brain)
+
+
+def generate_case(
+    rng: np.random.Generator | int,
+    shape: Sequence[int] = (64, 64, 64),
+    spacing: float | Sequence[float] = 1.0,
+    skull_strip: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generate one synthetic case: ``(image, label)`` of :func:`generate_phantom` (see there)."""
+    phantom = generate_phantom(rng, shape=shape, spacing=spacing, skull_strip=skull_strip)
+    return phantom.image, phantom.label
 
 
 def brats_affine(shape: Sequence[int], spacing: float | Sequence[float] = 1.0) -> np.ndarray:

@@ -194,7 +194,9 @@ class LoadCased(MapTransform):
                     f"image {paths[0]} shape {tuple(ref.shape[1:])}"
                 )
             if not _same_grid(label, ref):
-                warnings.warn(f"{d[self.label_key]}: label affine differs from {paths[0]}; using the image's", stacklevel=2)
+                warnings.warn(
+                    f"{d[self.label_key]}: label affine differs from {paths[0]}; using the image's", stacklevel=2
+                )
             label.affine = ref.affine.clone()
             d[self.label_key] = label
         return d

@@ -1,0 +1,235 @@
+"""The ``factorseg`` command: train, predict, evaluate, explain, export and demo.
+
+Problems with user input print one line (``factorseg: error: ...``) and exit with status 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from factorseg import __version__
+from factorseg.errors import InputError
+
+EPILOG = "Docs: README.md. Every command prints its own help: factorseg COMMAND --help."
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model on a NIfTI dataset",
+        description="Train a model with a recipe (YAML) on a dataset folder in any supported layout "
+        "(MSD, BraTS 2021/2023, BRATS 2015, ISLES'22, nnU-Net raw, datalist.json). Writes checkpoints, "
+        "model_best.pt / model_last.pt bundles, config.yaml, splits.json, CSV and TensorBoard logs to --output.",
+        epilog="Example: factorseg train -d ../shared/data/hippocampus -o runs/hippo --recipe hippocampus --epochs 20",
+    )
+    p.add_argument("-d", "--data", required=True, type=Path, help="dataset folder (or datalist.json)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="run folder (created)")
+    p.add_argument("-r", "--recipe", default="default", help="shipped recipe name or a YAML file (default: default)")
+    p.add_argument("--format", help="dataset layout, if auto-detection is not wanted")
+    p.add_argument("--labels", help="label convention (e.g. brats2021, msd_task01, brats2015, isles22)")
+    p.add_argument("--model", help="registry model name (e.g. swin_factorizer, segresnet, dynunet)")
+    p.add_argument("--fold", type=int, help="cross-validation fold to hold out")
+    p.add_argument("--folds", type=int, help="number of cross-validation folds")
+    p.add_argument("--epochs", type=int, help="number of epochs")
+    p.add_argument("--steps-per-epoch", type=int, help="training iterations per epoch")
+    p.add_argument("--batch-size", type=int, help="volumes per batch")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--val-interval", type=int, help="epochs between validations")
+    p.add_argument("--num-workers", type=int, help="data-loading processes")
+    p.add_argument("--accelerator", help="cpu, gpu or auto")
+    p.add_argument("--devices", type=int, help="devices per node (>1 uses DDP)")
+    p.add_argument("--num-nodes", type=int, help="machines (DDP; works under torchrun and SLURM)")
+    p.add_argument("--precision", help="auto, 32-true, bf16-mixed or 16-mixed")
+    p.add_argument("-s", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any recipe value, e.g. -s model.nmf_iters=3 -s transforms.roi_size=[64,64,64]")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    pairs = [
+        ("data.format", args.format), ("data.labels", args.labels), ("model.name", args.model),
+        ("data.fold", args.fold), ("data.folds", args.folds), ("train.epochs", args.epochs),
+        ("train.steps_per_epoch", args.steps_per_epoch), ("train.batch_size", args.batch_size),
+        ("train.lr", args.lr), ("train.seed", args.seed), ("train.val_interval", args.val_interval),
+        ("train.num_workers", args.num_workers), ("train.accelerator", args.accelerator),
+        ("train.devices", args.devices), ("train.num_nodes", args.num_nodes), ("train.precision", args.precision),
+    ]
+    return [f"{k}={v}" for k, v in pairs if v is not None] + list(args.set)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from factorseg.config import apply_overrides, load_recipe
+    from factorseg.training import train
+
+    if args.resume:
+        saved = args.output / "config.yaml"
+        if not saved.exists():
+            raise InputError(f"--resume: {saved} not found; is {args.output} a factorseg run?")
+        cfg = load_recipe(saved)
+    else:
+        cfg = load_recipe(args.recipe)
+    cfg = apply_overrides(cfg, _train_overrides(args))
+    result = train(cfg, args.data, args.output, resume=args.resume, progress=not args.no_progress)
+    print(f"best model: {result.best_model}")
+    for key, value in sorted(result.metrics.items()):
+        print(f"{key}: {value:.4f}")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="segment scans with trained model(s)",
+        description="Segment NIfTI scans. Writes one mask per case (<id>.nii.gz) in the input's own geometry "
+        "(shape, affine, orientation) with the dataset's own label values.",
+        epilog="Example: factorseg predict -m runs/hippo/model_best.pt -i scans/ -o masks/ --tta",
+    )
+    p.add_argument("-m", "--model", action="append", required=True,
+                   help="model bundle (.pt), Lightning checkpoint (.ckpt), exported .onnx (with --backend onnxruntime) "
+                   "or a shipped model name; repeat for an ensemble")
+    p.add_argument("-i", "--input", nargs="+", required=True, type=Path,
+                   help="NIfTI files, folders of them (nnU-Net _0000 channel suffixes), or a dataset folder")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
+    p.add_argument("--blend", choices=["gaussian", "constant"], help="window blending")
+    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
+    p.add_argument("--tta", action="store_true", default=None, help="average over all axis flips")
+    p.add_argument("--nmf-iters", type=int, help="NMF iterations at test time (fewer = faster)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch", help="inference engine")
+    p.add_argument("--probabilities", action="store_true", help="also write <id>_probabilities.nii.gz")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from factorseg.data.formats import cases_from_paths
+    from factorseg.inference import InferenceOptions, SegmentationPredictor
+    from factorseg.pretrained import resolve_model
+
+    options = InferenceOptions(
+        overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size, tta=args.tta,
+        nmf_iters=args.nmf_iters, device=args.device, save_probabilities=args.probabilities, overwrite=args.overwrite,
+    )
+    networks = None
+    if args.backend == "onnxruntime":
+        from factorseg.export import load_onnx_bundle
+
+        loaded = [load_onnx_bundle(Path(m)) for m in args.model]
+        models, networks = [m for m, _ in loaded], [n for _, n in loaded]
+        if args.nmf_iters is not None:
+            raise InputError("--nmf-iters cannot change an exported ONNX graph; re-export with the wanted iterations")
+    else:
+        models = [resolve_model(m) for m in args.model]
+    predictor = SegmentationPredictor(models, options, networks)
+    cases = cases_from_paths(args.input, len(predictor.channels))
+    if not cases:
+        raise InputError("no NIfTI cases found in the input")
+    written = predictor.predict_to_folder(cases, args.output, progress=not args.no_progress)
+    print(f"wrote {len(written)} mask(s) to {args.output}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from factorseg.metrics import ALL_METRICS, DEFAULT_METRICS
+
+    p = sub.add_parser(
+        "evaluate", help="score predicted masks against references",
+        description="Compare predicted masks with reference masks (matched by file name) per class or BraTS region. "
+        "Writes per_case.csv and summary.json and prints a table. Empty-mask conventions follow BraTS and "
+        "ISLES'22 (see factorseg.metrics).",
+        epilog="Example: factorseg evaluate -p masks/ -r labelsTr/ --labels-from runs/hippo/model_best.pt -o scores/",
+    )
+    p.add_argument("-p", "--pred", required=True, type=Path, help="folder of predicted masks")
+    p.add_argument("-r", "--ref", required=True, type=Path, help="folder of reference masks")
+    p.add_argument("-o", "--output", type=Path, help="where to write per_case.csv and summary.json")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--labels", help="label convention name (brats2021, brats2023, msd_task01, brats2015, isles22)")
+    group.add_argument("--labels-from", type=Path, help="take the labels from a model bundle or a dataset folder")
+    p.add_argument("--metrics", nargs="+", choices=ALL_METRICS, default=list(DEFAULT_METRICS), help="metrics")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm")
+    p.add_argument("--allow-missing", action="store_true", help="score missing predictions as empty")
+    p.add_argument("--workers", type=int, default=0, help="parallel processes")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _labels_from(path: Path):  # noqa: ANN202 - returns a LabelSpec
+    from factorseg.bundle import load_bundle
+    from factorseg.data.formats import load_dataset
+
+    if path.is_dir():
+        return load_dataset(path).labels
+    return load_bundle(path).labels
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from factorseg.data.labels import get_label_spec
+    from factorseg.evaluation import evaluate_folders
+
+    labels = get_label_spec(args.labels) if args.labels else _labels_from(args.labels_from)
+    result = evaluate_folders(args.pred, args.ref, labels, args.metrics, args.output, args.nsd_tolerance,
+                              args.allow_missing, args.workers)
+    result.print_table()
+    if args.output:
+        print(f"wrote {result.per_case_csv} and {result.summary_json}")
+    return 0
+
+
+def _add_recipes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("recipes", help="list shipped recipes or print one",
+                       description="List the shipped training recipes, or print one as YAML.")
+    p.add_argument("name", nargs="?", help="recipe to print")
+    p.set_defaults(func=_cmd_recipes)
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    from factorseg.config import available_recipes, load_recipe
+
+    if args.name:
+        print(yaml.safe_dump(load_recipe(args.name), sort_keys=False), end="")
+    else:
+        print("\n".join(available_recipes()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="factorseg",
+        description="Factorizer models (NMF instead of attention) for 3D medical image segmentation: "
+        "train, predict, evaluate and explain on NIfTI data.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"factorseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_train, _add_predict, _add_evaluate, _add_recipes):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``factorseg`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        if args.debug:
+            raise
+        print(f"factorseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("factorseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

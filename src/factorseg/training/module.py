@@ -1,0 +1,96 @@
+"""The Lightning module: loss with deep supervision, AdamW with warm-up + cosine, sliding-window validation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.metrics import DiceMetric
+from torch import Tensor
+
+from factorseg.bundle import build_model
+from factorseg.data.labels import LabelSpec
+from factorseg.training.data import derive_seed
+
+
+def make_loss(labels: LabelSpec, ds_weights: list[float] | None) -> torch.nn.Module:
+    """Dice + cross-entropy (softmax classes) or Dice + binary cross-entropy (sigmoid regions)."""
+    if labels.mode == "regions":
+        base = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    else:
+        base = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)
+    return DeepSupervisionLoss(base, weight_mode="exp", weights=ds_weights)
+
+
+def discretize(logits: Tensor, labels: LabelSpec) -> Tensor:
+    """One-hot decisions ``(B, C, ...)``: thresholded sigmoids for regions, argmax for classes."""
+    if labels.mode == "regions":
+        return (torch.sigmoid(logits) > 0.5).float()
+    index = logits.argmax(dim=1, keepdim=True)
+    return torch.zeros_like(logits).scatter_(1, index, 1.0)
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains any registry model on one label convention; ``config`` is the resolved recipe (plain data)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config})
+        self.config = config
+        self.labels = LabelSpec.from_dict(config["labels"])
+        self.model = build_model(config["model"])
+        self.loss = make_loss(self.labels, config["train"].get("deep_supervision_weights"))
+        self.dice = DiceMetric(include_background=self.labels.mode == "regions", reduction="mean_batch")
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        # Dropout and any in-model randomness: a pure function of (seed, epoch, rank), so resuming is exact.
+        torch.manual_seed(derive_seed(self.config["train"]["seed"], self.current_epoch, self.global_rank, 1))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        image, target = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
+        loss = self.loss(self.model(image), target)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        image, target = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
+        inf = self.config["inference"]
+        logits = sliding_window_inference(
+            image, self.config["transforms"]["roi_size"], inf.get("sw_batch_size", 1), self.model,
+            overlap=inf.get("overlap", 0.5), mode=inf.get("blend", "gaussian"),
+        )
+        pred = discretize(logits, self.labels)
+        if self.labels.mode == "classes":
+            target = torch.zeros_like(pred).scatter_(1, target.long(), 1.0)
+        self.dice(pred, target)
+
+    def on_validation_epoch_end(self) -> None:
+        per_structure = self.dice.aggregate()
+        self.dice.reset()
+        names = self.labels.names if self.labels.mode == "regions" else self.labels.names[1:]
+        for name, value in zip(names, per_structure):
+            self.log(f"val/dice_{name}", value, sync_dist=True)
+        self.log("val/dice", per_structure.nanmean(), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        train = self.config["train"]
+        optimizer = torch.optim.AdamW(self.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+        steps = train["steps_per_epoch"]
+        warmup, total = max(1, int(train["warmup_epochs"] * steps)), train["epochs"] * steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,192 @@
+"""``train``: resolve a recipe against a dataset and fit with Lightning (checkpoints, logs, resume, DDP)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from monai.data import list_data_collate
+from torch.utils.data import DataLoader
+
+from factorseg.bundle import save_bundle
+from factorseg.config import save_config
+from factorseg.data.formats import DatasetInfo, load_dataset
+from factorseg.data.labels import get_label_spec
+from factorseg.data.splits import load_or_create_splits
+from factorseg.data.transforms import TransformConfig, train_transforms, val_transforms
+from factorseg.errors import InputError
+from factorseg.io import atomic_path
+from factorseg.training.data import CaseDataset, EpochSampler
+from factorseg.training.module import SegmentationModule
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed: a kill never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path, overwrite=True) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+class BundleWriter(Callback):
+    """Keeps ``model_last.pt`` (every epoch) and ``model_best.pt`` (best validation Dice) up to date."""
+
+    def __init__(self, out_dir: Path, config: dict[str, Any]) -> None:
+        self.out_dir, self.config, self.best = out_dir, config, -1.0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            save_bundle(self.config, module.model, self.out_dir / "model_last.pt")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        score = trainer.callback_metrics.get("val/dice")
+        if trainer.sanity_checking or score is None or not trainer.is_global_zero:
+            return
+        if float(score) > self.best:
+            self.best = float(score)
+            save_bundle(self.config, module.model, self.out_dir / "model_best.pt")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state.get("best", -1.0))
+
+
+@dataclass
+class TrainResult:
+    """Where a run left its outputs and its final validation scores."""
+
+    out_dir: Path
+    best_model: Path
+    last_model: Path
+    metrics: dict[str, float]
+
+
+def resolve_config(cfg: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
+    """Fill in what the dataset decides (channels, labels, in/out channels) and check consistency."""
+    cfg = {k: dict(v) for k, v in cfg.items()}
+    labels = get_label_spec(cfg["data"]["labels"]) if cfg["data"].get("labels") else info.labels
+    cfg["labels"] = labels.to_dict()
+    cfg["channels"] = list(info.channels)
+    model = cfg["model"]
+    for key, value in (("in_channels", len(info.channels)), ("out_channels", labels.num_outputs)):
+        if model.get(key) is None:
+            model[key] = value
+        elif model[key] != value:
+            raise InputError(f"recipe sets model.{key}={model[key]} but the dataset needs {value}")
+    tcfg = TransformConfig.from_dict(cfg["transforms"])
+    cfg["transforms"] = tcfg.to_dict()
+    train = cfg["train"]
+    for key in ("epochs", "steps_per_epoch", "batch_size"):
+        if int(train[key]) < 1:
+            raise InputError(f"train.{key} must be >= 1")
+    return cfg
+
+
+def _precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _strategy(train: dict[str, Any]) -> str:
+    devices, nodes = train["devices"], train["num_nodes"]
+    multi = nodes > 1 or (isinstance(devices, int) and devices > 1) or devices == -1 or "WORLD_SIZE" in os.environ
+    return "ddp" if multi else "auto"
+
+
+def train(
+    cfg: dict[str, Any],
+    data_path: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on the dataset at ``data_path`` with the resolved recipe ``cfg``; outputs go to ``out_dir``.
+
+    ``resume`` continues from ``out_dir/checkpoints/last.ckpt`` (model, optimizer, schedule, epoch).
+    """
+    out_dir = Path(out_dir)
+    info = load_dataset(data_path, cfg["data"].get("format"))
+    if not info.cases:
+        raise InputError(f"{data_path}: no labelled training cases found")
+    cfg = resolve_config(cfg, info)
+    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
+    if resume and not last_ckpt.exists():
+        raise InputError(f"--resume: {last_ckpt} does not exist")
+    if not resume and last_ckpt.exists():
+        raise InputError(f"{out_dir} already holds a run; use --resume to continue it or choose another --output")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data, tr = cfg["data"], cfg["train"]
+    pl.seed_everything(tr["seed"], workers=True, verbose=False)
+
+    splits_file = Path(data.get("splits_file") or out_dir / "splits.json")
+    splits = load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
+    fold = data["fold"]
+    if not 0 <= fold < len(splits):
+        raise InputError(f"data.fold={fold} but there are {len(splits)} folds")
+    by_id = {c["id"]: c for c in info.cases}
+    train_cases = [by_id[i] for i in splits[fold]["train"]]
+    val_cases = [by_id[i] for i in splits[fold]["val"]]
+    save_config(cfg, out_dir / "config.yaml")
+
+    labels = get_label_spec(cfg["labels"])
+    tcfg = TransformConfig.from_dict(cfg["transforms"])
+    train_set = CaseDataset(train_cases, train_transforms(tcfg, labels), data.get("cache", True), "Caching training cases")
+    val_set = CaseDataset(val_cases, val_transforms(tcfg, labels), data.get("cache", True), "Caching validation cases")
+    workers = tr["num_workers"]
+    sampler = EpochSampler(len(train_set), tr["steps_per_epoch"] * tr["batch_size"], tr["seed"])
+    train_loader = DataLoader(
+        train_set, batch_size=tr["batch_size"], sampler=sampler, num_workers=workers,
+        collate_fn=list_data_collate, persistent_workers=False,
+    )
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=0, collate_fn=list_data_collate)
+
+    module = SegmentationModule(cfg)
+    callbacks: list[Callback] = [
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/dice", mode="max",
+                        save_last=True, save_top_k=1),
+        BundleWriter(out_dir, cfg),
+    ]
+    if progress:
+        callbacks.append(RichProgressBar())
+    trainer = pl.Trainer(
+        max_epochs=tr["epochs"],
+        accelerator=tr["accelerator"],
+        devices=tr["devices"],
+        num_nodes=tr["num_nodes"],
+        strategy=_strategy(tr),
+        precision=_precision(tr["precision"]),
+        gradient_clip_val=tr["grad_clip"] or None,
+        check_val_every_n_epoch=tr["val_interval"],
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")],
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        log_every_n_steps=min(10, tr["steps_per_epoch"]),
+        default_root_dir=out_dir,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
+    if trainer.is_global_zero and not (out_dir / "model_best.pt").exists():
+        save_bundle(cfg, module.model, out_dir / "model_best.pt")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    return TrainResult(out_dir, out_dir / "model_best.pt", out_dir / "model_last.pt", metrics)

@@ -1,0 +1,446 @@
+"""Tests for factorseg.io: every malformed input gives a one-line InputError and is left untouched."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import shlex
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from factorseg import __version__
+from factorseg.errors import InputError
+from factorseg.io import (
+    CHECKPOINT_FORMAT,
+    Volume,
+    atomic_path,
+    atomic_write,
+    check_same_grid,
+    load_checkpoint,
+    read_image,
+    save_checkpoint,
+    save_nifti,
+)
+
+AFFINE = np.array([[1.0, 0, 0, -10], [0, 1.5, 0, -20], [0, 0, 2.0, 5], [0, 0, 0, 1]])
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    nib.Nifti1Image(data, affine).to_filename(path)
+    return path
+
+
+def _volume(shape: tuple[int, ...] = (6, 7, 8)) -> np.ndarray:
+    return np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+
+
+def _refused(path: Path, *fragments: str, expect_3d: bool = True) -> str:
+    """Assert that read_image refuses ``path`` with a one-line message naming it, and leaves it unchanged."""
+    before = _digest(path) if path.is_file() else None
+    with pytest.raises(InputError) as info:
+        read_image(path, expect_3d=expect_3d)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+    if before is not None:
+        assert _digest(path) == before
+    return message
+
+
+@pytest.mark.parametrize("name", ["img.nii", "img.nii.gz"])
+def test_read_valid_image_roundtrip(tmp_path: Path, name: str) -> None:
+    data = _volume()
+    path = _write(tmp_path / name, data)
+    digest = _digest(path)
+    vol = read_image(path)
+    assert isinstance(vol, Volume)
+    assert vol.array.dtype == np.float32 and vol.array.shape == data.shape
+    np.testing.assert_array_equal(vol.array, data)
+    np.testing.assert_allclose(vol.affine, AFFINE)
+    assert vol.spacing == pytest.approx((1.0, 1.5, 2.0))
+    assert _digest(path) == digest
+
+
+def test_read_applies_scaling_of_integer_data(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), AFFINE)
+    img.header.set_slope_inter(0.5, 10.0)
+    img.to_filename(tmp_path / "scaled.nii.gz")
+    vol = read_image(tmp_path / "scaled.nii.gz")
+    np.testing.assert_allclose(vol.array, np.arange(24).reshape(2, 3, 4) * 0.5 + 10.0)
+
+
+def test_missing_path_and_folder(tmp_path: Path) -> None:
+    _refused(tmp_path / "absent.nii.gz", "file not found")
+    folder = tmp_path / "dir.nii.gz"
+    folder.mkdir()
+    _refused(folder, "is a folder")
+
+
+def test_wrong_extension(tmp_path: Path) -> None:
+    path = tmp_path / "image.mha"
+    path.write_bytes(b"ObjectType = Image\n")
+    _refused(path, "not a NIfTI file", ".nii.gz")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    for name in ("empty.nii", "empty.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+        _refused(tmp_path / name, "empty")
+
+
+def test_text_file_named_nii_gz(tmp_path: Path) -> None:
+    path = tmp_path / "notes.nii.gz"
+    path.write_text("patient 7: flair missing\n")
+    _refused(path, "not gzip-compressed")
+
+
+def test_uncompressed_nifti_named_nii_gz(tmp_path: Path) -> None:
+    raw = _write(tmp_path / "plain.nii", _volume()).read_bytes()
+    path = tmp_path / "plain.nii.gz"
+    path.write_bytes(raw)
+    _refused(path, "uncompressed NIfTI file named .nii.gz; rename it to .nii")
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "fragment"),
+    [
+        (0, 9, "(must be 1 to 7)"),  # read byte-swapped: the standard detects endianness by dim[0]
+        (2, 0, "empty dimensions"),
+        (2, -4, "empty dimensions"),
+    ],
+)
+def test_invalid_dims_in_header(tmp_path: Path, index: int, value: int, fragment: str) -> None:
+    path = _write(tmp_path / "dims.nii", _volume())
+    header = nib.load(path).header.copy()
+    header["dim"][index] = value
+    raw = bytearray(path.read_bytes())
+    raw[:348] = header.binaryblock
+    path.write_bytes(bytes(raw))
+    _refused(path, "invalid NIfTI header", fragment)
+
+
+def test_gzipped_text_is_not_nifti(tmp_path: Path) -> None:
+    path = tmp_path / "text.nii.gz"
+    path.write_bytes(gzip.compress(b"hello " * 200))
+    _refused(path, "not a NIfTI file")
+
+
+def test_uncompressed_text_named_nii(tmp_path: Path) -> None:
+    path = tmp_path / "text.nii"
+    path.write_text("x" * 600)
+    _refused(path, "not a NIfTI file")
+
+
+def test_truncated_gzip(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.nii.gz", np.random.default_rng(0).random((20, 20, 20), dtype=np.float32))
+    raw = good.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(raw[: len(raw) // 2])
+    _refused(cut, "corrupt or truncated gzip")
+    cut_header = tmp_path / "cut_header.nii.gz"
+    cut_header.write_bytes(raw[:30])
+    _refused(cut_header, "corrupt or truncated gzip")
+
+
+def test_corrupt_gzip_stream(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.nii.gz", np.random.default_rng(1).random((20, 20, 20), dtype=np.float32))
+    raw = bytearray(good.read_bytes())
+    for i in range(len(raw) // 2, len(raw) - 16):  # garble the middle of the deflate stream
+        raw[i] ^= 0x5A
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(bytes(raw))
+    _refused(bad, "corrupt or truncated gzip")
+
+
+def test_truncated_header_and_data_of_nii(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.nii", _volume((10, 10, 10)))
+    raw = good.read_bytes()
+    short_header = tmp_path / "short_header.nii"
+    short_header.write_bytes(raw[:200])
+    _refused(short_header, "truncated NIfTI header", "200 of 348")
+    short_data = tmp_path / "short_data.nii"
+    short_data.write_bytes(raw[:-1000])
+    _refused(short_data, "truncated or unreadable voxel data")
+
+
+def test_nan_and_inf_voxels_are_counted(tmp_path: Path) -> None:
+    data = _volume()
+    data[0, 0, :3] = np.nan
+    data[1, 1, 1] = np.inf
+    path = _write(tmp_path / "nan.nii.gz", data)
+    _refused(path, f"4 of {data.size} voxels are NaN or infinite")
+
+
+def test_dimensionality(tmp_path: Path) -> None:
+    _refused(_write(tmp_path / "flat.nii.gz", _volume((6, 7))), "is 2D", "expected a 3D volume")
+    four = _write(tmp_path / "four.nii.gz", _volume((6, 7, 8, 3)))
+    _refused(four, "is 4D with 3 volumes")
+    vol4 = read_image(four, expect_3d=False)
+    assert vol4.array.shape == (6, 7, 8, 3)
+    single = read_image(_write(tmp_path / "single.nii.gz", _volume((6, 7, 8, 1))))
+    assert single.array.shape == (6, 7, 8)
+
+
+@pytest.mark.parametrize("pixdim", [(0.0, 1.0, 1.0), (1.0, -2.0, 1.0), (1.0, 1.0, np.nan)])
+def test_absurd_voxel_size(tmp_path: Path, pixdim: tuple[float, float, float]) -> None:
+    path = _write(tmp_path / "absurd.nii", _volume())
+    header = nib.load(path).header.copy()
+    header["pixdim"][1:4] = pixdim
+    raw = bytearray(path.read_bytes())
+    raw[:348] = header.binaryblock  # nibabel would repair the value on save, so patch the bytes
+    path.write_bytes(bytes(raw))
+    _refused(path, "absurd header", "pixdim")
+
+
+def test_singular_affine(tmp_path: Path) -> None:
+    affine = AFFINE.copy()
+    affine[:3, 2] = affine[:3, 0]  # two voxel axes pointing the same way
+    _refused(_write(tmp_path / "singular.nii.gz", _volume(), affine), "affine is singular")
+
+
+def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path / "locked.nii.gz", _volume())
+
+    def denied(self: Path) -> bytes:  # chmod cannot lock out root (CI containers), so simulate it
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(InputError, match="locked.nii.gz: cannot be read \\(Permission denied\\)"):
+        read_image(path)
+
+
+def test_analyze_pair_header_named_nii(tmp_path: Path) -> None:
+    path = _write(tmp_path / "pair.nii", _volume())
+    raw = bytearray(path.read_bytes())
+    raw[344:348] = b"ni1\0"
+    path.write_bytes(bytes(raw))
+    _refused(path, ".hdr/.img pair")
+
+
+def test_nifti2_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "two.nii.gz"
+    nib.Nifti2Image(_volume(), AFFINE).to_filename(path)
+    np.testing.assert_array_equal(read_image(path).array, _volume())
+
+
+# --- grids -------------------------------------------------------------------------------------------
+
+
+def test_same_grid_gives_no_warning(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.nii.gz", _volume())
+    nudged = AFFINE.copy()
+    nudged[0, 3] += 1e-5
+    b = _write(tmp_path / "b.nii.gz", _volume(), nudged)
+    assert check_same_grid([a, b, read_image(a)]) == []
+
+
+def test_sub_voxel_shift_warns(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.nii.gz", _volume())
+    shifted = AFFINE.copy()
+    shifted[1, 3] += 0.3  # 0.3 mm: less than half of the smallest voxel size (1 mm)
+    b = _write(tmp_path / "b.nii.gz", _volume(), shifted)
+    warnings = check_same_grid([a, b])
+    assert len(warnings) == 1 and "b.nii.gz" in warnings[0] and "resampling" in warnings[0]
+
+
+def test_same_box_other_orientation_and_resolution_warns(tmp_path: Path) -> None:
+    ref = nib.Nifti1Image(_volume((6, 6, 6)), np.eye(4))
+    flipped_affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flipped_affine[0, 3] = 5.0  # voxel i maps to x = 5 - i: the same voxel centres, listed backwards
+    flipped = nib.Nifti1Image(_volume((6, 6, 6)), flipped_affine)
+    half_res_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    half_res_affine[:3, 3] = 0.5  # 3x3x3 voxels of 2 mm covering the same 6 mm box
+    half_res = nib.Nifti1Image(_volume((3, 3, 3)), half_res_affine)
+    warnings = check_same_grid([ref, flipped, half_res])
+    assert [w.split(":")[0] for w in warnings] == ["image 1", "image 2"]
+
+
+def test_far_grids_are_refused(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.nii.gz", _volume())
+    shifted = AFFINE.copy()
+    shifted[2, 3] += 3.0
+    b = _write(tmp_path / "b.nii.gz", _volume(), shifted)
+    with pytest.raises(InputError, match=r"b.nii.gz: on a different grid from a.nii.gz .* 3.00 mm"):
+        check_same_grid([a, b])
+    c = _write(tmp_path / "c.nii.gz", _volume((6, 7, 9)))  # one slice more
+    with pytest.raises(InputError, match="shape \\(6, 7, 9\\) vs \\(6, 7, 8\\)"):
+        check_same_grid([a, c])
+    # a caller that resamples anyway can widen the tolerance
+    assert len(check_same_grid([a, b], max_shift_voxels=5.0)) == 1
+
+
+def test_grid_check_validates_paths(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.nii.gz", _volume())
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_text("nope")
+    with pytest.raises(InputError, match="not gzip-compressed"):
+        check_same_grid([a, bad])
+
+
+# --- atomic writes -----------------------------------------------------------------------------------
+
+
+def test_atomic_write_bytes_and_refusal_to_overwrite(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    atomic_write(target, b"first")
+    assert target.read_bytes() == b"first"
+    with pytest.raises(InputError, match="already exists"):
+        atomic_write(target, b"second")
+    assert target.read_bytes() == b"first"
+    atomic_write(target, b"second", overwrite=True)
+    assert target.read_bytes() == b"second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_failed_atomic_write_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "seg.nii.gz"
+
+    def half_write(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, half_write)
+    assert list(tmp_path.iterdir()) == []
+    # a failure while replacing an existing file keeps the old content
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        atomic_write(target, half_write, overwrite=True)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["seg.nii.gz"]
+
+
+def test_atomic_path_temp_name_and_interrupt(tmp_path: Path) -> None:
+    target = tmp_path / "mask.nii.gz"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".tmp-") and tmp.name.endswith("-mask.nii.gz")
+            tmp.write_bytes(b"x")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        with atomic_path(tmp_path / "missing" / "x.nii.gz"):
+            pass
+    with pytest.raises(FileNotFoundError, match="did not create"):
+        with atomic_path(tmp_path / "never.txt"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_without_overwrite_does_not_clobber_a_racing_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    with pytest.raises(InputError, match="already exists"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"ours")
+            target.write_bytes(b"theirs")  # another process created the file meanwhile
+    assert target.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_save_nifti_roundtrip_and_header(tmp_path: Path) -> None:
+    mask = (np.arange(24).reshape(2, 3, 4) % 3).astype(np.uint8)
+    out = save_nifti(mask, AFFINE, tmp_path / "mask.nii.gz")
+    img = nib.load(out)
+    assert img.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(np.asarray(img.dataobj), mask)
+    np.testing.assert_allclose(img.affine, AFFINE)
+    assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 1
+    with pytest.raises(InputError, match="already exists"):
+        save_nifti(mask, AFFINE, out)
+    # with the header of a scaled int16 input, the saved mask keeps its values and the input's description
+    source = nib.Nifti1Image(np.zeros((2, 3, 4), np.int16), AFFINE)
+    source.header.set_slope_inter(2.0, 5.0)
+    source.header["descrip"] = b"scanner X"
+    out2 = save_nifti(mask, AFFINE, tmp_path / "mask2.nii", header=source.header, dtype=np.uint8)
+    img2 = nib.load(out2)
+    np.testing.assert_array_equal(img2.get_fdata(), mask)
+    assert img2.header["descrip"].item() == b"scanner X"
+    with pytest.raises(InputError, match="must end in .nii or .nii.gz"):
+        save_nifti(mask, AFFINE, tmp_path / "mask.png")
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+
+def test_checkpoint_roundtrip(tmp_path: Path) -> None:
+    state = {"weight": torch.arange(6.0).reshape(2, 3), "bias": torch.zeros(2)}
+    config = {"name": "factorizer", "channels": [8, 16], "dropout": 0.1, "nested": {"k": 2, "flag": True}}
+    path = save_checkpoint({"state_dict": state, "config": config}, tmp_path / "model.pt")
+    loaded = load_checkpoint(path)
+    assert loaded["format_version"] == CHECKPOINT_FORMAT and loaded["factorseg_version"] == __version__
+    assert loaded["config"] == config
+    torch.testing.assert_close(loaded["state_dict"]["weight"], state["weight"])
+    with pytest.raises(InputError, match="already exists"):
+        save_checkpoint({"x": 1}, path)
+
+
+def test_save_checkpoint_rejects_objects(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"checkpoint\['config'\]\['when'\] has type ndarray"):
+        save_checkpoint({"config": {"when": np.zeros(2)}}, tmp_path / "bad.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Exploit:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+@pytest.mark.parametrize("legacy_pickle", [False, True])
+def test_pickle_bearing_checkpoint_is_refused(tmp_path: Path, legacy_pickle: bool) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    payload = {"format_version": CHECKPOINT_FORMAT, "state_dict": {}, "hook": _Exploit(marker)}
+    if legacy_pickle:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    else:
+        torch.save(payload, path)
+    digest = _digest(path)
+    with pytest.raises(InputError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path}: is not a factorseg checkpoint or contains untrusted objects (refused to unpickle)"
+    )
+    assert not marker.exists()
+    assert _digest(path) == digest
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    text = tmp_path / "notes.pt"
+    text.write_text("these are not weights")
+    with pytest.raises(InputError, match="refused to unpickle"):
+        load_checkpoint(text)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match="is empty"):
+        load_checkpoint(empty)
+    with pytest.raises(InputError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "absent.pt")
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": {}}, plain)
+    with pytest.raises(InputError, match="no format_version"):
+        load_checkpoint(plain)
+
+
+def test_incompatible_format_version(tmp_path: Path) -> None:
+    path = tmp_path / "future.pt"
+    torch.save({"format_version": CHECKPOINT_FORMAT + 1, "factorseg_version": "9.0"}, path)
+    with pytest.raises(InputError, match=r"format 2 \(written by factorseg 9.0\) is not supported.*upgrade"):
+        load_checkpoint(path)
