@@ -181,6 +181,114 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain", help="show what the NMF components look at",
+        description="Run a Factorizer on one case and write, for chosen blocks, the NMF component maps on the "
+        "scan's own grid (4D NIfTI, openable over the scan in 3D Slicer / ITK-SNAP), a PNG montage and "
+        "components.json. With --label, each component's overlap (AUC, best Dice) with each label value goes "
+        "to overlap.csv.",
+        epilog="Example: factorseg explain -m runs/hippo/model_best.pt -i case.nii.gz -o explain/ --label case_seg.nii.gz",
+    )
+    p.add_argument("-m", "--model", required=True, help="model bundle, checkpoint or shipped model name")
+    p.add_argument("-i", "--input", nargs="+", required=True, type=Path,
+                   help="one case: a NIfTI file (4D for several channels) or its channel files in model order")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    p.add_argument("--blocks", nargs="+", help="block names (default: all; --list-blocks prints them)")
+    p.add_argument("--list-blocks", action="store_true", help="print the model's NMF block names and exit")
+    p.add_argument("--label", type=Path, help="reference mask on the scan grid, for per-component overlap scores")
+    p.add_argument("--components", type=int, default=12, help="components per block shown in the montage")
+    p.add_argument("--per-component", action="store_true", help="also write one NIfTI per component")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from factorseg.data.transforms import infer_transforms, invert_prediction
+    from factorseg.explain import list_blocks, run_explain
+    from factorseg.io import read_image
+    from factorseg.pretrained import resolve_model
+
+    loaded = resolve_model(args.model)
+    if args.list_blocks:
+        print("\n".join(list_blocks(loaded.model)))
+        return 0
+    images = [str(p) for p in args.input]
+    if len(images) not in (1, len(loaded.channels)):
+        raise InputError(f"give one 4D file or {len(loaded.channels)} channel files ({', '.join(loaded.channels)})")
+    transforms = infer_transforms(loaded.transforms)
+    data = transforms({"id": "case", "image": images})
+    reference = read_image(images[0], expect_3d=len(images) > 1)
+    scan = reference.array if reference.array.ndim == 3 else reference.array[..., 0]
+    label = read_image(args.label).array.round().astype(int) if args.label else None
+    if label is not None and label.shape != scan.shape:
+        raise InputError(f"{args.label}: shape {label.shape} differs from the scan's {scan.shape}")
+
+    def to_scan_grid(maps):  # noqa: ANN001, ANN202 - numpy in, numpy out
+        import torch
+
+        return invert_prediction(torch.as_tensor(maps), data, transforms, mode="linear").numpy()
+
+    index = run_explain(loaded.model, data["image"].as_tensor(), scan, reference.affine, args.output, args.blocks,
+                        label=label, to_scan_grid=to_scan_grid, per_component=args.per_component,
+                        montage_components=args.components, overwrite=args.overwrite)
+    print(json.dumps({"output": str(args.output), "blocks": list(index.get("blocks", index))}, indent=None))
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export a trained model to ONNX or TorchScript",
+        description="Export a model bundle for deployment. ONNX files run with `factorseg predict --backend "
+        "onnxruntime`; the model's config travels in a sidecar JSON.",
+        epilog="Example: factorseg export -m runs/hippo/model_best.pt --format onnx -o hippo.onnx",
+    )
+    p.add_argument("-m", "--model", required=True, help="model bundle, checkpoint or shipped model name")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="export format")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output file")
+    p.add_argument("--nmf-iters", type=int, help="bake this many NMF iterations into the graph")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from factorseg.export import export_bundle
+    from factorseg.pretrained import resolve_model
+
+    path = export_bundle(resolve_model(args.model), args.output, args.format, nmf_iters=args.nmf_iters,
+                         overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="the whole idea in minutes on synthetic data",
+        description="Generate synthetic brain-tumour MRI, train a small Swin Factorizer, predict held-out cases, "
+        "evaluate them and write report.html with scores, learning curve, overlays and NMF component maps. "
+        "Nothing is downloaded.",
+        epilog="Example: factorseg demo --out demo_out --minutes 3",
+    )
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("--minutes", type=float, help="training time budget in minutes (default: the recipe's epochs)")
+    p.add_argument("--cases", type=int, default=None, help="synthetic training cases (default: the demo's own)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from factorseg.demo import run_demo
+
+    kwargs = {"cases": args.cases} if args.cases is not None else {}
+    run_demo(args.out, minutes=args.minutes, seed=args.seed, progress=not args.no_progress,
+             overwrite=args.overwrite, **kwargs)
+    return 0
+
+
 def _add_recipes(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipes", help="list shipped recipes or print one",
                        description="List the shipped training recipes, or print one as YAML.")
@@ -210,9 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"factorseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_predict, _add_evaluate, _add_recipes):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_explain, _add_export, _add_demo, _add_recipes):
         add(sub)
     return parser
+
+
+def input_error(exc: BaseException) -> InputError | None:
+    """The InputError behind ``exc``, if any (MONAI wraps errors raised inside transforms)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, InputError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,10 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except InputError as exc:
-        if args.debug:
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; others keep their traceback
+        problem = input_error(exc)
+        if problem is None or args.debug:
             raise
-        print(f"factorseg: error: {exc}", file=sys.stderr)
+        print(f"factorseg: error: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("factorseg: interrupted", file=sys.stderr)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from factorseg.data.labels import get_label_spec
 from factorseg.data.splits import load_or_create_splits
 from factorseg.data.transforms import TransformConfig, train_transforms, val_transforms
 from factorseg.errors import InputError
-from factorseg.io import atomic_path
+from factorseg.io import atomic_path, atomic_write
 from factorseg.training.data import CaseDataset, EpochSampler
 from factorseg.training.module import SegmentationModule
 
@@ -76,7 +79,7 @@ class TrainResult:
 def resolve_config(cfg: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
     """Fill in what the dataset decides (channels, labels, in/out channels) and check consistency."""
     cfg = {k: dict(v) for k, v in cfg.items()}
-    labels = get_label_spec(cfg["data"]["labels"]) if cfg["data"].get("labels") else info.labels
+    labels = info.labels
     cfg["labels"] = labels.to_dict()
     cfg["channels"] = list(info.channels)
     model = cfg["model"]
@@ -108,6 +111,25 @@ def _strategy(train: dict[str, Any]) -> str:
     return "ddp" if multi else "auto"
 
 
+def _write_run_info(out_dir: Path, trainer: pl.Trainer, seconds: float, metrics: dict[str, float]) -> None:
+    """Hardware, parallelism and wall time of the run, kept beside its results (``run_info.json``)."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine()
+    info = {
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "precision": str(trainer.precision),
+        "epochs": trainer.current_epoch,
+        "global_steps": trainer.global_step,
+        "wall_seconds_this_session": round(seconds, 1),
+        "device": device,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "metrics": metrics,
+    }
+    atomic_write(out_dir / "run_info.json", json.dumps(info, indent=2).encode(), overwrite=True)
+
+
 def train(
     cfg: dict[str, Any],
     data_path: str | Path,
@@ -120,7 +142,9 @@ def train(
     ``resume`` continues from ``out_dir/checkpoints/last.ckpt`` (model, optimizer, schedule, epoch).
     """
     out_dir = Path(out_dir)
-    info = load_dataset(data_path, cfg["data"].get("format"))
+    data_cfg = cfg["data"]
+    info = load_dataset(data_path, data_cfg.get("format"), labels=data_cfg.get("labels"),
+                        use_flair=bool(data_cfg.get("use_flair", False)))
     if not info.cases:
         raise InputError(f"{data_path}: no labelled training cases found")
     cfg = resolve_config(cfg, info)
@@ -130,6 +154,7 @@ def train(
     if not resume and last_ckpt.exists():
         raise InputError(f"{out_dir} already holds a run; use --resume to continue it or choose another --output")
     out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     data, tr = cfg["data"], cfg["train"]
     pl.seed_everything(tr["seed"], workers=True, verbose=False)
 
@@ -186,7 +211,12 @@ def train(
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
         trainer.fit(module, train_loader, val_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
+    if trainer.current_epoch % tr["val_interval"] != 0:
+        # The last epochs were not validated: score the final weights too (may become the best model).
+        trainer.validate(module, val_loader, verbose=False)
     if trainer.is_global_zero and not (out_dir / "model_best.pt").exists():
         save_bundle(cfg, module.model, out_dir / "model_best.pt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if trainer.is_global_zero:
+        _write_run_info(out_dir, trainer, time.perf_counter() - started, metrics)
     return TrainResult(out_dir, out_dir / "model_best.pt", out_dir / "model_last.pt", metrics)
