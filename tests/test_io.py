@@ -364,10 +364,11 @@ def test_save_nifti_roundtrip_and_header(tmp_path: Path) -> None:
     source = nib.Nifti1Image(np.zeros((2, 3, 4), np.int16), AFFINE)
     source.header.set_slope_inter(2.0, 5.0)
     source.header["descrip"] = b"scanner X"
+    source.header["cal_max"] = 3000.0
     out2 = save_nifti(mask, AFFINE, tmp_path / "mask2.nii", header=source.header, dtype=np.uint8)
     img2 = nib.load(out2)
     np.testing.assert_array_equal(img2.get_fdata(), mask)
-    assert img2.header["descrip"].item() == b"scanner X"
+    assert img2.header["descrip"].item() == b"scanner X" and float(img2.header["cal_max"]) == 0.0
     with pytest.raises(InputError, match="must end in .nii or .nii.gz"):
         save_nifti(mask, AFFINE, tmp_path / "mask.png")
 
@@ -444,3 +445,25 @@ def test_incompatible_format_version(tmp_path: Path) -> None:
     torch.save({"format_version": CHECKPOINT_FORMAT + 1, "factorseg_version": "9.0"}, path)
     with pytest.raises(InputError, match=r"format 2 \(written by factorseg 9.0\) is not supported.*upgrade"):
         load_checkpoint(path)
+
+
+# --- real scans --------------------------------------------------------------------------------------
+
+
+def test_real_scans_read_and_grid_checks(shared_data: Path) -> None:
+    case = shared_data / "isles22_sample" / "sub-strokecase0009"
+    dwi, adc, msk, flair = (case / f"sub-strokecase0009_ses-0001_{m}.nii.gz" for m in ("dwi", "adc", "msk", "flair"))
+    digest = _digest(dwi)
+    volume = read_image(dwi)
+    assert volume.array.shape == (112, 112, 73) and volume.spacing == pytest.approx((2.0, 2.0, 2.0))
+    assert _digest(dwi) == digest
+    # the mask's affine differs from the DWI's only by float rounding (~1e-8 mm)
+    assert check_same_grid([dwi, adc, msk]) == []
+    # ISLES'22 ships FLAIR on its native grid: not interchangeable with the DWI grid without resampling
+    with pytest.raises(InputError, match="flair.nii.gz: on a different grid from .*dwi.nii.gz"):
+        check_same_grid([dwi, flair])
+    brats = shared_data / "brats2015_examples" / "brats_2013_pat0001_1"
+    names = ("Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd", "brainmask", "OTMultiClass")
+    volumes = [read_image(brats / f"{n}.nii.gz") for n in names]
+    assert check_same_grid(volumes) == []
+    assert set(np.unique(np.round(volumes[3].array)).tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0}

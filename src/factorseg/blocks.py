@@ -8,7 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from factorseg.matricize import WindowLayout, WindowMatricize
+from factorseg.matricize import (
+    WindowLayout,
+    WindowMatricize,
+    crop_channels_last,
+    matrices_view,
+    pad_channels_last,
+    window_stack,
+    window_unstack,
+)
 from factorseg.nmf import NMF, Init, Solver
 
 
@@ -35,8 +43,27 @@ class ChannelLayerNorm(nn.Module):
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
 
 
+def _can_modify_inplace(*tensors: Tensor) -> bool:
+    """In-place updates are safe where autograd records nothing for these tensors."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _pointwise_weight(conv: nn.Module) -> Tensor:
+    """The ``(out, in)`` matrix of a 1x1 convolution, applied to channels-last data with ``F.linear``."""
+    return conv.weight.flatten(1)
+
+
 class NMFMixer(nn.Module):
-    """Context mixing by NMF: in-projection -> ReLU -> matricize -> NMF -> inverse -> out-projection."""
+    """Context mixing by NMF: in-projection -> ReLU -> matricize -> NMF -> inverse -> out-projection.
+
+    The computation runs channels-last on window-major buffers (see :mod:`factorseg.matricize`):
+    the in-projection is one matrix product over all voxels, the shifted partitions are built by
+    block copies (no ``torch.roll``), the NMF reads the window matrices as strided views, and the
+    out-projection is folded into the reconstruction (``U V^T`` then ``W_out`` becomes
+    ``V (U^T W_out^T)``, a per-window ``(H R) x C`` matrix). ``nmf.decompose`` is called once per
+    forward pass with the ``(B, S, H, W, head_dim, N)`` matrices, as :meth:`matrices` returns them.
+    Inputs may be channels-first or channels-last in memory; the output is channels-last in memory.
+    """
 
     def __init__(
         self,
@@ -64,8 +91,29 @@ class NMFMixer(nn.Module):
         return self.matricize(torch.relu(self.in_proj(x)))
 
     def forward(self, x: Tensor) -> Tensor:
-        mats, layout = self.matrices(x)
-        return self.out_proj(self.matricize.inverse(self.nmf(mats), layout))
+        self.matricize._check(x)
+        lay = self.matricize.layout(x.shape[2:])
+        b, c = x.shape[:2]
+        hd = self.matricize.head_dim
+        heads = c // hd
+        h = F.linear(x.movedim(1, -1), _pointwise_weight(self.in_proj), self.in_proj.bias)
+        h = torch.relu_(h)  # safe under autograd: the linear's backward does not need its output
+        stacked = window_stack(pad_channels_last(h, lay), lay)  # (B, S, W, N, C)
+        u, v = self.nmf.decompose(matrices_view(stacked, hd), nonnegative=True)
+        s, w, n, r = len(lay.shifts), lay.num_windows, lay.window_voxels, u.shape[-1]
+        # V per window and all heads: (B S W, N, H R); U block-diagonal: (B S W, C, H R).
+        v_all = v.permute(0, 1, 3, 4, 2, 5).reshape(b * s * w, n, heads * r)
+        u_per = u.permute(0, 1, 3, 2, 4, 5).reshape(b * s * w, heads, hd, r)
+        eye = torch.eye(heads, dtype=u.dtype, device=u.device).view(1, heads, 1, heads, 1)
+        u_blocks = (u_per.unsqueeze(-2) * eye).reshape(b * s * w, c, heads * r)
+        # Fold the out-projection and the average over shifts into (H R) x C per window.
+        w_out = _pointwise_weight(self.out_proj).to(u.dtype)
+        mixed = u_blocks.transpose(1, 2) @ (w_out.t() / s)
+        rec = torch.bmm(v_all, mixed).view(b, s, w, n, c)
+        out = crop_channels_last(window_unstack(rec, lay), lay)
+        if self.out_proj.bias is not None:
+            out = out.add_(self.out_proj.bias) if _can_modify_inplace(out) else out + self.out_proj.bias
+        return out.movedim(-1, 1)
 
 
 class MLP(nn.Module):
@@ -79,11 +127,26 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.forward_channels_last(x.movedim(1, -1)).movedim(-1, 1)
+
+    def forward_channels_last(self, x: Tensor) -> Tensor:
+        """The same MLP on ``(B, *spatial, C)``: two matrix products over all voxels."""
+        first, act, drop1, second, drop2 = self.net
+        h = F.linear(x, _pointwise_weight(first), first.bias)
+        if _can_modify_inplace(h):
+            h = torch._C._nn.gelu_(h, approximate=act.approximate)
+        else:
+            h = F.gelu(h, approximate=act.approximate)
+        return drop2(F.linear(drop1(h), _pointwise_weight(second), second.bias))
 
 
 class FactorizerBlock(nn.Module):
-    """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``."""
+    """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``.
+
+    Runs channels-last (LayerNorm over channels and the 1x1 convolutions become plain matrix
+    products over voxels) and returns a channels-last tensor (``(B, C, *spatial)`` shape), so that
+    a stack of blocks and the model's convolutions never permute between layouts.
+    """
 
     def __init__(self, channels: int, spatial_dims: int, mlp_ratio: float, dropout: float, **mixer: object) -> None:
         super().__init__()
@@ -94,8 +157,12 @@ class FactorizerBlock(nn.Module):
         self.mlp = MLP(channels, mlp_ratio, dropout, spatial_dims)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop(self.mixer(self.norm1(x)))
-        return x + self.mlp(self.norm2(x))
+        xc = x.movedim(1, -1).contiguous()
+        # Out of place: the input may be a skip connection and the mixer's output seen by hooks.
+        y = xc + self.drop(self.mixer(self.norm1.norm(xc).movedim(-1, 1)).movedim(1, -1))
+        update = self.mlp.forward_channels_last(self.norm2.norm(y))
+        y = y.add_(update) if _can_modify_inplace(y, update) else y + update
+        return y.movedim(-1, 1)
 
 
 class ConvBlock(nn.Module):

@@ -335,8 +335,8 @@ def save_nifti(
 ) -> Path:
     """Save ``array`` as NIfTI with ``affine`` atomically; ``dtype`` defaults to the array's own dtype.
 
-    With a ``header`` (for instance the input image's) its metadata is kept and the affine and data type are
-    updated; without one, qform and sform are both set to ``affine`` with code 1 (scanner coordinates).
+    With a ``header`` (for instance the input image's) its metadata is kept, the affine and data type are
+    updated and its display window and intent are cleared; without one, qform and sform are both set to ``affine`` with code 1 (scanner coordinates).
     """
     path = Path(path)
     if _nifti_suffix(path) is None:
@@ -347,6 +347,9 @@ def save_nifti(
     if header is None:
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
+    else:  # the input's display window and intent describe other data (e.g. a mask saved with a scan's header)
+        img.header["cal_min"] = img.header["cal_max"] = 0
+        img.header.set_intent("none")
     atomic_write(path, img.to_filename, overwrite=overwrite)
     return path
 

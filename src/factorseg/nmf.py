@@ -9,14 +9,28 @@ ICLR 2021, for ``k = 1``), trading gradient fidelity for memory.
 An iteration updates ``U`` given ``V``, then ``V`` given ``U``. Initialisation gives ``U0`` and then
 ``V0 = argmin_V ||X - U0 V^T||`` column-wise (exact for rank 1), so zero iterations already yields a
 meaningful rank-R approximation: this is the far end of the test-time speed/accuracy trade-off.
+
+Fused rank-1 HALS (the presets' solver). For ``X >= 0`` and ``U0 >= 0`` every ``X^T u`` is already
+nonnegative, so ``v = X^T u / (u.u + eps)`` exactly, and one iteration only needs the Gram matrix
+``G = X X^T`` (``M x M``): ``X v = a G u`` and ``v.v = a^2 u^T G u`` with ``a = 1 / (u.u + eps)``.
+The iterations then never touch ``X``: one pass builds ``G``, one more gives the final ``v``,
+instead of two passes per iteration, and autograd keeps only ``M x M`` intermediates (full unrolling
+costs almost no more memory than the one-step gradient). The last-k gradient is kept exact: the
+first tracked step sees the previous ``v`` as a constant (``X X_detached^T``, see :class:`_Gram`).
+The value equals the plain iterations up to float rounding; in the gradient, a zero entry of
+``X^T u`` counts as interior (one-sided derivative in the nonnegative orthant) instead of ReLU's
+zero subgradient there, which only changes gradients at entries that a preceding ReLU already
+zeroes (as in the mixer). Matrices that are strided views of a channels-last window buffer
+(``matricize.matrices_view``) get all heads' Gram blocks from one ``(N x C)^T (N x C)`` product.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 Solver = Literal["hals", "mu"]
 Init = Literal["fixed", "random", "nndsvd"]
@@ -38,6 +52,10 @@ def eps_for(dtype: torch.dtype) -> float:
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Half-precision inputs are factorised in float32: the matrices are tiny, the ratios are not."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _is_nonnegative(x: Tensor) -> bool:
+    return x.numel() == 0 or bool(x.min() >= 0)
 
 
 def _gram_columns(a: Tensor) -> Tensor:
@@ -80,6 +98,109 @@ def _mu_update(x: Tensor, factor: Tensor, other: Tensor, eps: float) -> Tensor:
 
 
 _UPDATES = {"hals": _hals_update, "mu": _mu_update}
+
+
+def _channels_last_view(x: Tensor) -> Tensor | None:
+    """``(Bf, N, C)`` view of matrices ``x (..., H, W, M, N)`` cut from a channels-last window buffer.
+
+    That is the layout of :func:`factorseg.matricize.matrices_view`: for each leading index and
+    window, the ``N x (H * M)`` block is contiguous. Returns ``None`` for any other layout.
+    """
+    if x.dim() < 4:
+        return None
+    lead = list(range(x.dim() - 4))
+    y = x.permute(*lead, -3, -1, -4, -2)  # (..., W, N, H, M)
+    if not y.is_contiguous():
+        return None
+    return y.reshape(-1, x.shape[-1], x.shape[-4] * x.shape[-2])
+
+
+def _from_channels_last(t: Tensor, like: Tensor) -> Tensor:
+    """Inverse of :func:`_channels_last_view` for a tensor ``(Bf, N, H * K)`` -> ``(..., H, W, K, N)``."""
+    *lead, h, w, _, n = like.shape
+    k = t.shape[-1] // h
+    return t.view(*lead, w, n, h, k).permute(*range(len(lead)), -2, -4, -1, -3)
+
+
+def _blocks_to_heads(full: Tensor, like: Tensor) -> Tensor:
+    """Diagonal ``M x M`` blocks of ``(Bf, C, C)`` Gram matrices -> ``(..., H, W, M, M)``."""
+    *lead, h, w, m, _ = like.shape
+    blocks = full.view(-1, h, m, h, m).diagonal(dim1=1, dim2=3)  # (Bf, M, M, H)
+    return blocks.permute(0, 3, 1, 2).reshape(*lead, w, h, m, m).transpose(-3, -4).contiguous()
+
+
+def _heads_to_blocks(g: Tensor, like: Tensor) -> Tensor:
+    """``(..., H, W, M, M)`` -> block-diagonal ``(Bf, C, C)``; the adjoint of :func:`_blocks_to_heads`."""
+    h, m = like.shape[-4], like.shape[-2]
+    per = g.transpose(-3, -4).reshape(-1, h, m, m)  # (Bf, H, M, M)
+    full = per.new_zeros(per.shape[0], h, m, h, m)
+    full.diagonal(dim1=1, dim2=3).copy_(per.permute(0, 2, 3, 1))
+    return full.view(-1, h * m, h * m)
+
+
+def _gram(x: Tensor) -> Tensor:
+    """``X X^T`` of every matrix ``x (..., M, N)`` (one product for all heads of a channels-last view)."""
+    y = _channels_last_view(x)
+    if y is None:
+        return x @ x.transpose(-1, -2)
+    return _blocks_to_heads(torch.bmm(y.transpose(1, 2), y), x)
+
+
+class _Gram(torch.autograd.Function):
+    """``G = X X^T`` of every matrix ``X (..., M, N)``, returned twice: ``G`` and ``G_left``.
+
+    Both have the same value; ``G_left`` differentiates as ``X X_detached^T`` (``X v`` for a constant
+    ``v = X^T w``), which the first tracked step of a last-k gradient needs. One product serves both
+    forward and backward (``dX = (dG + dG^T + dG_left) X``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(x)
+        g = _gram(x)
+        return g, g.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dg: Tensor | None, dgl: Tensor | None) -> Tensor:
+        (x,) = ctx.saved_tensors
+        d = None if dg is None else dg + dg.transpose(-1, -2)
+        if dgl is not None:
+            d = dgl if d is None else d + dgl
+        assert d is not None
+        y = _channels_last_view(x)
+        if y is None:
+            return d @ x
+        # Per head, dY_h = Y_h D_h^T with Y_h = X_h^T.
+        return _from_channels_last(torch.bmm(y, _heads_to_blocks(d.transpose(-1, -2), x)), x)
+
+
+def _transpose_times(x: Tensor, u: Tensor) -> Tensor:
+    """``X^T u`` for matrices ``x (..., M, N)`` and ``u (..., M, R)`` -> ``(..., N, R)``.
+
+    For a channels-last view, all heads come from one ``(N x C) @ (C x H R)`` product with ``u``
+    laid out block-diagonally, reading ``x`` once and returning a strided view.
+    """
+    y = _channels_last_view(x)
+    if y is None:
+        return x.transpose(-1, -2) @ u
+    h, m, r = x.shape[-4], x.shape[-2], u.shape[-1]
+    per = u.transpose(-3, -4).reshape(-1, h, m, r)  # (Bf, H, M, R)
+    eye = torch.eye(h, dtype=u.dtype, device=u.device).view(1, h, 1, h, 1)
+    blocks = (per.unsqueeze(-2) * eye).reshape(-1, h * m, h * r)  # (Bf, C, H R)
+    return _from_channels_last(torch.bmm(y, blocks), x).transpose(-1, -2)
+
+
+def _rank1_hals_step(g_xv: Tensor, g_vv: Tensor, u: Tensor, a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """One rank-1 HALS iteration in Gram form; the state ``(u, a)`` stands for ``v = a X^T u``.
+
+    ``u <- relu(X v) / (v.v + eps)`` with ``X v = a G u`` (``g_xv``) and ``v.v = a^2 u^T G u`` (``g_vv``).
+    """
+    gu = g_xv @ u
+    guv = gu if g_vv is g_xv else g_vv @ u
+    vv = (a * a) * (u * guv).sum(dim=-2, keepdim=True)
+    u = torch.relu(a * gu) / (vv + eps)
+    return u, 1.0 / ((u * u).sum(dim=-2, keepdim=True) + eps)
 
 
 def nndsvd(x: Tensor, rank: int, fill: float | None = None) -> tuple[Tensor, Tensor]:
@@ -152,6 +273,8 @@ class NMF(nn.Module):
             raise ValueError("backprop_iters must be >= 1 or None (full unrolling)")
         self.rows, self.rank, self.num_iters = rows, rank, num_iters
         self.solver, self.init, self.backprop_iters = solver, init, backprop_iters
+        #: Use the fused rank-1 HALS path where it applies; ``False`` forces the plain iterations.
+        self.fused = True
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("u0", torch.rand(rows, rank, generator=generator))
 
@@ -171,20 +294,55 @@ class NMF(nn.Module):
         fill = 1e-2 if self.solver == "mu" else None
         return nndsvd(x.detach(), self.rank, fill=fill)[0]
 
-    def decompose(self, x: Tensor, warm_start: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    @property
+    def fusable(self) -> bool:
+        """Whether :meth:`decompose` can take the fused rank-1 HALS path (for nonnegative input)."""
+        return self.fused and self.solver == "hals" and self.rank == 1
+
+    def decompose(
+        self, x: Tensor, warm_start: tuple[Tensor, Tensor] | None = None, *, nonnegative: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Factors ``U (..., M, R)`` and ``V (..., N, R)`` of ``x (..., M, N)``, in ``x``'s dtype.
 
         ``warm_start`` replaces the initialisation with given factors (then every iteration is
-        tracked by autograd unless ``backprop_iters`` says otherwise).
+        tracked by autograd unless ``backprop_iters`` says otherwise). ``nonnegative=True`` is the
+        caller's promise that ``x >= 0`` (e.g. after a ReLU), which skips the check that guards the
+        fused rank-1 path. Factors may be strided views (of a channels-last window buffer).
         """
         if x.shape[-2] != self.rows:
             raise ValueError(f"NMF built for {self.rows} rows got matrices of shape {tuple(x.shape[-2:])}")
         out_dtype = x.dtype
         dtype = _compute_dtype(x.dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            start = None if warm_start is None else (warm_start[0].to(dtype), warm_start[1].to(dtype))
-            u, v = self._solve(x.to(dtype), eps_for(dtype), start)
+            xc = x.to(dtype)
+            eps = eps_for(dtype)
+            if warm_start is None and self.fusable and (nonnegative or _is_nonnegative(xc)):
+                u, v = self._solve_fused(xc, eps)
+            else:
+                start = None if warm_start is None else (warm_start[0].to(dtype), warm_start[1].to(dtype))
+                u, v = self._solve(xc.contiguous(), eps, start)
         return u.to(out_dtype), v.to(out_dtype)
+
+    def _solve_fused(self, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        """Rank-1 HALS through the Gram matrices (module docstring); same schedule as :meth:`_solve`."""
+        tracked = self.num_iters if self.backprop_iters is None else min(self.backprop_iters, self.num_iters)
+        untracked = self.num_iters - tracked
+        if torch.is_grad_enabled() and x.requires_grad:
+            g, g_left = _Gram.apply(x)
+        else:
+            g = g_left = _gram(x)
+        with torch.no_grad():
+            u = self._initial_u(x)
+            a = 1.0 / ((u * u).sum(dim=-2, keepdim=True) + eps)
+            g_const = g.detach()
+            for _ in range(untracked):
+                u, a = _rank1_hals_step(g_const, g_const, u, a, eps)
+        for i in range(tracked):
+            if i == 0 and untracked > 0:  # v from the untracked part is a constant here
+                u, a = _rank1_hals_step(g_left, g_const, u, a, eps)
+            else:
+                u, a = _rank1_hals_step(g, g, u, a, eps)
+        return u, a.transpose(-1, -2) * _transpose_times(x, u)
 
     def _solve(self, x: Tensor, eps: float, start: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         update = _UPDATES[self.solver]

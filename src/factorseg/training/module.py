@@ -63,7 +63,8 @@ class SegmentationModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         image, target = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
-        loss = self.loss(self.model(image), target)
+        # Float targets: deep supervision resizes them (nearest), which integer tensors do not support.
+        loss = self.loss(self.model(image), target.float())
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0])
         return loss
 

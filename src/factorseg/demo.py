@@ -1,0 +1,545 @@
+"""``factorseg demo``: the whole idea in a few minutes on a CPU, with nothing downloaded.
+
+Every step uses the library's normal code path, exactly what the CLI commands run:
+
+1. data: synthetic multi-modal brain-tumour cases (:mod:`factorseg.data.synthetic`) in the BraTS 2021 layout,
+   ``cases`` for training (the run's own validation fold is drawn from them) and ``held_out`` more that
+   training never sees, with their reference masks kept in a separate folder;
+2. train: the ``demo`` recipe with :func:`factorseg.training.train` (``factorseg train``);
+3. predict: the best model on the held-out scans with :class:`~factorseg.inference.SegmentationPredictor`
+   (``factorseg predict``);
+4. evaluate: Dice and HD95 per BraTS region with :func:`~factorseg.evaluation.evaluate_folders`
+   (``factorseg evaluate``);
+5. explain: the NMF component maps of one Factorizer block on one held-out case with
+   :func:`~factorseg.explain.run_explain` (``factorseg explain``);
+6. report: ``DIR/report.html`` (scores, learning curve, overlays, component maps) and ``DIR/summary.json``
+   with the very numbers the report shows.
+
+``minutes`` turns a training time budget into a number of epochs from a measured step time; without it the
+recipe's fixed schedule runs (reproducible for a seed on a given machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from factorseg import __version__
+from factorseg.errors import InputError
+
+__all__ = ["DEFAULT_BLOCK", "DemoResult", "plan_epochs", "run_demo"]
+
+#: Synthetic training cases (the training run validates on 1/folds of them) and held-out test cases.
+DEFAULT_CASES = 24
+DEFAULT_HELD_OUT = 6
+#: Edge length of the synthetic volumes in voxels (1 mm isotropic).
+DEFAULT_SHAPE = 48
+#: The block whose NMF components the report shows: the decoder block at half resolution.
+DEFAULT_BLOCK = "decoder.1.0"
+#: Regions of the BraTS convention and the label values they unite.
+REGION_HELP = {
+    "TC": "tumour core = necrotic core (1) + enhancing tumour (4)",
+    "WT": "whole tumour = 1 + edema (2) + 4",
+    "ET": "enhancing tumour = 4",
+}
+REGION_VALUES = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
+#: Everything the demo writes inside ``out_dir``; ``overwrite`` removes exactly these and nothing else.
+OUTPUT_NAMES = ("data", "run", "predictions", "scores", "explain", "figures", "report.html", "summary.json")
+
+
+@dataclass
+class DemoResult:
+    """Where the demo left its outputs and its held-out scores."""
+
+    out_dir: Path
+    report: Path
+    summary_json: Path
+    dice: dict[str, float]
+    mean_dice: float
+    seconds: float
+    epochs: int
+
+    def print_summary(self, console: Console | None = None) -> None:
+        """A short table: mean held-out Dice per region and overall, wall time and the report's path."""
+        table = Table(title="factorseg demo: held-out synthetic cases", show_header=True)
+        table.add_column("region")
+        table.add_column("mean Dice", justify="right")
+        for region, value in self.dice.items():
+            table.add_row(region, f"{value:.3f}")
+        table.add_row("[bold]mean[/]", f"[bold]{self.mean_dice:.3f}[/]")
+        console = console or Console()
+        console.print(table)
+        console.print(f"wall time {self.seconds / 60:.1f} min ({self.epochs} training epochs)")
+        console.print(f"report: {self.report}")
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's start-up chatter (accelerator lines, tips) and known harmless warnings for the demo."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create ``out_dir``; refuse (or with ``overwrite`` remove) the demo outputs already in it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    present = [out_dir / name for name in OUTPUT_NAMES if (out_dir / name).exists()]
+    if present and not overwrite:
+        raise InputError(f"{out_dir} already holds demo outputs ({present[0].name}, ...); "
+                         "pass --overwrite to replace them or choose another --out")
+    for path in present:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _make_data(data_dir: Path, cases: int, held_out: int, seed: int, shape: int) -> tuple[Path, Path, Path]:
+    """Write the synthetic cases; move the last ``held_out`` ones out of the training folder.
+
+    Returns the training folder, the held-out image folder (BraTS layout without masks) and the folder of
+    held-out reference masks (``<case id>.nii.gz``, as ``factorseg evaluate`` expects).
+    """
+    from factorseg.data.synthetic import write_brats_dataset
+
+    train_dir, held_dir, ref_dir = data_dir / "train", data_dir / "held_out" / "images", data_dir / "held_out" / "labels"
+    folders = write_brats_dataset(train_dir, cases + held_out, seed=seed, shape=(shape,) * 3, skull_strip=True)
+    held_dir.mkdir(parents=True)
+    ref_dir.mkdir(parents=True)
+    for folder in folders[cases:]:
+        target = held_dir / folder.name
+        folder.rename(target)
+        (target / f"{folder.name}_seg.nii.gz").rename(ref_dir / f"{folder.name}.nii.gz")
+    return train_dir, held_dir, ref_dir
+
+
+def _windows(size: int, roi: int, overlap: float) -> int:
+    """Sliding windows along one axis of length ``size`` (MONAI's scan-interval rule)."""
+    if size <= roi:
+        return 1
+    return math.ceil((size - roi) / max(1, int(roi * (1 - overlap)))) + 1
+
+
+def _measure_seconds(cfg: dict[str, Any]) -> tuple[float, float]:
+    """Seconds of one training step (forward, loss, backward, AdamW) and of one inference window, on noise."""
+    from factorseg.bundle import build_model
+    from factorseg.data.labels import get_label_spec
+    from factorseg.training.module import make_loss
+
+    roi = tuple(int(s) for s in cfg["transforms"]["roi_size"])
+    model = build_model(cfg["model"])
+    loss_fn = make_loss(get_label_spec("brats2021"), cfg["train"].get("deep_supervision_weights"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    patches = int(cfg["train"]["batch_size"]) * int(cfg["transforms"].get("num_samples", 1))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(patches, int(cfg["model"]["in_channels"]), *roi, generator=generator)
+    y = (torch.rand(patches, int(cfg["model"]["out_channels"]), *roi, generator=generator) > 0.5).float()
+    times = []
+    model.train()
+    for _ in range(3):  # the first step allocates; time the other two
+        start = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    model.eval()
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(x[:1])
+        forward = time.perf_counter() - start
+    return float(np.mean(times[1:])), forward
+
+
+def plan_epochs(cfg: dict[str, Any], minutes: float, n_val: int, shape: int) -> int:
+    """Epochs of the recipe's ``steps_per_epoch`` that fit ``minutes`` of training on this machine.
+
+    One epoch costs ``steps_per_epoch`` measured steps plus, every ``val_interval`` epochs, a sliding-window
+    pass over the ``n_val`` validation cases (counted at the full ``shape``, an upper bound); 15 % is added
+    for data loading and logging.
+    """
+    if minutes <= 0:
+        raise InputError(f"--minutes must be positive, got {minutes}")
+    step, forward = _measure_seconds(cfg)
+    train, inference = cfg["train"], cfg["inference"]
+    roi = [int(s) for s in cfg["transforms"]["roi_size"]]
+    windows = math.prod(_windows(shape, r, float(inference.get("overlap", 0.5))) for r in roi)
+    validation = n_val * windows * forward / max(1, int(inference.get("sw_batch_size", 1)))
+    epoch = 1.15 * (int(train["steps_per_epoch"]) * step + validation / int(train["val_interval"]))
+    return max(1, int(minutes * 60 / epoch))
+
+
+def _demo_config(cases: int, seed: int, minutes: float | None, shape: int, overrides: Sequence[str],
+                 console: Console) -> dict[str, Any]:
+    """The ``demo`` recipe with the seed, the number of folds the cases allow, and the epochs for ``minutes``."""
+    from factorseg.config import apply_overrides, load_recipe
+
+    cfg = load_recipe("demo")
+    folds = min(int(cfg["data"]["folds"]), cases)
+    cfg = apply_overrides(cfg, [f"train.seed={seed}", f"data.folds={folds}", *overrides])
+    if minutes is not None:
+        n_val = math.ceil(cases / int(cfg["data"]["folds"]))
+        with console.status("Timing a few training steps to fit the time budget"):
+            epochs = plan_epochs(cfg, minutes, n_val, shape)
+        console.print(f"  {minutes:g} min of training = {epochs} epochs of {cfg['train']['steps_per_epoch']} steps")
+        cfg = apply_overrides(cfg, [f"train.epochs={epochs}"])
+    return cfg
+
+
+def _read(path: Path) -> np.ndarray:
+    from factorseg.io import read_image
+
+    return read_image(path).array
+
+
+def _pick_cases(per_case: dict[str, dict[str, float]], regions: Sequence[str]) -> dict[str, str]:
+    """The best, median and worst held-out case by mean Dice (fewer when there are fewer cases)."""
+    ranked = sorted(per_case, key=lambda c: (-float(np.mean([per_case[c][f"dice/{r}"] for r in regions])), c))
+    picks: dict[str, str] = {}
+    for title, case in (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])):
+        if case not in picks.values():
+            picks[title] = case
+    return picks
+
+
+def _overlay_cases(picks: dict[str, str], per_case: dict[str, dict[str, float]], regions: Sequence[str],
+                   held_dir: Path, ref_dir: Path, pred_dir: Path) -> list[Any]:
+    """The picked cases' FLAIR, T1ce, reference and prediction for :func:`factorseg.report.plot_overlays`."""
+    from factorseg.report import OverlayCase
+
+    return [
+        OverlayCase(
+            case_id=case, title=f"{title} case", flair=_read(held_dir / case / f"{case}_flair.nii.gz"),
+            t1ce=_read(held_dir / case / f"{case}_t1ce.nii.gz"), reference=_read(ref_dir / f"{case}.nii.gz"),
+            prediction=_read(pred_dir / f"{case}.nii.gz"), dice={r: per_case[case][f"dice/{r}"] for r in regions},
+        )
+        for title, case in picks.items()
+    ]
+
+
+def _explain_case(loaded: Any, predictor: Any, case: dict[str, Any], ref_path: Path, out_dir: Path,
+                  block: str) -> dict[str, Any]:
+    """Component maps of ``block`` for one held-out case, on the FLAIR grid, scored against its reference."""
+    from factorseg.data.transforms import invert_prediction
+    from factorseg.explain import run_explain
+    from factorseg.io import read_image
+
+    flair = read_image(case["image"][0])
+    data = predictor.transforms(dict(case))
+
+    def to_scan_grid(maps: np.ndarray) -> np.ndarray:
+        return invert_prediction(torch.from_numpy(maps), data, predictor.transforms, mode="linear").numpy()
+
+    return run_explain(
+        loaded.model, data["image"].as_tensor(), flair.array, flair.affine, out_dir, blocks=[block],
+        label=_read(ref_path), label_values=REGION_VALUES, mask=flair.array > 0, to_scan_grid=to_scan_grid,
+        slices=3, montage_components=6, overwrite=True,
+    )
+
+
+def _intro_html(cases: int, held_out: int, shape: int, cfg: dict[str, Any], out_dir: Path) -> str:
+    """The "what you are looking at" text, with the equivalent commands to run each step by hand."""
+    import html
+
+    model, tr = cfg["model"], cfg["train"]
+    roi = "×".join(str(s) for s in cfg["transforms"]["roi_size"])
+    commands = "\n".join([
+        f"factorseg train -d {out_dir}/data/train -o {out_dir}/run --recipe demo",
+        f"factorseg predict -m {out_dir}/run/model_best.pt -i {out_dir}/data/held_out/images -o {out_dir}/predictions",
+        f"factorseg evaluate -p {out_dir}/predictions -r {out_dir}/data/held_out/labels "
+        f"--labels-from {out_dir}/run/model_best.pt -o {out_dir}/scores",
+    ])
+    return (
+        f"<p>Everything on this page was produced on this computer in one run of <code>factorseg demo</code>, "
+        f"without downloading anything. <b>Data:</b> {cases + held_out} synthetic skull-stripped brain MRI scans "
+        f"({shape}³ voxels of 1 mm, four modalities FLAIR, T1, T1ce, T2) with a glioma-like tumour, generated "
+        "from a seed with the BraTS 2021 labels: necrotic core (1), edema (2) and enhancing tumour (4). "
+        f"{cases} cases trained the model (the training run validated on {math.ceil(cases / cfg['data']['folds'])} "
+        f"of them); the <b>{held_out} held-out cases</b> scored below were never seen during training.</p>"
+        f"<p><b>Model:</b> a small Swin Factorizer ({model['name']}, widths {model['widths']}): a U-shaped network "
+        "whose blocks mix context with a differentiable non-negative matrix factorisation (NMF) of each "
+        f"{model['window_size']}³-voxel window instead of attention. It was trained for {tr['epochs']} epochs of "
+        f"{tr['steps_per_epoch']} steps on random {roi} patches (recipe <code>demo</code>), predicts the three "
+        "nested BraTS regions (TC, WT, ET) with one sigmoid output each, and segments each held-out scan "
+        "with sliding windows.</p>"
+        "<p>The same steps by hand (see <code>factorseg COMMAND --help</code>):</p>"
+        f"<pre>{html.escape(commands)}</pre>"
+    )
+
+
+def run_demo(
+    out_dir: str | Path = "demo_out",
+    minutes: float | None = None,
+    cases: int = DEFAULT_CASES,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+    *,
+    held_out: int = DEFAULT_HELD_OUT,
+    shape: int = DEFAULT_SHAPE,
+    overrides: Sequence[str] = (),
+    block: str = DEFAULT_BLOCK,
+    console: Console | None = None,
+) -> DemoResult:
+    """Generate data, train, predict, evaluate, explain, and write ``out_dir/report.html`` (see module doc).
+
+    Args:
+        out_dir: output folder (created); demo outputs already in it are refused unless ``overwrite``.
+        minutes: training time budget; ``None`` runs the ``demo`` recipe's fixed number of epochs.
+        cases: synthetic training cases (at least 2; the run validates on one fold of them).
+        seed: seed of the data, the splits and the training.
+        progress: show progress bars (stage lines and the final summary are printed regardless).
+        overwrite: replace the demo outputs already in ``out_dir``.
+        held_out: synthetic cases kept out of training and scored in the report.
+        shape: edge length of the synthetic volumes in voxels.
+        overrides: ``section.key=value`` recipe overrides (e.g. ``train.steps_per_epoch=2``).
+        block: the Factorizer block whose NMF components the report shows.
+        console: where to print (default: stdout).
+    """
+    from factorseg import report
+    from factorseg.bundle import load_bundle
+    from factorseg.data.formats import cases_from_paths
+    from factorseg.evaluation import evaluate_folders
+    from factorseg.explain import list_blocks
+    from factorseg.inference import SegmentationPredictor
+    from factorseg.training import train
+
+    console = console or Console()
+    if cases < 2:
+        raise InputError(f"the demo needs at least 2 training cases, got {cases}")
+    if held_out < 1:
+        raise InputError(f"the demo needs at least 1 held-out case, got {held_out}")
+    if shape < 32:
+        raise InputError(f"synthetic volumes must be at least 32 voxels wide, got {shape}")
+    out_dir = Path(out_dir).expanduser()
+    _prepare_out_dir(out_dir, overwrite)
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+
+    def stage(name: str, since: float) -> float:
+        now = time.perf_counter()
+        timing[name] = round(now - since, 2)
+        return now
+
+    console.print(f"[bold]1/6[/] Generating {cases} training + {held_out} held-out synthetic cases ({shape}³)")
+    with console.status("Generating synthetic scans", spinner="dots") if progress else _nothing():
+        train_dir, held_dir, ref_dir = _make_data(out_dir / "data", cases, held_out, seed, shape)
+    cfg = _demo_config(cases, seed, minutes, shape, overrides, console)
+    now = stage("data", started)
+
+    tr = cfg["train"]
+    console.print(f"[bold]2/6[/] Training the demo Factorizer: {tr['epochs']} epochs of {tr['steps_per_epoch']} steps")
+    with _quiet_lightning():
+        trained = train(cfg, train_dir, out_dir / "run", progress=progress)
+    now = stage("train", now)
+
+    console.print(f"[bold]3/6[/] Predicting the {held_out} held-out cases with {trained.best_model.name}")
+    loaded = load_bundle(trained.best_model)
+    predictor = SegmentationPredictor([loaded])
+    test_cases = cases_from_paths([held_dir], len(predictor.channels))
+    predictor.predict_to_folder(test_cases, out_dir / "predictions", progress=progress)
+    now = stage("predict", now)
+
+    console.print("[bold]4/6[/] Scoring the predictions against the held-out reference masks")
+    regions = list(loaded.labels.names)
+    scores = evaluate_folders(out_dir / "predictions", ref_dir, loaded.labels, ("dice", "hd95"), out_dir / "scores")
+    now = stage("evaluate", now)
+
+    per_case = scores.per_case
+    picks = _pick_cases(per_case, regions)
+    explained = picks.get("median", picks["best"])
+    blocks = list_blocks(loaded.model)
+    if block not in blocks:
+        raise InputError(f"block {block!r} is not in the demo model; its blocks are {', '.join(blocks)}")
+    console.print(f"[bold]5/6[/] Extracting the NMF components of block {block} on case {explained}")
+    case = next(c for c in test_cases if c["id"] == explained)
+    components = _explain_case(loaded, predictor, case, ref_dir / f"{case['id']}.nii.gz", out_dir / "explain", block)
+    now = stage("explain", now)
+
+    console.print("[bold]6/6[/] Writing the report")
+    summary = _summary(scores, regions, cfg, trained.metrics, cases, held_out, shape, seed, minutes, block,
+                       explained, components)
+    figures_dir = out_dir / "figures"
+    figures_dir.mkdir()
+    curve = report.plot_learning_curve(report.read_metrics_csv(out_dir / "run" / "logs" / "metrics.csv"), regions,
+                                       figures_dir / "learning_curve.png")
+    overlays = report.plot_overlays(
+        _overlay_cases(picks, per_case, regions, held_dir, ref_dir, out_dir / "predictions"),
+        figures_dir / "overlays.png",
+    )
+    montage = _plot_components(components, block, case, ref_dir / f"{explained}.nii.gz", out_dir / "explain",
+                               figures_dir / "components.png")
+    content = report.ReportContent(
+        title="factorseg demo: a Factorizer on synthetic brain tumours",
+        intro_html=_intro_html(cases, held_out, shape, cfg, out_dir),
+        regions=regions,
+        region_help=REGION_HELP,
+        scores=summary["scores"],
+        mean_dice=summary["mean_dice"],
+        per_case=summary["per_case"],
+        figures=[
+            ("Learning curve", curve, _CURVE_CAPTION),
+            ("Held-out cases: reference and prediction", overlays, _OVERLAY_CAPTION),
+            (f"What the NMF components of block {block} look at", montage,
+             _components_caption(block, explained, components)),
+        ],
+        facts=_facts(summary, timing, out_dir),
+    )
+    report_path = report.write_report(out_dir / "report.html", content)
+    stage("report", now)
+    timing["total"] = round(time.perf_counter() - started, 2)
+    summary["timing_s"] = timing
+    summary_path = _write_json(out_dir / "summary.json", summary)
+
+    dice = {r: summary["scores"][r]["dice"]["mean"] for r in regions}
+    result = DemoResult(out_dir, report_path, summary_path, dice, summary["mean_dice"], timing["total"],
+                        int(cfg["train"]["epochs"]))
+    result.print_summary(console)
+    return result
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+_CURVE_CAPTION = (
+    "Left: the training loss (Dice + binary cross-entropy, averaged over each epoch's steps). Right: Dice of "
+    "the training run's own validation cases (one cross-validation fold of the training cases, full volumes "
+    "by sliding window), measured every few epochs; the model with the best mean is the one used here."
+)
+_OVERLAY_CAPTION = (
+    "The best, median and worst held-out case by mean Dice, on the axial slice with the most tumour. "
+    "Columns: FLAIR and T1ce scans, then the reference and the predicted labels over FLAIR: "
+    "<b>red</b> necrotic core (label 1), <b>green</b> edema (2), <b>yellow</b> enhancing tumour (4). "
+    "The regions scored above nest: ET = 4, TC = 1 + 4, WT = 1 + 2 + 4. The white line on the prediction is "
+    "the outline of the reference tumour (WT)."
+)
+
+
+def _best_auc(components: dict[str, Any], block: str) -> dict[int, tuple[str, float]]:
+    """Per component index of ``block``: the region its map separates best and that AUC."""
+    best: dict[int, tuple[str, float]] = {}
+    for row in components.get("overlap", []):
+        if row["block"] == block and row["auc"] is not None:
+            k = int(row["component"])
+            if k not in best or row["auc"] > best[k][1]:
+                best[k] = (row["label"], float(row["auc"]))
+    return best
+
+
+def _plot_components(components: dict[str, Any], block: str, case: dict[str, Any], ref_path: Path, explain_dir: Path,
+                     out_png: Path) -> Path:
+    """The report's component figure, from the maps :func:`run_explain` wrote (on the FLAIR grid)."""
+    from factorseg.io import read_image
+    from factorseg.report import plot_components
+
+    info = components["blocks"][block]
+    maps = np.moveaxis(read_image(explain_dir / info["files"]["nifti"], expect_3d=False).array, -1, 0)
+    shown = info["montage_components"]
+    best = _best_auc(components, block)
+    titles = []
+    for k in shown:
+        entry = info["components"][k]
+        name = f"head {entry['head']}" + (f", component {entry['component']}" if info["rank"] > 1 else "")
+        titles.append(f"{name}\n{best[k][0]} AUC {best[k][1]:.2f}" if k in best else name)
+    return plot_components(_read(Path(case["image"][0])), _read(ref_path), maps[shown], titles, out_png)
+
+
+def _components_caption(block: str, case: str, components: dict[str, Any]) -> str:
+    info = components["blocks"][block]
+    shown = len(info["montage_components"])
+    which = "all" if shown == len(info["components"]) else f"the {shown} (of {len(info['components'])}) that best separate a tumour region"
+    return (
+        f"Block <code>{block}</code> of the trained model, run on held-out case {case}, works on a "
+        f"{'×'.join(map(str, info['spatial']))}-voxel feature map (stride {info['stride'][0]}). In each "
+        f"{'×'.join(map(str, info['window']))} window it approximates every head's features (a non-negative "
+        f"{info['head_dim']} channels × window voxels matrix) by a rank-{info['rank']} product U·Vᵀ. The "
+        "<b>component map</b> of a head is its spatial factor V put back in place, scaled by the size of the "
+        "channel loading U: how strongly the head's one channel pattern is present at each voxel. "
+        f"Shown are {which}, over FLAIR on the axial and coronal slices with the most tumour (left: the "
+        "reference labels; cyan: the reference tumour outline); each map has its own colour scale from 0 to its "
+        "maximum in the brain. AUC: how well the map alone ranks the voxels of the named region (WT, TC or ET) "
+        "above the rest of the brain, 1 = perfectly, 0.5 = chance, below 0.5 = the map avoids the region. "
+        "No component was trained to follow the tumour; only the final segmentation was supervised."
+    )
+
+
+def _summary(scores: Any, regions: list[str], cfg: dict[str, Any], validation: dict[str, float], cases: int,
+             held_out: int, shape: int, seed: int, minutes: float | None, block: str, explained: str,
+             components: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``summary.json``: the scores the report shows, the settings and the explained block."""
+    by_region = {
+        r: {m: {k: scores.summary[f"{m}/{r}"][k] for k in ("mean", "std", "median", "min", "max")}
+            for m in ("dice", "hd95")}
+        for r in regions
+    }
+    tr = cfg["train"]
+    return {
+        "factorseg_version": __version__,
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "report": "report.html",
+        "mean_dice": float(np.mean([by_region[r]["dice"]["mean"] for r in regions])),
+        "regions": regions,
+        "scores": by_region,
+        "per_case": {c: {k: float(v) for k, v in values.items()} for c, values in scores.per_case.items()},
+        "validation": validation,
+        "settings": {
+            "recipe": "demo", "train_cases": cases, "held_out_cases": held_out, "shape": [shape] * 3,
+            "seed": seed, "minutes": minutes, "epochs": int(tr["epochs"]), "steps_per_epoch": int(tr["steps_per_epoch"]),
+            "batch_size": int(tr["batch_size"]), "roi_size": list(cfg["transforms"]["roi_size"]),
+            "model": cfg["model"], "folds": int(cfg["data"]["folds"]), "torch_threads": torch.get_num_threads(),
+        },
+        "explained": {"case": explained, "block": block,
+                      "montage_components": components["blocks"][block]["montage_components"]},
+    }
+
+
+def _facts(summary: dict[str, Any], timing: dict[str, float], out_dir: Path) -> list[tuple[str, str]]:
+    s = summary["settings"]
+    steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timing.items())
+    return [
+        ("synthetic cases", f"{s['train_cases']} training, {s['held_out_cases']} held out, {s['shape'][0]}³ voxels, "
+                            f"seed {s['seed']}"),
+        ("training", f"{s['epochs']} epochs × {s['steps_per_epoch']} steps, batch {s['batch_size']}, "
+                     f"patches {'×'.join(map(str, s['roi_size']))}"
+                     + (f", time budget {s['minutes']:g} min" if s["minutes"] is not None else "")),
+        ("CPU threads", str(s["torch_threads"])),
+        ("time per step", steps),
+        ("factorseg", summary["factorseg_version"]),
+        ("outputs", f"{out_dir}: data/, run/ (model, logs), predictions/, scores/, explain/, figures/, summary.json"),
+    ]
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> Path:
+    import json
+
+    from factorseg.io import atomic_write
+
+    return atomic_write(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode(), overwrite=True)
