@@ -17,7 +17,7 @@ from factorseg.matricize import (
     window_stack,
     window_unstack,
 )
-from factorseg.nmf import NMF, Init, Solver
+from factorseg.nmf import NMF, Init, Solver, head_loadings_t
 
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:
@@ -101,14 +101,11 @@ class NMFMixer(nn.Module):
         stacked = window_stack(pad_channels_last(h, lay), lay)  # (B, S, W, N, C)
         u, v = self.nmf.decompose(matrices_view(stacked, hd), nonnegative=True)
         s, w, n, r = len(lay.shifts), lay.num_windows, lay.window_voxels, u.shape[-1]
-        # V per window and all heads: (B S W, N, H R); U block-diagonal: (B S W, C, H R).
+        # V per window and all heads: (B S W, N, H R) (a view for the fused path); the loadings as
+        # block-diagonal (B S W, H R, C) rows, with the out-projection and the shift average folded in.
         v_all = v.permute(0, 1, 3, 4, 2, 5).reshape(b * s * w, n, heads * r)
-        u_per = u.permute(0, 1, 3, 2, 4, 5).reshape(b * s * w, heads, hd, r)
-        eye = torch.eye(heads, dtype=u.dtype, device=u.device).view(1, heads, 1, heads, 1)
-        u_blocks = (u_per.unsqueeze(-2) * eye).reshape(b * s * w, c, heads * r)
-        # Fold the out-projection and the average over shifts into (H R) x C per window.
         w_out = _pointwise_weight(self.out_proj).to(u.dtype)
-        mixed = u_blocks.transpose(1, 2) @ (w_out.t() / s)
+        mixed = head_loadings_t(u) @ (w_out.t() / s)
         rec = torch.bmm(v_all, mixed).view(b, s, w, n, c)
         out = crop_channels_last(window_unstack(rec, lay), lay)
         if self.out_proj.bias is not None:
@@ -165,8 +162,38 @@ class FactorizerBlock(nn.Module):
         return y.movedim(-1, 1)
 
 
+def channels_last(x: Tensor) -> Tensor:
+    """``x`` with channels-last memory (what oneDNN convolutions and the Factorizer blocks run fastest on)."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return x if fmt is None else x.contiguous(memory_format=fmt)
+
+
+def instance_norm(x: Tensor, norm: nn.Module) -> Tensor:
+    """``norm`` (an affine ``InstanceNorm``, no running stats) computed channels-last.
+
+    PyTorch's instance norm returns channels-first memory, which would send the next convolution
+    down a slower path; this keeps the layout (one statistics pass, one fused scale-and-shift pass).
+    """
+    if x.dim() not in (4, 5) or norm.track_running_stats:
+        return norm(x)
+    b, c = x.shape[:2]
+    flat = x.movedim(1, -1).reshape(b, -1, c)
+    var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
+    scale = torch.rsqrt(var + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight
+        shift = norm.bias - mean * scale
+    else:
+        shift = -mean * scale
+    out = torch.addcmul(shift, flat, scale)
+    return out.view(b, *x.shape[2:], c).movedim(-1, 1)
+
+
 class ConvBlock(nn.Module):
-    """Two 3x3 conv -> instance norm -> LeakyReLU layers with a residual 1x1 path (the stem)."""
+    """Two 3x3 conv -> instance norm -> LeakyReLU layers with a residual 1x1 path (the stem).
+
+    Runs channels-last in memory (see :func:`channels_last`), as do the blocks that follow it.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int) -> None:
         super().__init__()
@@ -181,7 +208,11 @@ class ConvBlock(nn.Module):
         self.skip = conv(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.leaky_relu(self.body(x) + self.skip(x), 0.01)
+        x = channels_last(x)
+        conv1, norm1, act, conv2, norm2 = self.body
+        h = act(instance_norm(conv1(x), norm1))
+        h = instance_norm(conv2(h), norm2)
+        return F.leaky_relu(h + self.skip(x), 0.01)
 
 
 class Downsample(nn.Module):

@@ -1,15 +1,20 @@
 """The ``factorseg`` command: train, predict, evaluate, explain, export and demo.
 
-Problems with user input print one line (``factorseg: error: ...``) and exit with status 2;
-``--debug`` shows the traceback instead.
+Problems with user input print one line (``factorseg: error: ...``) and exit with status 2; known failures of
+the machine (out of memory, disk full, read-only or forbidden output) print one line and exit with status 1;
+``--debug`` shows the traceback instead. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from factorseg import __version__
 from factorseg.errors import InputError
@@ -30,7 +35,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-r", "--recipe", default="default", help="shipped recipe name or a YAML file (default: default)")
     p.add_argument("--format", help="dataset layout, if auto-detection is not wanted")
     p.add_argument("--labels", help="label convention (e.g. brats2021, msd_task01, brats2015, isles22)")
-    p.add_argument("--model", help="registry model name (e.g. swin_factorizer, segresnet, dynunet)")
+    p.add_argument("--model", help="registry model name (e.g. swin_factorizer, segresnet, dynunet); another "
+                   "architecture than the recipe's starts from its own defaults")
     p.add_argument("--fold", type=int, help="cross-validation fold to hold out")
     p.add_argument("--folds", type=int, help="number of cross-validation folds")
     p.add_argument("--epochs", type=int, help="number of epochs")
@@ -53,7 +59,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
     pairs = [
-        ("data.format", args.format), ("data.labels", args.labels), ("model.name", args.model),
+        ("data.format", args.format), ("data.labels", args.labels),
         ("data.fold", args.fold), ("data.folds", args.folds), ("train.epochs", args.epochs),
         ("train.steps_per_epoch", args.steps_per_epoch), ("train.batch_size", args.batch_size),
         ("train.lr", args.lr), ("train.seed", args.seed), ("train.val_interval", args.val_interval),
@@ -64,7 +70,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from factorseg.config import apply_overrides, load_recipe
+    from factorseg.config import apply_overrides, load_recipe, switch_model
     from factorseg.training import train
 
     if args.resume:
@@ -74,6 +80,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = load_recipe(saved)
     else:
         cfg = load_recipe(args.recipe)
+    if args.model:
+        cfg = switch_model(cfg, args.model)
     cfg = apply_overrides(cfg, _train_overrides(args))
     result = train(cfg, args.data, args.output, resume=args.resume, progress=not args.no_progress)
     print(f"best model: {result.best_model}")
@@ -335,21 +343,65 @@ def input_error(exc: BaseException) -> InputError | None:
     return None
 
 
+# Conditions of the machine, not of factorseg or its input: reported in one line with exit status 1.
+_SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def system_error(exc: BaseException) -> str | None:
+    """A one-line message for known failures of the machine behind ``exc`` (out of memory, disk full,
+    read-only or forbidden output), if any; anything else is a bug and keeps its traceback."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError) or type(current).__name__ == "OutOfMemoryError":
+            first = (str(current).strip().splitlines() or [""])[0][:200]
+            return (f"out of memory ({first or type(current).__name__}); try a smaller --sw-batch-size, another "
+                    "--device, or a smaller model / transforms.roi_size")
+        if isinstance(current, OSError) and current.errno in _SYSTEM_ERRNOS:
+            where = f"{current.filename}: " if current.filename else ""
+            return f"{where}{current.strerror or os.strerror(current.errno)}"
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Input warnings (e.g. a channel resampled onto another grid) as one ``factorseg: warning:`` line."""
+    io_module = sys.modules.get("factorseg.io")
+    if io_module is not None and issubclass(category, io_module.InputWarning):
+        print(f"factorseg: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``factorseg`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return int(args.func(args) or 0)
     except Exception as exc:  # noqa: BLE001 - user errors become one line; others keep their traceback
-        problem = input_error(exc)
-        if problem is None or args.debug:
+        if args.debug:
             raise
-        print(f"factorseg: error: {problem}", file=sys.stderr)
-        return 2
+        problem = input_error(exc)
+        if problem is not None:
+            print(f"factorseg: error: {problem}", file=sys.stderr)
+            return 2
+        failure = system_error(exc)
+        if failure is None:
+            raise
+        print(f"factorseg: error: {failure}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("factorseg: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

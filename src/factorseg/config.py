@@ -27,6 +27,9 @@ def available_recipes() -> list[str]:
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
+    if extra.get("model", {}).get("name", base.get("model", {}).get("name")) != base.get("model", {}).get("name"):
+        # Another architecture starts from its own defaults, not from the base model's arguments.
+        out["model"] = {}
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
@@ -60,6 +63,14 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     if unknown:
         raise InputError(f"{name_or_path}: unknown recipe section(s) {unknown}; known: {list(SECTIONS)}")
     return {section: dict(cfg.get(section) or {}) for section in SECTIONS}
+
+
+def switch_model(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """The config with model ``name``; a different architecture drops the previous one's arguments."""
+    out = copy.deepcopy(cfg)
+    if out["model"].get("name") != name:
+        out["model"] = {"name": name}
+    return out
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

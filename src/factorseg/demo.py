@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import shutil
 import time
 import warnings
@@ -83,7 +84,7 @@ class DemoResult:
         table.add_row("[bold]mean[/]", f"[bold]{self.mean_dice:.3f}[/]")
         console = console or Console()
         console.print(table)
-        console.print(f"wall time {self.seconds / 60:.1f} min ({self.epochs} training epochs)")
+        console.print(f"wall time {self.seconds / 60:.1f} min ({self.epochs} training epoch{'' if self.epochs == 1 else 's'})")
         console.print(f"report: {self.report}")
 
 
@@ -221,10 +222,11 @@ def _read(path: Path) -> np.ndarray:
 def _pick_cases(per_case: dict[str, dict[str, float]], regions: Sequence[str]) -> dict[str, str]:
     """The best, median and worst held-out case by mean Dice (fewer when there are fewer cases)."""
     ranked = sorted(per_case, key=lambda c: (-float(np.mean([per_case[c][f"dice/{r}"] for r in regions])), c))
-    picks: dict[str, str] = {}
-    for title, case in (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])):
-        if case not in picks.values():
-            picks[title] = case
+    picks = {"best": ranked[0], "median": ranked[len(ranked) // 2], "worst": ranked[-1]}
+    if len(ranked) < 3:
+        picks.pop("median")
+    if len(ranked) < 2:
+        picks.pop("worst")
     return picks
 
 
@@ -263,33 +265,47 @@ def _explain_case(loaded: Any, predictor: Any, case: dict[str, Any], ref_path: P
     )
 
 
-def _intro_html(cases: int, held_out: int, shape: int, cfg: dict[str, Any], out_dir: Path) -> str:
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _commands(out_dir: Path, cfg: dict[str, Any], overrides: Sequence[str]) -> str:
+    """The CLI commands that repeat the training, prediction and evaluation steps of this run."""
+    tr = cfg["train"]
+    settings = [f"--seed {tr['seed']}", f"--epochs {tr['epochs']}", f"-s data.folds={cfg['data']['folds']}"]
+    settings += [f"-s {item}" for item in overrides]
+    return "\n".join([
+        f"DIR={shlex.quote(str(out_dir))}",
+        f"factorseg train -d $DIR/data/train -o $DIR/run --recipe demo {' '.join(settings)}",
+        "factorseg predict -m $DIR/run/model_best.pt -i $DIR/data/held_out/images -o $DIR/predictions",
+        "factorseg evaluate -p $DIR/predictions -r $DIR/data/held_out/labels --labels-from $DIR/run/model_best.pt \\\n"
+        "    -o $DIR/scores",
+    ])
+
+
+def _intro_html(cases: int, held_out: int, shape: int, cfg: dict[str, Any], out_dir: Path,
+                overrides: Sequence[str]) -> str:
     """The "what you are looking at" text, with the equivalent commands to run each step by hand."""
     import html
 
     model, tr = cfg["model"], cfg["train"]
     roi = "×".join(str(s) for s in cfg["transforms"]["roi_size"])
-    commands = "\n".join([
-        f"factorseg train -d {out_dir}/data/train -o {out_dir}/run --recipe demo",
-        f"factorseg predict -m {out_dir}/run/model_best.pt -i {out_dir}/data/held_out/images -o {out_dir}/predictions",
-        f"factorseg evaluate -p {out_dir}/predictions -r {out_dir}/data/held_out/labels "
-        f"--labels-from {out_dir}/run/model_best.pt -o {out_dir}/scores",
-    ])
+    n_val = math.ceil(cases / cfg["data"]["folds"])
     return (
         f"<p>Everything on this page was produced on this computer in one run of <code>factorseg demo</code>, "
         f"without downloading anything. <b>Data:</b> {cases + held_out} synthetic skull-stripped brain MRI scans "
-        f"({shape}³ voxels of 1 mm, four modalities FLAIR, T1, T1ce, T2) with a glioma-like tumour, generated "
-        "from a seed with the BraTS 2021 labels: necrotic core (1), edema (2) and enhancing tumour (4). "
-        f"{cases} cases trained the model (the training run validated on {math.ceil(cases / cfg['data']['folds'])} "
-        f"of them); the <b>{held_out} held-out cases</b> scored below were never seen during training.</p>"
-        f"<p><b>Model:</b> a small Swin Factorizer ({model['name']}, widths {model['widths']}): a U-shaped network "
-        "whose blocks mix context with a differentiable non-negative matrix factorisation (NMF) of each "
-        f"{model['window_size']}³-voxel window instead of attention. It was trained for {tr['epochs']} epochs of "
-        f"{tr['steps_per_epoch']} steps on random {roi} patches (recipe <code>demo</code>), predicts the three "
-        "nested BraTS regions (TC, WT, ET) with one sigmoid output each, and segments each held-out scan "
-        "with sliding windows.</p>"
+        f"({shape}³ voxels of 1 mm; four modalities: FLAIR, T1, T1ce, T2), each with a glioma-like tumour, "
+        "generated from a seed with the BraTS 2021 labels necrotic core (1), edema (2) and enhancing tumour (4). "
+        f"{cases} cases trained the model (the training run checked its progress on {_plural(n_val, 'case')} of "
+        f"them); the <b>{_plural(held_out, 'held-out case')}</b> scored below were never seen in training.</p>"
+        f"<p><b>Model:</b> a small Swin Factorizer (<code>{model['name']}</code>, widths {model['widths']}): a "
+        "U-shaped network whose blocks mix context with a differentiable non-negative matrix factorisation (NMF) "
+        f"of each {model['window_size']}³-voxel window instead of attention. It was trained for "
+        f"{_plural(int(tr['epochs']), 'epoch')} of {tr['steps_per_epoch']} steps on random {roi} patches "
+        "(recipe <code>demo</code>), predicts the three nested BraTS regions (TC, WT, ET) with one sigmoid "
+        "output each, and segments each held-out scan with sliding windows.</p>"
         "<p>The same steps by hand (see <code>factorseg COMMAND --help</code>):</p>"
-        f"<pre>{html.escape(commands)}</pre>"
+        f"<pre>{html.escape(_commands(out_dir, cfg, overrides))}</pre>"
     )
 
 
@@ -354,7 +370,8 @@ def run_demo(
     now = stage("data", started)
 
     tr = cfg["train"]
-    console.print(f"[bold]2/6[/] Training the demo Factorizer: {tr['epochs']} epochs of {tr['steps_per_epoch']} steps")
+    console.print(f"[bold]2/6[/] Training the demo Factorizer: {_plural(int(tr['epochs']), 'epoch')} of "
+                  f"{tr['steps_per_epoch']} steps")
     with _quiet_lightning():
         trained = train(cfg, train_dir, out_dir / "run", progress=progress)
     now = stage("train", now)
@@ -397,7 +414,7 @@ def run_demo(
                                figures_dir / "components.png")
     content = report.ReportContent(
         title="factorseg demo: a Factorizer on synthetic brain tumours",
-        intro_html=_intro_html(cases, held_out, shape, cfg, out_dir),
+        intro_html=_intro_html(cases, held_out, shape, cfg, out_dir, overrides),
         regions=regions,
         region_help=REGION_HELP,
         scores=summary["scores"],
@@ -438,20 +455,9 @@ _OVERLAY_CAPTION = (
     "The best, median and worst held-out case by mean Dice, on the axial slice with the most tumour. "
     "Columns: FLAIR and T1ce scans, then the reference and the predicted labels over FLAIR: "
     "<b>red</b> necrotic core (label 1), <b>green</b> edema (2), <b>yellow</b> enhancing tumour (4). "
-    "The regions scored above nest: ET = 4, TC = 1 + 4, WT = 1 + 2 + 4. The white line on the prediction is "
+    "The regions scored above nest: ET = 4, TC = 1 + 4, WT = 1 + 2 + 4. The cyan line on the prediction is "
     "the outline of the reference tumour (WT)."
 )
-
-
-def _best_auc(components: dict[str, Any], block: str) -> dict[int, tuple[str, float]]:
-    """Per component index of ``block``: the region its map separates best and that AUC."""
-    best: dict[int, tuple[str, float]] = {}
-    for row in components.get("overlap", []):
-        if row["block"] == block and row["auc"] is not None:
-            k = int(row["component"])
-            if k not in best or row["auc"] > best[k][1]:
-                best[k] = (row["label"], float(row["auc"]))
-    return best
 
 
 def _plot_components(components: dict[str, Any], block: str, case: dict[str, Any], ref_path: Path, explain_dir: Path,
@@ -463,12 +469,14 @@ def _plot_components(components: dict[str, Any], block: str, case: dict[str, Any
     info = components["blocks"][block]
     maps = np.moveaxis(read_image(explain_dir / info["files"]["nifti"], expect_3d=False).array, -1, 0)
     shown = info["montage_components"]
-    best = _best_auc(components, block)
+    auc = {(int(row["component"]), row["label"]): row["auc"] for row in components.get("overlap", [])
+           if row["block"] == block}
     titles = []
     for k in shown:
         entry = info["components"][k]
         name = f"head {entry['head']}" + (f", component {entry['component']}" if info["rank"] > 1 else "")
-        titles.append(f"{name}\n{best[k][0]} AUC {best[k][1]:.2f}" if k in best else name)
+        scores = [f"{region} {auc[k, region]:.2f}" for region in REGION_VALUES if auc.get((k, region)) is not None]
+        titles.append(f"{name}\nAUC {' '.join(scores)}" if scores else name)
     return plot_components(_read(Path(case["image"][0])), _read(ref_path), maps[shown], titles, out_png)
 
 
@@ -513,7 +521,8 @@ def _summary(scores: Any, regions: list[str], cfg: dict[str, Any], validation: d
         "settings": {
             "recipe": "demo", "train_cases": cases, "held_out_cases": held_out, "shape": [shape] * 3,
             "seed": seed, "minutes": minutes, "epochs": int(tr["epochs"]), "steps_per_epoch": int(tr["steps_per_epoch"]),
-            "batch_size": int(tr["batch_size"]), "roi_size": list(cfg["transforms"]["roi_size"]),
+            "batch_size": int(tr["batch_size"]),
+            "patches_per_volume": int(cfg["transforms"].get("num_samples", 1)), "roi_size": list(cfg["transforms"]["roi_size"]),
             "model": cfg["model"], "folds": int(cfg["data"]["folds"]), "torch_threads": torch.get_num_threads(),
         },
         "explained": {"case": explained, "block": block,
@@ -527,11 +536,12 @@ def _facts(summary: dict[str, Any], timing: dict[str, float], out_dir: Path) -> 
     return [
         ("synthetic cases", f"{s['train_cases']} training, {s['held_out_cases']} held out, {s['shape'][0]}³ voxels, "
                             f"seed {s['seed']}"),
-        ("training", f"{s['epochs']} epochs × {s['steps_per_epoch']} steps, batch {s['batch_size']}, "
-                     f"patches {'×'.join(map(str, s['roi_size']))}"
+        ("training", f"{_plural(s['epochs'], 'epoch')} × {s['steps_per_epoch']} steps; each step "
+                     f"{s['batch_size']} volumes × {s['patches_per_volume']} random patches of "
+                     f"{'×'.join(map(str, s['roi_size']))} voxels"
                      + (f", time budget {s['minutes']:g} min" if s["minutes"] is not None else "")),
         ("CPU threads", str(s["torch_threads"])),
-        ("time per step", steps),
+        ("wall time per stage", steps),
         ("factorseg", summary["factorseg_version"]),
         ("outputs", f"{out_dir}: data/, run/ (model, logs), predictions/, scores/, explain/, figures/, summary.json"),
     ]

@@ -9,15 +9,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
+from monai.utils import convert_to_tensor
 from rich.progress import Progress
 
 from factorseg.bundle import LoadedModel
 from factorseg.data.transforms import infer_transforms, invert_prediction
 from factorseg.errors import InputError
-from factorseg.io import read_image, save_nifti
+from factorseg.io import read_header, save_nifti
 from factorseg.nmf import set_nmf_iters
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -54,11 +57,34 @@ def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
 
 
 def activation(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """Sigmoid (regions) or softmax over channels (classes) of ``(B, C, ...)`` logits."""
     return torch.sigmoid(logits) if mode == "regions" else torch.softmax(logits, dim=1)
 
 
+def activation_(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    """:func:`activation` in place (float logits), so that full-volume maps are not copied."""
+    if mode == "regions":
+        return logits.sigmoid_()
+    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=1, keepdim=True))
+
+
+def _metadata_only(image: MetaTensor) -> MetaTensor:
+    """``image`` without its voxels (a zero-stride view of the same shape) but with its meta data and transform
+    history, which is all :func:`invert_prediction` needs: frees the preprocessed image before inversion."""
+    empty = torch.zeros((), dtype=image.dtype).expand(image.shape)
+    return MetaTensor(empty, meta=image.meta, applied_operations=image.applied_operations)
+
+
 class SegmentationPredictor:
-    """Ensemble of trained models sharing labels, channels and preprocessing."""
+    """Ensemble of trained models sharing labels, channels and preprocessing.
+
+    Memory: prediction stitches the sliding windows on the CPU (only windows go to ``device``), works in
+    place where it can and drops the preprocessed image before mapping the probabilities back to the input
+    grid. Peak memory grows linearly with the number of voxels, about ``4 * (C_in + 3 * C_out) + 12`` bytes
+    per voxel of the (preprocessed) volume plus the model; ``benchmarks/large_volume.py`` measures it
+    (a 512 x 512 x 400 single-channel scan, see its docstring for the figures).
+    """
 
     def __init__(self, models: Sequence[LoadedModel], options: InferenceOptions | None = None,
                  networks: Sequence[Predictor] | None = None) -> None:
@@ -83,9 +109,9 @@ class SegmentationPredictor:
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Averaged class/region probabilities ``(C, *spatial)`` for a preprocessed ``(channels, *spatial)`` image."""
-        x = torch.as_tensor(image)[None].to(self.device)
+        x = convert_to_tensor(image, track_meta=False)[None].to(self.device)
         flips = flip_sets(x.dim() - 2) if self.settings.get("tta") else [()]
-        total = None
+        total: torch.Tensor | None = None
         with torch.inference_mode():
             for net in self.networks:
                 for dims in flips:
@@ -95,17 +121,39 @@ class SegmentationPredictor:
                         overlap=float(self.settings.get("overlap", 0.5)), mode=self.settings.get("blend", "gaussian"),
                         sw_device=self.device, device=torch.device("cpu"),
                     )
-                    probs = activation(logits.float(), self.labels.mode)
+                    del xi
+                    probs = activation_(convert_to_tensor(logits, track_meta=False).float(), self.labels.mode)
                     probs = torch.flip(probs, dims) if dims else probs
-                    total = probs if total is None else total + probs
-        assert total is not None
-        return total[0] / (len(self.networks) * len(flips))
+                    if total is None:
+                        total = probs
+                    else:
+                        total.add_(probs)
+                    del logits, probs
+            assert total is not None
+            return total[0].div_(len(self.networks) * len(flips))
+
+    def check_case(self, case: dict[str, Any]) -> None:
+        """Cheap header-level checks of a case before any work: its files are readable 3D NIfTI (or one 4D
+        file) with the model's number of channels. Voxel data (corruption, NaN) are checked when loaded."""
+        files = [case["image"]] if isinstance(case["image"], (str, Path)) else list(case["image"])
+        expected = len(self.channels)
+        names = ", ".join(self.channels)
+        if len(files) == 1:
+            shape, _ = read_header(files[0], expect_3d=False)
+            found = shape[3] if len(shape) == 4 else 1
+            if found != expected:
+                raise InputError(f"{files[0]}: has {found} channel(s) but the model expects {expected} ({names})")
+        elif len(files) != expected:
+            raise InputError(
+                f"case {case.get('id', '?')}: {len(files)} image files but the model expects {expected} ({names})"
+            )
+        else:
+            for path in files:
+                read_header(path, expect_3d=True)
 
     def predict_case(self, case: dict[str, Any]) -> tuple[np.ndarray, torch.Tensor]:
         """Label map (dataset values) and probabilities, both on the grid of the case's first image."""
-        n_files = len(case["image"])
-        if n_files != len(self.channels) and n_files != 1:
-            raise InputError(f"case {case['id']}: {n_files} images but the model expects {len(self.channels)} channels")
+        self.check_case(case)
         data = self.transforms(dict(case))
         if data["image"].shape[0] != len(self.channels):
             raise InputError(
@@ -113,29 +161,56 @@ class SegmentationPredictor:
                 f"({', '.join(self.channels)})"
             )
         probs = self.probabilities(data["image"])
-        probs = invert_prediction(probs, data, self.transforms, mode="linear")
-        return self.labels.to_label(probs), torch.as_tensor(probs)
+        data["image"] = _metadata_only(data["image"])
+        probs = convert_to_tensor(invert_prediction(probs, data, self.transforms, mode="linear"), track_meta=False)
+        return self.labels.to_label(probs), probs
 
-    def predict_to_folder(self, cases: Sequence[dict[str, Any]], out_dir: Path, progress: bool = True) -> list[Path]:
-        """Predict every case and write ``<id>.nii.gz`` (and ``<id>_probabilities.nii.gz``) into ``out_dir``."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        targets = {c["id"]: out_dir / f"{c['id']}.nii.gz" for c in cases}
+    def _targets(self, cases: Sequence[dict[str, Any]], out_dir: Path) -> dict[str, list[Path]]:
+        """Output files per case id; refuses existing ones (without overwrite) and any that is an input file."""
+        targets = {c["id"]: [out_dir / f"{c['id']}.nii.gz"] for c in cases}
+        if self.options.save_probabilities:
+            for c in cases:
+                targets[c["id"]].append(out_dir / f"{c['id']}_probabilities.nii.gz")
+        inputs = {Path(p).resolve() for c in cases for p in ([c["image"]] if isinstance(c["image"], (str, Path)) else c["image"])}
+        every = [p for paths in targets.values() for p in paths]
+        clash = [p for p in every if p.resolve() in inputs]
+        if clash:
+            raise InputError(f"{clash[0]}: is an input file; choose another output folder")
         if not self.options.overwrite:
-            existing = [str(p) for p in targets.values() if p.exists()]
+            existing = [str(p) for p in every if p.exists()]
             if existing:
                 raise InputError(f"{existing[0]} exists (and {len(existing) - 1} more); pass --overwrite to replace")
+        return targets
+
+    def predict_to_folder(self, cases: Sequence[dict[str, Any]], out_dir: Path, progress: bool = True) -> list[Path]:
+        """Predict every case and write ``<id>.nii.gz`` (and ``<id>_probabilities.nii.gz``) into ``out_dir``.
+
+        Every case's files are checked (headers, channel count) and the outputs are checked (no existing file
+        without ``overwrite``, never an input file) before the folder is created or anything is written; each
+        file is written atomically, so an interrupted or failed run leaves only complete outputs.
+        """
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"{out_dir}: exists and is not a folder")
+        targets = self._targets(cases, out_dir)
+        for case in cases:
+            self.check_case(case)
+        out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("Predicting", total=len(cases))
             for case in cases:
-                reference = read_image(case["image"][0], expect_3d=False)
                 label, probs = self.predict_case(case)
-                if label.shape != reference.array.shape[:3]:
-                    raise InputError(f"case {case['id']}: prediction grid {label.shape} differs from input {reference.array.shape}")
-                written.append(save_nifti(label, reference.affine, targets[case["id"]], header=reference.header,
+                first = case["image"] if isinstance(case["image"], (str, Path)) else case["image"][0]
+                reference = nib.load(str(first))  # header only; the file was validated when loaded
+                if label.shape != tuple(reference.shape[:3]):
+                    raise InputError(f"case {case['id']}: prediction grid {label.shape} differs from input {reference.shape}")
+                mask_path, *prob_path = targets[case["id"]]
+                written.append(save_nifti(label, reference.affine, mask_path, header=reference.header,
                                           overwrite=self.options.overwrite))
-                if self.options.save_probabilities:
-                    save_nifti(np.moveaxis(probs.numpy().astype(np.float32), 0, -1), reference.affine,
-                               out_dir / f"{case['id']}_probabilities.nii.gz", overwrite=self.options.overwrite)
+                if prob_path:
+                    save_nifti(np.moveaxis(probs.numpy(), 0, -1), reference.affine, prob_path[0],
+                               overwrite=self.options.overwrite, dtype=np.float32)
+                del label, probs
                 bar.advance(task)
         return written

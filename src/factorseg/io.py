@@ -33,11 +33,13 @@ from factorseg.errors import InputError
 __all__ = [
     "CHECKPOINT_FORMAT",
     "NIFTI_SUFFIXES",
+    "InputWarning",
     "Volume",
     "atomic_path",
     "atomic_write",
     "check_same_grid",
     "load_checkpoint",
+    "read_header",
     "read_image",
     "save_checkpoint",
     "save_nifti",
@@ -56,6 +58,13 @@ _NIFTI2_HEADER_SIZE = 540
 _READ_ERRORS = (OSError, ValueError, ImageFileError, HeaderDataError)
 
 PathLike = str | os.PathLike[str]
+
+
+class InputWarning(UserWarning):
+    """A user file was usable only after an adjustment (e.g. resampled onto another channel's grid).
+
+    The CLI prints these as one ``factorseg: warning: ...`` line.
+    """
 
 
 @dataclass(frozen=True)
@@ -88,15 +97,8 @@ def _nifti_suffix(path: Path) -> str | None:
     return next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
 
 
-def _read_nifti_bytes(path: Path) -> tuple[bytes, type[nib.Nifti1Image], nib.nifti1.Nifti1Header]:
-    """Read a single-file NIfTI completely (decompressing ``.nii.gz``) and parse its header unchecked.
-
-    The whole gzip stream is decompressed here because that is what verifies its CRC and length: nibabel
-    stops reading once it has the voxels it needs, so a corrupted stream would otherwise give garbage
-    voxels without an error. The header is parsed with ``check=False`` because nibabel silently repairs
-    some absurd values (such as zero or negative voxel sizes), and we want to report those instead.
-    Returns the uncompressed file content, the nibabel image class to use and the header.
-    """
+def _check_nifti_path(path: Path) -> str:
+    """Refuse missing paths, folders and names without a NIfTI ending; return the ending."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
@@ -104,23 +106,35 @@ def _read_nifti_bytes(path: Path) -> tuple[bytes, type[nib.Nifti1Image], nib.nif
     suffix = _nifti_suffix(path)
     if suffix is None:
         raise InputError(f"{path}: not a NIfTI file (expected a name ending in .nii or .nii.gz)")
+    return suffix
+
+
+def _read_start(path: Path, size: int | None) -> bytes:
+    """The first ``size`` bytes of the file (all of it for ``None``), as stored on disk."""
     try:
-        content = path.read_bytes()
+        if size is None:
+            return path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read(size)
     except PermissionError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({_one_line(exc)})") from exc
+
+
+def _check_gzip_magic(path: Path, raw: bytes) -> None:
+    if not raw:
+        raise InputError(f"{path}: file is empty")
+    if raw[:2] != _GZIP_MAGIC:
+        if _NIFTI1_HEADER_SIZE in {int.from_bytes(raw[:4], order) for order in ("little", "big")}:
+            raise InputError(f"{path}: is an uncompressed NIfTI file named .nii.gz; rename it to .nii")
+        raise InputError(f"{path}: not gzip-compressed although named .nii.gz (not a NIfTI file?)")
+
+
+def _parse_header(path: Path, content: bytes) -> tuple[type[nib.Nifti1Image], nib.nifti1.Nifti1Header]:
+    """NIfTI-1/NIfTI-2 header from the start of the uncompressed file, parsed unchecked (see below)."""
     if not content:
         raise InputError(f"{path}: file is empty")
-    if suffix == ".nii.gz":
-        if content[:2] != _GZIP_MAGIC:
-            if _NIFTI1_HEADER_SIZE in {int.from_bytes(content[:4], order) for order in ("little", "big")}:
-                raise InputError(f"{path}: is an uncompressed NIfTI file named .nii.gz; rename it to .nii")
-            raise InputError(f"{path}: not gzip-compressed although named .nii.gz (not a NIfTI file?)")
-        try:
-            content = gzip.decompress(content)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
     sizes = {int.from_bytes(content[:4], "little"), int.from_bytes(content[:4], "big")}
     if len(content) >= 4 and _NIFTI2_HEADER_SIZE in sizes:
         image_class: type[nib.Nifti1Image] = nib.Nifti2Image
@@ -141,6 +155,27 @@ def _read_nifti_bytes(path: Path) -> tuple[bytes, type[nib.Nifti1Image], nib.nif
         header = image_class.header_class.from_fileobj(io.BytesIO(content[:needed]), check=False)
     except (HeaderDataError, ValueError) as exc:
         raise InputError(f"{path}: invalid NIfTI header ({_one_line(exc)})") from exc
+    return image_class, header
+
+
+def _read_nifti_bytes(path: Path) -> tuple[bytes, type[nib.Nifti1Image], nib.nifti1.Nifti1Header]:
+    """Read a single-file NIfTI completely (decompressing ``.nii.gz``) and parse its header unchecked.
+
+    The whole gzip stream is decompressed here because that is what verifies its CRC and length: nibabel
+    stops reading once it has the voxels it needs, so a corrupted stream would otherwise give garbage
+    voxels without an error. The header is parsed with ``check=False`` because nibabel silently repairs
+    some absurd values (such as zero or negative voxel sizes), and we want to report those instead.
+    Returns the uncompressed file content, the nibabel image class to use and the header.
+    """
+    suffix = _check_nifti_path(path)
+    content = _read_start(path, None)
+    if suffix == ".nii.gz":
+        _check_gzip_magic(path, content)
+        try:
+            content = gzip.decompress(content)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
+    image_class, header = _parse_header(path, content)
     return content, image_class, header
 
 
@@ -218,6 +253,35 @@ def read_image(path: PathLike, expect_3d: bool = True) -> Volume:
     return Volume(path=path, array=data, affine=affine, header=img.header)
 
 
+def read_header(path: PathLike, expect_3d: bool = True) -> tuple[tuple[int, ...], np.ndarray]:
+    """Validated data shape and affine of a NIfTI file from its header alone (cheap: voxels are not read).
+
+    Runs the header checks of :func:`read_image` (path, NIfTI magic, dimensionality, voxel sizes, affine), so
+    that a batch of inputs can be checked before any work starts; corrupt voxel data and NaN/infinite values
+    are only found by :func:`read_image`. Returns the shape (trailing singleton dimensions dropped) and the
+    voxel-to-world affine.
+    """
+    path = Path(path)
+    suffix = _check_nifti_path(path)
+    if suffix == ".nii.gz":
+        _check_gzip_magic(path, _read_start(path, 2))
+        try:
+            with gzip.open(path, "rb") as f:
+                content = f.read(_NIFTI2_HEADER_SIZE)
+        except PermissionError as exc:
+            raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
+    else:
+        content = _read_start(path, _NIFTI2_HEADER_SIZE)
+    image_class, header = _parse_header(path, content)
+    shape = _check_header(header, path, expect_3d)
+    affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(f"{path}: absurd header, the voxel-to-world affine is singular or not finite")
+    return shape, affine
+
+
 def _grid_of(item: Volume | SpatialImage | PathLike, index: int) -> tuple[str, tuple[int, int, int], np.ndarray]:
     """(name, spatial shape, affine) of an image given as Volume, nibabel image or path (read and validated)."""
     if isinstance(item, Volume):
@@ -238,18 +302,36 @@ def _box_corners(shape: Sequence[int], affine: np.ndarray, outer: bool) -> np.nd
     return corners @ affine[:3, :3].T + affine[:3, 3]
 
 
+def _coverage(shape: Sequence[int], affine: np.ndarray, ref_shape: Sequence[int], ref_affine: np.ndarray) -> float:
+    """Fraction of the reference field of view inside the other image's field of view.
+
+    Estimated at the centres of a grid of up to 16 x 16 x 16 equal sub-boxes of the reference box, each mapped
+    into the other image's voxel coordinates.
+    """
+    axes = [np.linspace(-0.5, n - 0.5, 2 * min(n, 16) + 1)[1::2] for n in ref_shape]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    to_other = np.linalg.inv(affine) @ ref_affine
+    voxels = points @ to_other[:3, :3].T + to_other[:3, 3]
+    inside = np.all((voxels >= -0.5 - 1e-6) & (voxels <= np.asarray(shape) - 0.5 + 1e-6), axis=1)
+    return float(inside.mean())
+
+
 def check_same_grid(
     images: Sequence[Volume | SpatialImage | PathLike],
     atol_mm: float = 1e-3,
     max_shift_voxels: float = 0.5,
+    min_coverage: float | None = None,
 ) -> list[str]:
     """Check that co-registered images (e.g. the modalities of one case) share the first image's grid.
 
-    Returns one warning per image whose grid differs from the first one but covers the same field of view
-    to within ``max_shift_voxels`` of the first image's smallest voxel size (e.g. rounding in the affine,
-    another orientation or resolution of the same box): the caller should resample it onto the first grid.
-    Differences up to ``atol_mm`` are ignored. Anything further apart raises :class:`InputError`, because
-    resampling would silently misalign the channels; such images need registration first.
+    Returns one warning per image whose grid differs from the first one but is close to it: the caller
+    should resample it onto the first grid. Differences up to ``atol_mm`` are ignored. "Close" means that
+    the field of view matches the first image's to within ``max_shift_voxels`` of its smallest voxel size
+    (rounding in the affine, another orientation or resolution of the same box), or, when ``min_coverage``
+    is given, that the image covers at least that fraction of the first image's field of view (a scan of
+    the same anatomy with its own box, resolution and orientation, such as ISLES'22 FLAIR against DWI).
+    Anything further apart raises :class:`InputError`: resampling would silently misalign or blank the
+    channels (wrong file, or a header that lost the position); such images need registration first.
     """
     if not images:
         return []
@@ -267,14 +349,19 @@ def check_same_grid(
         outer = _box_corners(shape, affine, outer=True)
         pairwise = np.linalg.norm(outer[:, None, :] - ref_outer[None, :, :], axis=2)
         distance = float(max(pairwise.min(axis=0).max(), pairwise.min(axis=1).max()))
-        if distance > tolerance:
+        if distance <= tolerance:
+            detail = f"field of view within {distance:.3g} mm"
+        elif min_coverage is not None and (covered := _coverage(shape, affine, ref_shape, ref_affine)) >= min_coverage:
+            detail = f"covers {covered:.0%} of its field of view"
+        else:
+            coverage = "" if min_coverage is None else f", covers {_coverage(shape, affine, ref_shape, ref_affine):.0%} of it"
             raise InputError(
                 f"{name}: on a different grid from {ref_name} (shape {shape} vs {ref_shape}, field of view "
-                f"differs by up to {distance:.2f} mm); register the images onto one grid first"
+                f"differs by up to {distance:.2f} mm{coverage}); register the images onto one grid first"
             )
         warnings.append(
-            f"{name}: grid differs slightly from {ref_name} (shape {shape} vs {ref_shape}, field of view "
-            f"within {distance:.3g} mm); resampling it onto the grid of {ref_name}"
+            f"{name}: grid differs from {ref_name} (shape {shape} vs {ref_shape}, {detail}); "
+            f"resampling it onto the grid of {ref_name}"
         )
     return warnings
 

@@ -11,22 +11,19 @@ Inputs whose size is not a multiple of the window are zero-padded (zero columns 
 nonnegative factorization) and cropped back; a window larger than the input shrinks to the input,
 and shifts that cannot change the partition are dropped, so one model runs on any input size.
 
-Speed: a cyclic shift is never materialised with ``torch.roll``. The windows of a shifted partition
-are read straight from the unshifted map: along each dimension a shift by ``s`` splits every window
-into the last ``w - s`` voxels of one window and the first ``s`` of the next (the last window
-wrapping to the first), so each shift is one copy made of at most ``3 ** dims`` strided block copies
-(:func:`_shift_pieces`), written directly into the stacked output. The way back is the adjoint (the
-same blocks, added). Both directions are wrapped so that autograd uses the adjoint copy as backward.
-
-Besides the ``(B, S, H, W, head_dim, N)`` matrices of :class:`WindowMatricize`, the mixer uses a
-*window-major, channels-last* form ``(B, S, W, N, C)`` (:func:`window_stack` / :func:`window_unstack`)
-in which every window is a contiguous ``N x C`` block: the matrices are then a strided view of it
-(:func:`matrices_view`), with no copy per head.
+Speed: a cyclic shift is never materialised with ``torch.roll``. The work happens channels-last,
+where every voxel is a contiguous row of ``C`` values: the windows of all shifts are gathered from
+the unshifted map by one ``index_select`` with cached voxel indices (:func:`_window_index`, the
+plain roll-and-partition applied once to a map of voxel numbers), into a *window-major* buffer
+``(B, S, W, N, C)`` (:func:`window_stack`) in which every window is a contiguous ``N x C`` block.
+The ``(B, S, H, W, head_dim, N)`` matrices are a strided view of that buffer
+(:func:`matrices_view`), with no copy per head or shift. The way back (:func:`window_unstack`) is
+the adjoint gather, summing the shifts; each direction is the other's backward.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,92 +71,6 @@ class WindowLayout:
         return self.padded != self.spatial
 
 
-# A block copy between two window-major views: index tuples over the axes (g_1..g_n, w_1..w_n),
-# first for the shifted ("rolled") order, then for the unshifted one.
-_Piece = tuple[tuple[slice, ...], tuple[slice, ...]]
-
-
-def _shift_pieces(grid: Sequence[int], window: Sequence[int], shift: Sequence[int]) -> list[_Piece]:
-    """Block copies taking the unshifted window-major order to the order of ``roll(x, -shift)``.
-
-    Window ``g'`` of the rolled map holds unshifted voxels ``g' w + w' + s (mod g w)``: for
-    ``w' < w - s`` that is window ``g'``, offset ``w' + s``; otherwise window ``g' + 1`` (the last one
-    wrapping to window 0), offset ``w' - (w - s)``. Three blocks per shifted dimension.
-    """
-    full = slice(None)
-    per_dim: list[list[tuple[tuple[slice, slice], tuple[slice, slice]]]] = []
-    for g, w, s in zip(grid, window, shift):
-        if s == 0:
-            per_dim.append([((full, full), (full, full))])
-            continue
-        per_dim.append(
-            [
-                ((full, slice(0, w - s)), (full, slice(s, w))),
-                ((slice(0, g - 1), slice(w - s, w)), (slice(1, g), slice(0, s))),
-                ((slice(g - 1, g), slice(w - s, w)), (slice(0, 1), slice(0, s))),
-            ]
-        )
-    pieces = []
-    for combo in itertools.product(*per_dim):
-        rolled = tuple(c[0][0] for c in combo) + tuple(c[0][1] for c in combo)
-        plain = tuple(c[1][0] for c in combo) + tuple(c[1][1] for c in combo)
-        if all(_nonempty(sl, n) for sl, n in zip(rolled, (*grid, *window))):
-            pieces.append((rolled, plain))
-    return pieces
-
-
-def _nonempty(sl: slice, n: int) -> bool:
-    return len(range(*sl.indices(n))) > 0
-
-
-def _at(piece: tuple[slice, ...]) -> tuple[Any, ...]:
-    """Index of a piece in a grid view ``(B, g_1..g_n, w_1..w_n, *rest)``."""
-    return (slice(None), *piece, Ellipsis)
-
-
-def _gather(dst: Tensor, src: Tensor, pieces: list[_Piece]) -> None:
-    """``dst`` (rolled order) <- ``src`` (unshifted order); both grid views."""
-    for rolled, plain in pieces:
-        dst[_at(rolled)].copy_(src[_at(plain)])
-
-
-def _scatter(dst: Tensor, src: Tensor, pieces: list[_Piece], accumulate: bool) -> None:
-    """``dst`` (unshifted order) <- or += ``src`` (rolled order); both grid views."""
-    for rolled, plain in pieces:
-        if accumulate:
-            dst[_at(plain)].add_(src[_at(rolled)])
-        else:
-            dst[_at(plain)].copy_(src[_at(rolled)])
-
-
-def _grid_of_channels_first(x: Tensor, lay: WindowLayout, heads: int) -> Tensor:
-    """``(B, C, *padded)`` -> view ``(B, g_1..g_n, w_1..w_n, heads, head_dim)``."""
-    nd = len(lay.grid)
-    split = [v for g, w in zip(lay.grid, lay.window) for v in (g, w)]
-    v = x.view(x.shape[0], heads, x.shape[1] // heads, *split)
-    return v.permute(0, *(3 + 2 * i for i in range(nd)), *(4 + 2 * i for i in range(nd)), 1, 2)
-
-
-def _grid_of_matrices(m: Tensor, lay: WindowLayout) -> Tensor:
-    """One shift's matrices ``(B, H, W, head_dim, N)`` -> view ``(B, g.., w.., H, head_dim)``."""
-    nd = len(lay.grid)
-    v = m.view(m.shape[0], m.shape[1], *lay.grid, m.shape[3], *lay.window)
-    return v.permute(0, *range(2, 2 + nd), *range(3 + nd, 3 + 2 * nd), 1, 2 + nd)
-
-
-def _grid_of_channels_last(x: Tensor, lay: WindowLayout) -> Tensor:
-    """``(B, *padded, C)`` -> view ``(B, g_1..g_n, w_1..w_n, C)``."""
-    nd = len(lay.grid)
-    split = [v for g, w in zip(lay.grid, lay.window) for v in (g, w)]
-    v = x.view(x.shape[0], *split, x.shape[-1])
-    return v.permute(0, *(1 + 2 * i for i in range(nd)), *(2 + 2 * i for i in range(nd)), 1 + 2 * nd)
-
-
-def _grid_of_windows(x: Tensor, lay: WindowLayout) -> Tensor:
-    """Window-major ``(B, W, N, C)`` -> view ``(B, g_1..g_n, w_1..w_n, C)``."""
-    return x.view(x.shape[0], *lay.grid, *lay.window, x.shape[-1])
-
-
 class _Relayout(torch.autograd.Function):
     """A linear copy whose backward is its adjoint; both are plain functions run without autograd."""
 
@@ -178,11 +89,6 @@ def _relayout(x: Tensor, apply: Callable[[Tensor], Tensor], adjoint: Callable[[T
     if torch.is_grad_enabled() and x.requires_grad:
         return _Relayout.apply(x, apply, adjoint)
     return apply(x)
-
-
-def _pad_channels_first(x: Tensor, lay: WindowLayout) -> Tensor:
-    pad = [p for s, q in zip(reversed(lay.spatial), reversed(lay.padded)) for p in (0, q - s)]
-    return F.pad(x, pad) if any(pad) else x
 
 
 def _crop(x: Tensor, lay: WindowLayout, first_spatial_axis: int) -> Tensor:
@@ -243,43 +149,20 @@ class WindowMatricize:
         """Matrices ``(B, S, H, W, head_dim, window_voxels)`` (contiguous) and the layout to invert them."""
         self._check(x)
         lay = self.layout(x.shape[2:])
-        heads = x.shape[1] // self.head_dim
-        mats = _relayout(
-            x,
-            lambda t: self._cut(t, lay, heads),
-            lambda g: self._assemble(g, lay, heads, scale=1.0),
-        )
-        return mats, lay
+        stacked = window_stack(pad_channels_last(x.movedim(1, -1), lay), lay)
+        return matrices_view(stacked, self.head_dim).contiguous(), lay
 
     def inverse(self, mats: Tensor, lay: WindowLayout) -> Tensor:
-        """Feature map ``(B, C, *spatial)`` from matrices; shifted results are averaged."""
-        heads, s = mats.shape[2], mats.shape[1]
-        if s != len(lay.shifts) or mats.shape[3] != lay.num_windows or mats.shape[5] != lay.window_voxels:
+        """Feature map ``(B, C, *spatial)`` from matrices; shifted results are averaged.
+
+        The result is channels-last in memory (a ``(B, *spatial, C)`` buffer seen as ``(B, C, *spatial)``).
+        """
+        b, s, heads, w, hd, n = mats.shape
+        if s != len(lay.shifts) or w != lay.num_windows or n != lay.window_voxels:
             raise ValueError(f"matrices of shape {tuple(mats.shape)} do not match the window layout {lay}")
-        return _relayout(
-            mats,
-            lambda t: self._assemble(t, lay, heads, scale=1.0 / s),
-            lambda g: self._cut(g, lay, heads, scale=1.0 / s),
-        )
-
-    def _cut(self, x: Tensor, lay: WindowLayout, heads: int, scale: float = 1.0) -> Tensor:
-        xp = _pad_channels_first(x, lay)
-        src = _grid_of_channels_first(xp, lay, heads)
-        mats = x.new_empty(x.shape[0], len(lay.shifts), heads, lay.num_windows, self.head_dim, lay.window_voxels)
-        for i, shift in enumerate(lay.shifts):
-            _gather(_grid_of_matrices(mats[:, i], lay), src, _shift_pieces(lay.grid, lay.window, shift))
-        return mats.mul_(scale) if scale != 1.0 else mats
-
-    def _assemble(self, mats: Tensor, lay: WindowLayout, heads: int, scale: float) -> Tensor:
-        b = mats.shape[0]
-        out = mats.new_empty(b, heads * self.head_dim, *lay.padded)
-        dst = _grid_of_channels_first(out, lay, heads)
-        for i, shift in enumerate(lay.shifts):
-            pieces = _shift_pieces(lay.grid, lay.window, shift)
-            _scatter(dst, _grid_of_matrices(mats[:, i], lay), pieces, accumulate=i > 0)
-        if scale != 1.0:
-            out.mul_(scale)
-        return _crop(out, lay, 2)
+        stacked = mats.permute(0, 1, 3, 5, 2, 4).reshape(b, s, w, n, heads * hd)
+        out = crop_channels_last(window_unstack(stacked, lay), lay)
+        return (out / s if s > 1 else out).movedim(-1, 1)
 
 
 def window_stack(x: Tensor, lay: WindowLayout) -> Tensor:
@@ -300,22 +183,46 @@ def window_unstack(y: Tensor, lay: WindowLayout) -> Tensor:
     return _relayout(y, lambda t: _unstack(t, lay), lambda g: _stack(g, lay))
 
 
+@functools.lru_cache(maxsize=32)
+def _window_index(lay: WindowLayout, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row indices of the window-major stack and of its inverse, for a channels-last map.
+
+    ``stack[s * V + j] = x[index[s * V + j]]`` over the ``V`` voxels of the padded map, and
+    ``x = sum_s stack[s * V + inverse[s, i]]``. Built by rolling and partitioning the voxel numbers
+    themselves, i.e. the plain formulation applied once to an index map; int32 keeps them small.
+    """
+    nd, volume = len(lay.grid), math.prod(lay.padded)
+    numbers = torch.arange(volume, dtype=torch.int64).view(lay.padded)
+    split = [v for g, w in zip(lay.grid, lay.window) for v in (g, w)]
+    order = [*(2 * i for i in range(nd)), *(2 * i + 1 for i in range(nd))]
+    index, inverse = [], []
+    for shift in lay.shifts:
+        rolled = torch.roll(numbers, tuple(-v for v in shift), tuple(range(nd))) if any(shift) else numbers
+        idx = rolled.view(split).permute(order).reshape(-1)
+        inv = torch.empty_like(idx)
+        inv[idx] = torch.arange(volume, dtype=torch.int64)
+        index.append(idx)
+        inverse.append(inv)
+    return torch.cat(index).int().to(device), torch.stack(inverse).int().to(device)
+
+
 def _stack(x: Tensor, lay: WindowLayout) -> Tensor:
     b, c = x.shape[0], x.shape[-1]
-    src = _grid_of_channels_last(x, lay)
-    out = x.new_empty(b, len(lay.shifts), lay.num_windows, lay.window_voxels, c)
-    for i, shift in enumerate(lay.shifts):
-        _gather(_grid_of_windows(out[:, i], lay), src, _shift_pieces(lay.grid, lay.window, shift))
-    return out
+    index, _ = _window_index(lay, x.device)
+    out = x.reshape(b, -1, c).index_select(1, index)
+    return out.view(b, len(lay.shifts), lay.num_windows, lay.window_voxels, c)
 
 
 def _unstack(y: Tensor, lay: WindowLayout) -> Tensor:
-    b, c = y.shape[0], y.shape[-1]
-    out = y.new_empty(b, *lay.padded, c)
-    dst = _grid_of_channels_last(out, lay)
-    for i, shift in enumerate(lay.shifts):
-        _scatter(dst, _grid_of_windows(y[:, i], lay), _shift_pieces(lay.grid, lay.window, shift), accumulate=i > 0)
-    return out
+    b, s, c = y.shape[0], y.shape[1], y.shape[-1]
+    _, inverse = _window_index(lay, y.device)
+    rows = y.reshape(b, s, -1, c)
+    out = rows[:, 0].index_select(1, inverse[0])
+    if s > 1:
+        part = torch.empty_like(out)
+        for i in range(1, s):
+            out.add_(torch.index_select(rows[:, i], 1, inverse[i], out=part))
+    return out.view(b, *lay.padded, c)
 
 
 def matrices_view(stacked: Tensor, head_dim: int) -> Tensor:

@@ -175,6 +175,19 @@ class _Gram(torch.autograd.Function):
         return _from_channels_last(torch.bmm(y, _heads_to_blocks(d.transpose(-1, -2), x)), x)
 
 
+def head_loadings_t(u: Tensor) -> Tensor:
+    """Factors ``u (..., H, W, M, R)`` as block-diagonal ``(Bf, H R, C)`` matrices, ``C = H M``.
+
+    Row ``h R + r`` holds head ``h``'s column ``r`` in channels ``h M .. h M + M`` and zeros elsewhere,
+    so one ``(N x C) @ (C x H R)`` product serves all heads. Built with channels innermost (fast
+    broadcasting); the batch order ``Bf`` is that of :func:`_channels_last_view`.
+    """
+    h, m, r = u.shape[-4], u.shape[-2], u.shape[-1]
+    per = u.transpose(-3, -4).reshape(-1, h, m, r).permute(0, 3, 1, 2).reshape(-1, 1, r, h * m)
+    mask = torch.eye(h, dtype=u.dtype, device=u.device).repeat_interleave(m, dim=1).view(1, h, 1, h * m)
+    return (per * mask).reshape(-1, h * r, h * m)
+
+
 def _transpose_times(x: Tensor, u: Tensor) -> Tensor:
     """``X^T u`` for matrices ``x (..., M, N)`` and ``u (..., M, R)`` -> ``(..., N, R)``.
 
@@ -184,23 +197,21 @@ def _transpose_times(x: Tensor, u: Tensor) -> Tensor:
     y = _channels_last_view(x)
     if y is None:
         return x.transpose(-1, -2) @ u
-    h, m, r = x.shape[-4], x.shape[-2], u.shape[-1]
-    per = u.transpose(-3, -4).reshape(-1, h, m, r)  # (Bf, H, M, R)
-    eye = torch.eye(h, dtype=u.dtype, device=u.device).view(1, h, 1, h, 1)
-    blocks = (per.unsqueeze(-2) * eye).reshape(-1, h * m, h * r)  # (Bf, C, H R)
-    return _from_channels_last(torch.bmm(y, blocks), x).transpose(-1, -2)
+    return _from_channels_last(torch.bmm(y, head_loadings_t(u).transpose(1, 2)), x).transpose(-1, -2)
 
 
 def _rank1_hals_step(g_xv: Tensor, g_vv: Tensor, u: Tensor, a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """One rank-1 HALS iteration in Gram form; the state ``(u, a)`` stands for ``v = a X^T u``.
 
     ``u <- relu(X v) / (v.v + eps)`` with ``X v = a G u`` (``g_xv``) and ``v.v = a^2 u^T G u`` (``g_vv``).
+    Batch-last layout (``g (M, M, Bf)``, ``u (M, Bf)``, ``a (Bf,)``) keeps every operation vectorised
+    over the many tiny matrices.
     """
-    gu = g_xv @ u
-    guv = gu if g_vv is g_xv else g_vv @ u
-    vv = (a * a) * (u * guv).sum(dim=-2, keepdim=True)
+    gu = (g_xv * u.unsqueeze(0)).sum(dim=1)
+    guv = gu if g_vv is g_xv else (g_vv * u.unsqueeze(0)).sum(dim=1)
+    vv = (a * a) * (u * guv).sum(dim=0)
     u = torch.relu(a * gu) / (vv + eps)
-    return u, 1.0 / ((u * u).sum(dim=-2, keepdim=True) + eps)
+    return u, 1.0 / ((u * u).sum(dim=0) + eps)
 
 
 def nndsvd(x: Tensor, rank: int, fill: float | None = None) -> tuple[Tensor, Tensor]:
@@ -331,9 +342,11 @@ class NMF(nn.Module):
             g, g_left = _Gram.apply(x)
         else:
             g = g_left = _gram(x)
+        m, batch = self.rows, x.shape[:-2]
+        g, g_left = (t.reshape(-1, m, m).permute(1, 2, 0).contiguous() for t in (g, g_left))  # (M, M, Bf)
         with torch.no_grad():
-            u = self._initial_u(x)
-            a = 1.0 / ((u * u).sum(dim=-2, keepdim=True) + eps)
+            u = self._initial_u(x).reshape(-1, m).t().contiguous()  # (M, Bf)
+            a = 1.0 / ((u * u).sum(dim=0) + eps)
             g_const = g.detach()
             for _ in range(untracked):
                 u, a = _rank1_hals_step(g_const, g_const, u, a, eps)
@@ -342,7 +355,9 @@ class NMF(nn.Module):
                 u, a = _rank1_hals_step(g_left, g_const, u, a, eps)
             else:
                 u, a = _rank1_hals_step(g, g, u, a, eps)
-        return u, a.transpose(-1, -2) * _transpose_times(x, u)
+        # v = a X^T u: scaling u first keeps v a view of the product's output.
+        scaled = (u * a).t().reshape(*batch, m, 1)
+        return u.t().reshape(*batch, m, 1), _transpose_times(x, scaled)
 
     def _solve(self, x: Tensor, eps: float, start: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         update = _UPDATES[self.solver]

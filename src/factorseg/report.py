@@ -106,7 +106,7 @@ def plot_learning_curve(metrics: Mapping[str, Sequence[tuple[int, float]]], regi
     for ax in (loss_ax, dice_ax):
         ax.grid(alpha=0.3)
         ax.set_xlim(0.5, last + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     return _save_figure(fig, out_png)
 
 
@@ -274,7 +274,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width:
 h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child, #facts td { text-align: left; }
 thead th { background: #f3f3f3; }
 .headline { font-size: 1.3em; margin: 0.6em 0; }
 .note { color: #555; font-size: 0.92em; }

@@ -229,7 +229,11 @@ class LabelSpec:
     def validate(self, values: Iterable[int] | np.ndarray | torch.Tensor, source: str = "label") -> None:
         """Raise InputError if any value (or any voxel of a label array) is not an allowed dataset value."""
         if isinstance(values, (np.ndarray, torch.Tensor)):
-            present = np.unique(_as_int_array(values, source))
+            arr = _as_int_array(values, source).ravel()
+            if arr.size and arr.min() >= 0 and arr.max() < 1 << 16:
+                present = np.flatnonzero(np.bincount(arr))  # linear time: labels are small non-negative ints
+            else:
+                present = np.unique(arr)
         else:
             present = np.unique(_as_int_array(np.fromiter((float(v) for v in values), dtype=np.float64), source))
         unknown = sorted(set(present.tolist()) - set(self.values))
@@ -278,8 +282,16 @@ class LabelSpec:
         dtype = _smallest_int_dtype(self.values)
         if self.mode == "classes":
             if p.shape[0] == self.num_outputs:
-                idx = np.argmax(p, axis=0)
-            elif p.shape[0] == 1:
+                if p.ndim < 2:
+                    raise InputError(f"prediction must be (channels, *spatial), got shape {p.shape}")
+                values = np.asarray(self.values, dtype=dtype)
+                out = np.empty(p.shape[1:], dtype=dtype)
+                # Slab by slab: np.argmax gives int64, which would cost 8 bytes per voxel of the whole volume.
+                step = max(1, (1 << 22) // max(1, int(np.prod(p.shape[2:], dtype=np.int64))))
+                for start in range(0, p.shape[1], step):
+                    out[start : start + step] = values[np.argmax(p[:, start : start + step], axis=0)]
+                return out
+            if p.shape[0] == 1:
                 idx = _as_int_array(p[0], "prediction")
                 if idx.size and (idx.min() < 0 or idx.max() >= self.num_outputs):
                     raise InputError(f"prediction: class indices must lie in [0, {self.num_outputs - 1}]")

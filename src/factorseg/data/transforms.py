@@ -1,7 +1,9 @@
 """MONAI transform pipelines for training, validation and inference.
 
-All pipelines start with :class:`LoadCased`, which loads a case's channel files, resamples channels that lie
-on another grid (ISLES'22 FLAIR) onto the first channel's grid, and checks that the label shares that grid.
+All pipelines start with :class:`LoadCased`, which reads a case's channel files through the validating
+:func:`factorseg.io.read_image` (one-line errors for bad files), resamples channels that lie on a nearby grid
+(ISLES'22 FLAIR) onto the first channel's grid, refuses channels that do not cover the same field of view, and
+checks the label's grid and values.
 The geometry steps (orientation, spacing, foreground crop) are MONAI invertible transforms, so a prediction
 made on the transformed image can be mapped back to the first channel's own grid with
 :func:`invert_prediction`.
@@ -19,7 +21,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+import nibabel as nib
+from monai.data import MetaTensor, NibabelReader
+from monai.data.utils import correct_nifti_header_if_necessary
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -41,6 +45,7 @@ from monai.transforms import (
 
 from factorseg.data.labels import LabelSpec
 from factorseg.errors import InputError
+from factorseg.io import InputWarning, Volume, check_same_grid, read_image
 
 __all__ = [
     "LabelToTargetd",
@@ -56,6 +61,9 @@ IMAGE_KEY = "image"
 LABEL_KEY = "label"
 # Two grids are "the same" when shapes match and affines agree within this many mm.
 _AFFINE_ATOL = 1e-3
+#: A channel (or label) on another grid is resampled when it covers at least this fraction of the first
+#: channel's field of view, and refused otherwise (see :func:`factorseg.io.check_same_grid`).
+MIN_COVERAGE = 0.8
 
 
 @dataclass
@@ -145,32 +153,55 @@ def _same_grid(a: MetaTensor, b: MetaTensor) -> bool:
     )
 
 
+class _VolumeReader(NibabelReader):
+    """MONAI's NibabelReader over an already validated in-memory :class:`~factorseg.io.Volume` (no second read)."""
+
+    def __init__(self, volume: Volume) -> None:
+        super().__init__()
+        self.volume = volume
+
+    def read(self, data: Any, **kwargs: Any) -> nib.Nifti1Image:
+        self.filenames = (str(self.volume.path),)
+        img = nib.Nifti1Image(self.volume.array, self.volume.affine, self.volume.header)
+        return correct_nifti_header_if_necessary(img)
+
+
 class LoadCased(MapTransform):
     """Load a case: channel files -> one channel-first MetaTensor on the first channel's grid; label checked.
 
-    ``d[image_key]`` is a path or a list of paths (one per channel, or one 4D file). Channels on a different
-    grid are resampled (linearly) onto the first channel's grid; the label must share that grid (same shape;
-    a slightly different affine is replaced by the image's, with a warning).
+    ``d[image_key]`` is a path or a list of paths (one 3D file per channel, or one 3D/4D file). Every file is
+    read through :func:`factorseg.io.read_image`, so a corrupt, truncated, non-NIfTI, 2D or 4D (where 3D is
+    expected) file or NaN/infinite voxels raise a one-line :class:`InputError`. Channels on a different grid
+    that covers at least ``min_coverage`` of the first channel's field of view are resampled (linearly) onto
+    the first channel's grid with an :class:`~factorseg.io.InputWarning`; channels further off are refused
+    (see :func:`factorseg.io.check_same_grid`). The label follows the same rule with nearest-neighbour
+    resampling, and with ``labels`` its values are checked against the convention.
     """
 
-    def __init__(self, image_key: str = IMAGE_KEY, label_key: str | None = LABEL_KEY) -> None:
+    def __init__(
+        self,
+        image_key: str = IMAGE_KEY,
+        label_key: str | None = LABEL_KEY,
+        labels: LabelSpec | None = None,
+        min_coverage: float = MIN_COVERAGE,
+    ) -> None:
         keys = [image_key] + ([label_key] if label_key else [])
         super().__init__(keys, allow_missing_keys=True)
         self.image_key = image_key
         self.label_key = label_key
+        self.labels = labels
+        self.min_coverage = min_coverage
         self._loader = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
         self._resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
+        self._resample_label = ResampleToMatch(mode="nearest", padding_mode="zeros")
 
-    def _load(self, path: str | Path) -> MetaTensor:
-        if not Path(path).is_file():
-            raise InputError(f"image file not found: {path}")
-        try:
-            img = self._loader(str(path))
-        except Exception as exc:  # nibabel/MONAI raise many types for unreadable files
-            raise InputError(f"{path}: cannot read image ({exc})") from None
-        if img.ndim != 4:
-            raise InputError(f"{path}: expected a 3D image (or 4D with channels), got shape {tuple(img.shape)}")
-        return img
+    def _tensor(self, volume: Volume) -> MetaTensor:
+        """Channel-first MetaTensor with MONAI's NIfTI metadata, sharing the volume's memory."""
+        return self._loader(str(volume.path), reader=_VolumeReader(volume))
+
+    def _check_grids(self, volumes: Sequence[Volume]) -> None:
+        for message in check_same_grid(volumes, min_coverage=self.min_coverage):
+            warnings.warn(message, InputWarning, stacklevel=3)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -178,25 +209,31 @@ class LoadCased(MapTransform):
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         if not paths:
             raise InputError(f"case {d.get('id', '?')}: no image files")
-        ref = self._load(paths[0])
-        parts = [ref.as_tensor()]
-        for p in paths[1:]:
-            chan = self._load(p)
-            if not _same_grid(chan, ref):
-                chan = self._resample(chan, img_dst=ref)
-            parts.append(chan.as_tensor())
-        d[self.image_key] = MetaTensor(torch.cat(parts, dim=0), meta=copy.deepcopy(ref.meta))
+        volumes = [read_image(p, expect_3d=len(paths) > 1) for p in paths]
+        self._check_grids(volumes)
+        ref_volume = volumes[0]
+        ref = self._tensor(ref_volume)
+        if len(volumes) == 1:
+            d[self.image_key] = ref
+        else:
+            parts = [ref.as_tensor()]
+            for volume in volumes[1:]:
+                chan = self._tensor(volume)
+                if not _same_grid(chan, ref):
+                    chan = self._resample(chan, img_dst=ref)
+                parts.append(chan.as_tensor())
+            del volumes  # the channels' own arrays go as soon as they are concatenated
+            d[self.image_key] = MetaTensor(torch.cat(parts, dim=0), meta=copy.deepcopy(ref.meta))
+            del parts
         if self.label_key and self.label_key in d:
-            label = self._load(d[self.label_key])
-            if label.shape[0] != 1 or label.shape[1:] != ref.shape[1:]:
-                raise InputError(
-                    f"{d[self.label_key]}: label shape {tuple(label.shape[1:])} does not match "
-                    f"image {paths[0]} shape {tuple(ref.shape[1:])}"
-                )
+            source = read_image(d[self.label_key])
+            if self.labels is not None:
+                self.labels.validate(source.array, source=str(source.path))
+            self._check_grids([ref_volume, source])
+            label = self._tensor(source)
             if not _same_grid(label, ref):
-                warnings.warn(
-                    f"{d[self.label_key]}: label affine differs from {paths[0]}; using the image's", stacklevel=2
-                )
+                label = self._resample_label(label, img_dst=ref)
+            label = MetaTensor(label.as_tensor(), meta=copy.deepcopy(label.meta))
             label.affine = ref.affine.clone()
             d[self.label_key] = label
         return d
@@ -270,7 +307,7 @@ def train_transforms(cfg: TransformConfig, labels: LabelSpec) -> Compose:
     keys = [IMAGE_KEY, LABEL_KEY]
     return Compose(
         [
-            LoadCased(),
+            LoadCased(labels=labels),
             *_geometry(cfg, keys, ["bilinear", "nearest"]),
             SpatialPadd(keys, spatial_size=cfg.roi_size),
             RandCropByPosNegLabeld(
@@ -290,7 +327,7 @@ def train_transforms(cfg: TransformConfig, labels: LabelSpec) -> Compose:
 def val_transforms(cfg: TransformConfig, labels: LabelSpec) -> Compose:
     """Validation pipeline: deterministic preprocessing of the full volume (for sliding-window inference)."""
     keys = [IMAGE_KEY, LABEL_KEY]
-    return Compose([LoadCased(), *_geometry(cfg, keys, ["bilinear", "nearest"]), LabelToTargetd(labels)])
+    return Compose([LoadCased(labels=labels), *_geometry(cfg, keys, ["bilinear", "nearest"]), LabelToTargetd(labels)])
 
 
 def infer_transforms(cfg: TransformConfig) -> Compose:

@@ -10,11 +10,17 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from monai.metrics import DiceMetric
+from monai.utils import convert_to_tensor
 from torch import Tensor
 
 from factorseg.bundle import build_model
 from factorseg.data.labels import LabelSpec
 from factorseg.training.data import derive_seed
+
+
+def _plain(x: Any) -> Tensor:
+    """A batch entry as a plain tensor: MetaTensor metadata tracking is overhead in the network and the loss."""
+    return convert_to_tensor(x, track_meta=False)
 
 
 def make_loss(labels: LabelSpec, ds_weights: list[float] | None) -> torch.nn.Module:
@@ -62,14 +68,17 @@ class SegmentationModule(pl.LightningModule):
         torch.manual_seed(derive_seed(self.config["train"]["seed"], self.current_epoch, self.global_rank, 1))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        image, target = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
+        image, target = _plain(batch["image"]), _plain(batch["label"])
         # Float targets: deep supervision resizes them (nearest), which integer tensors do not support.
-        loss = self.loss(self.model(image), target.float())
+        output = self.model(image)
+        if isinstance(output, Tensor) and output.dim() == image.dim() + 1:
+            output = list(output.unbind(1))  # MONAI DynUNet stacks its deep-supervision heads
+        loss = self.loss(output, target.float())
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        image, target = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
+        image, target = _plain(batch["image"]), _plain(batch["label"])
         inf = self.config["inference"]
         logits = sliding_window_inference(
             image, self.config["transforms"]["roi_size"], inf.get("sw_batch_size", 1), self.model,

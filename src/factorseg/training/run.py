@@ -17,14 +17,15 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from monai.data import list_data_collate
+from rich.progress import track
 from torch.utils.data import DataLoader
 
 from factorseg.bundle import save_bundle
-from factorseg.config import save_config
+from factorseg.config import SECTIONS, save_config
 from factorseg.data.formats import DatasetInfo, load_dataset
 from factorseg.data.labels import get_label_spec
-from factorseg.data.splits import load_or_create_splits
-from factorseg.data.transforms import TransformConfig, train_transforms, val_transforms
+from factorseg.data.splits import load_or_create_splits, make_splits
+from factorseg.data.transforms import LoadCased, TransformConfig, train_transforms, val_transforms
 from factorseg.errors import InputError
 from factorseg.io import atomic_path, atomic_write
 from factorseg.training.data import CaseDataset, EpochSampler
@@ -51,7 +52,9 @@ class BundleWriter(Callback):
         if trainer.is_global_zero:
             save_bundle(self.config, module.model, self.out_dir / "model_last.pt")
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Not on_validation_epoch_end: callbacks run that hook before the module logs val/dice, so the score
+        # seen there would be the previous validation's.
         score = trainer.callback_metrics.get("val/dice")
         if trainer.sanity_checking or score is None or not trainer.is_global_zero:
             return
@@ -130,6 +133,14 @@ def _write_run_info(out_dir: Path, trainer: pl.Trainer, seconds: float, metrics:
     atomic_write(out_dir / "run_info.json", json.dumps(info, indent=2).encode(), overwrite=True)
 
 
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Delete temporary files that a killed run left behind mid-write (``atomic_path``'s ``.tmp-*`` names)."""
+    for folder in (out_dir, out_dir / "checkpoints"):
+        for tmp in folder.glob(".tmp-*"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+
+
 def train(
     cfg: dict[str, Any],
     data_path: str | Path,
@@ -153,25 +164,44 @@ def train(
         raise InputError(f"--resume: {last_ckpt} does not exist")
     if not resume and last_ckpt.exists():
         raise InputError(f"{out_dir} already holds a run; use --resume to continue it or choose another --output")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    if resume:
+        _remove_stale_temporaries(out_dir)
     started = time.perf_counter()
     data, tr = cfg["data"], cfg["train"]
     pl.seed_everything(tr["seed"], workers=True, verbose=False)
 
     splits_file = Path(data.get("splits_file") or out_dir / "splits.json")
-    splits = load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
+    if splits_file.exists():
+        splits = load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
+    else:  # written once the data have passed the checks below
+        splits = make_splits(info.case_ids, data["folds"], tr["seed"])
     fold = data["fold"]
     if not 0 <= fold < len(splits):
         raise InputError(f"data.fold={fold} but there are {len(splits)} folds")
     by_id = {c["id"]: c for c in info.cases}
     train_cases = [by_id[i] for i in splits[fold]["train"]]
     val_cases = [by_id[i] for i in splits[fold]["val"]]
-    save_config(cfg, out_dir / "config.yaml")
 
+    # Every case is read and checked (files, grids, label values) before anything is written, so that a bad
+    # file stops the run with one line up front instead of mid-training: caching does it while loading.
     labels = get_label_spec(cfg["labels"])
     tcfg = TransformConfig.from_dict(cfg["transforms"])
-    train_set = CaseDataset(train_cases, train_transforms(tcfg, labels), data.get("cache", True), "Caching training cases")
-    val_set = CaseDataset(val_cases, val_transforms(tcfg, labels), data.get("cache", True), "Caching validation cases")
+    cache = bool(data.get("cache", True))
+    train_set = CaseDataset(train_cases, train_transforms(tcfg, labels), cache, "Caching training cases")
+    val_set = CaseDataset(val_cases, val_transforms(tcfg, labels), cache, "Caching validation cases")
+    if not cache:
+        check = LoadCased(labels=labels)
+        for case in track(train_cases + val_cases, description="Checking cases", transient=True, disable=not progress):
+            check(case)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not splits_file.exists():
+        load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
+    # Only the recipe sections: config.yaml is then a valid recipe, reloaded by --resume (labels and channels
+    # are derived from the dataset again, and travel in the model bundles).
+    save_config({key: cfg[key] for key in SECTIONS}, out_dir / "config.yaml")
     workers = tr["num_workers"]
     sampler = EpochSampler(len(train_set), tr["steps_per_epoch"] * tr["batch_size"], tr["seed"])
     train_loader = DataLoader(
@@ -183,13 +213,18 @@ def train(
     module = SegmentationModule(cfg)
     callbacks: list[Callback] = [
         ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/dice", mode="max",
-                        save_last=True, save_top_k=1),
+                        save_top_k=1, enable_version_counter=False),
+        # last.ckpt after every epoch, validated or not (a single monitored callback would only save on
+        # validation epochs), so that a killed run loses at most one epoch.
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", save_top_k=1,
+                        save_on_train_epoch_end=True, enable_version_counter=False),
         BundleWriter(out_dir, cfg),
     ]
     if progress:
         callbacks.append(RichProgressBar())
     trainer = pl.Trainer(
         max_epochs=tr["epochs"],
+        max_time={"minutes": float(tr["max_minutes"])} if tr.get("max_minutes") else None,
         accelerator=tr["accelerator"],
         devices=tr["devices"],
         num_nodes=tr["num_nodes"],
