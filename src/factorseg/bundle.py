@@ -71,28 +71,59 @@ def save_bundle(config: dict[str, Any], model: nn.Module, path: Path, overwrite:
 def _from_lightning(path: Path) -> dict[str, Any]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable or unsafe file
         raise InputError(f"{path}: is not a factorseg checkpoint or contains untrusted objects (refused to unpickle)") from exc
-    config = raw.get("hyper_parameters", {}).get("config") if isinstance(raw, dict) else None
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: Lightning checkpoint without a factorseg config")
+    hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
+    config = hparams.get("config") if isinstance(hparams, dict) else None
+    if not isinstance(config, dict) or not isinstance(raw.get("state_dict"), dict):
+        raise InputError(f"{path}: Lightning checkpoint without a factorseg config and weights")
+    missing = [key for key in BUNDLE_KEYS if key not in config]
+    if missing:
+        raise InputError(f"{path}: checkpoint from an incompatible factorseg version (config lacks {', '.join(missing)})")
     prefix = "model."
-    state = {k[len(prefix):]: v for k, v in raw["state_dict"].items() if k.startswith(prefix)}
+    state = {k[len(prefix):]: v for k, v in raw["state_dict"].items() if isinstance(k, str) and k.startswith(prefix)}
     return {"config": bundle_config(config), "state_dict": state}
 
 
+def _check_config(config: dict[str, Any], path: Path) -> None:
+    """Refuse bundle configs that cannot describe a usable model (wrong types, channel count mismatch)."""
+    model, channels = config["model"], config["channels"]
+    if not isinstance(model, dict):
+        raise InputError(f"{path}: invalid model config {model!r}")
+    if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+        raise InputError(f"{path}: invalid channel names {channels!r}")
+    for key, parse in (("labels", LabelSpec.from_dict), ("transforms", TransformConfig.from_dict)):
+        if not isinstance(config[key], dict):
+            raise InputError(f"{path}: invalid {key} config {config[key]!r}")
+        parse(config[key])
+    if model.get("in_channels") is not None and model["in_channels"] != len(channels):
+        raise InputError(
+            f"{path}: model takes {model['in_channels']} input channels but lists {len(channels)} channel names"
+        )
+
+
 def load_bundle(path: str | Path) -> LoadedModel:
-    """Load a bundle (``.pt``) or a Lightning checkpoint (``.ckpt``) for inference, in eval mode."""
+    """Load a bundle (``.pt``) or a Lightning checkpoint (``.ckpt``) for inference, in eval mode.
+
+    Both are read with ``torch.load(weights_only=True)``: tensors and plain data only, never code.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: model file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a model file (.pt or .ckpt)")
     raw = _from_lightning(path) if path.suffix == ".ckpt" else load_checkpoint(path)
-    config = raw.get("config")
+    config, state = raw.get("config"), raw.get("state_dict")
     if not isinstance(config, dict) or any(k not in config for k in BUNDLE_KEYS):
         raise InputError(f"{path}: not a factorseg model bundle (missing config entries)")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: not a factorseg model bundle (no weights)")
+    _check_config(config, path)
     model = build_model(config["model"])
     try:
-        model.load_state_dict(raw["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit the model it describes ({str(exc).splitlines()[0]})") from exc
     return LoadedModel(model.eval(), config, path)

@@ -208,8 +208,9 @@ def _demo_config(cases: int, seed: int, minutes: float | None, shape: int, overr
         n_val = math.ceil(cases / int(cfg["data"]["folds"]))
         with console.status("Timing a few training steps to fit the time budget"):
             epochs = plan_epochs(cfg, minutes, n_val, shape)
-        console.print(f"  {minutes:g} min of training = {epochs} epochs of {cfg['train']['steps_per_epoch']} steps")
-        cfg = apply_overrides(cfg, [f"train.epochs={epochs}"])
+        console.print(f"  {minutes:g} min of training = {_plural(epochs, 'epoch')} of "
+                      f"{cfg['train']['steps_per_epoch']} steps (stopped after {minutes:g} min in any case)")
+        cfg = apply_overrides(cfg, [f"train.epochs={epochs}", f"train.max_minutes={minutes}"])
     return cfg
 
 
@@ -273,10 +274,12 @@ def _commands(out_dir: Path, cfg: dict[str, Any], overrides: Sequence[str]) -> s
     """The CLI commands that repeat the training, prediction and evaluation steps of this run."""
     tr = cfg["train"]
     settings = [f"--seed {tr['seed']}", f"--epochs {tr['epochs']}", f"-s data.folds={cfg['data']['folds']}"]
-    settings += [f"-s {item}" for item in overrides]
+    if tr.get("max_minutes"):
+        settings.append(f"-s train.max_minutes={tr['max_minutes']}")
+    settings += [f"-s {shlex.quote(item)}" for item in overrides]
     return "\n".join([
         f"DIR={shlex.quote(str(out_dir))}",
-        f"factorseg train -d $DIR/data/train -o $DIR/run --recipe demo {' '.join(settings)}",
+        "factorseg train -d $DIR/data/train -o $DIR/run --recipe demo \\\n    " + " ".join(settings),
         "factorseg predict -m $DIR/run/model_best.pt -i $DIR/data/held_out/images -o $DIR/predictions",
         "factorseg evaluate -p $DIR/predictions -r $DIR/data/held_out/labels --labels-from $DIR/run/model_best.pt \\\n"
         "    -o $DIR/scores",
@@ -494,7 +497,8 @@ def _components_caption(block: str, case: str, components: dict[str, Any]) -> st
         f"Shown are {which}, over FLAIR on the axial and coronal slices with the most tumour (left: the "
         "reference labels; cyan: the reference tumour outline); each map has its own colour scale from 0 to its "
         "maximum in the brain. AUC: how well the map alone ranks the voxels of the named region (WT, TC or ET) "
-        "above the rest of the brain, 1 = perfectly, 0.5 = chance, below 0.5 = the map avoids the region. "
+        "above the rest of the brain: 1 = perfectly, 0.5 = chance, near 0 = the map marks the region by being "
+        "low there, which is just as informative. "
         "No component was trained to follow the tumour; only the final segmentation was supervised."
     )
 

@@ -186,8 +186,9 @@ class SegmentationPredictor:
         """Predict every case and write ``<id>.nii.gz`` (and ``<id>_probabilities.nii.gz``) into ``out_dir``.
 
         Every case's files are checked (headers, channel count) and the outputs are checked (no existing file
-        without ``overwrite``, never an input file) before the folder is created or anything is written; each
-        file is written atomically, so an interrupted or failed run leaves only complete outputs.
+        without ``overwrite``, never an input file) before anything is written, and the folder is created
+        with the first result; each file is written atomically, so an interrupted or failed run leaves only
+        complete outputs (of the cases before the failing one).
         """
         out_dir = Path(out_dir)
         if out_dir.exists() and not out_dir.is_dir():
@@ -195,7 +196,6 @@ class SegmentationPredictor:
         targets = self._targets(cases, out_dir)
         for case in cases:
             self.check_case(case)
-        out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task("Predicting", total=len(cases))
@@ -206,6 +206,7 @@ class SegmentationPredictor:
                 if label.shape != tuple(reference.shape[:3]):
                     raise InputError(f"case {case['id']}: prediction grid {label.shape} differs from input {reference.shape}")
                 mask_path, *prob_path = targets[case["id"]]
+                out_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused first case leaves nothing behind
                 written.append(save_nifti(label, reference.affine, mask_path, header=reference.header,
                                           overwrite=self.options.overwrite))
                 if prob_path:

@@ -163,7 +163,7 @@ def _grey(ax: Any, scan: np.ndarray) -> None:
 def plot_overlays(cases: Sequence[OverlayCase], out_png: Path) -> Path:
     """One row per case: FLAIR, T1ce, reference and prediction on the axial slice with the most tumour.
 
-    Views are cropped to the brain. Scans are shown in grey; labels are filled in the colours of
+    All cases share one grid; views are cropped to the box around all their brains. Scans are shown in grey; labels are filled in the colours of
     :data:`LABEL_COLOURS` (legend at the bottom), and the reference's tumour outline is repeated in cyan on
     the prediction so that over- and under-segmentation stand out.
     """
@@ -172,13 +172,14 @@ def plot_overlays(cases: Sequence[OverlayCase], out_png: Path) -> Path:
 
     if not cases:
         raise InputError("no cases to draw overlays for")
+    for case in cases:
+        if not (case.flair.shape == case.t1ce.shape == case.reference.shape == case.prediction.shape == cases[0].flair.shape):
+            raise InputError(f"case {case.case_id}: scans and label maps must share one grid with the other cases")
+    box = brain_box(sum(np.abs(case.flair) for case in cases))  # one box for all rows: panels of equal size
     fig = Figure(figsize=(10, 2.9 * len(cases) + 0.5), layout="constrained")
     axes = fig.subplots(len(cases), 4, squeeze=False)
     for row, case in zip(axes, cases):
-        if not (case.flair.shape == case.t1ce.shape == case.reference.shape == case.prediction.shape):
-            raise InputError(f"case {case.case_id}: scans and label maps must share one grid")
         z = tumour_slice(case.reference)
-        box = brain_box(case.flair)
         view = (*box, z)
         scores = ", ".join(f"{region} {value:.2f}" for region, value in case.dice.items())
         panels = [("FLAIR", case.flair, None), ("T1ce", case.t1ce, None),

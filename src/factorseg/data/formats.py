@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
-
 from factorseg.data.labels import LABEL_SPECS, LabelSpec, get_label_spec
 from factorseg.errors import InputError
+from factorseg.io import read_header
 
 __all__ = ["FORMATS", "DatasetInfo", "cases_from_paths", "detect_format", "load_dataset"]
 
@@ -418,16 +417,9 @@ def load_dataset(
 
 # ---------------------------------------------------------------------------- prediction inputs
 def _volumes(path: Path) -> int:
-    """Number of volumes in a NIfTI file (1 for 3D, the 4th dimension for 4D), from its header only."""
-    try:
-        shape = nib.load(str(path)).shape
-    except Exception as exc:  # nibabel raises several types for unreadable files
-        raise InputError(f"{path}: cannot read NIfTI header ({exc})") from None
-    if len(shape) == 3:
-        return 1
-    if len(shape) == 4:
-        return int(shape[3])
-    raise InputError(f"{path}: expected a 3D or 4D image, got shape {shape}")
+    """Number of volumes in a NIfTI file (1 for 3D, the 4th dimension for 4D), from its validated header only."""
+    shape, _ = read_header(path, expect_3d=False)
+    return int(shape[3]) if len(shape) == 4 else 1
 
 
 def _file_case(path: Path, channels: int) -> dict[str, Any]:
