@@ -1,22 +1,26 @@
 """Peak memory of ``factorseg predict`` on a large scan (default 512 x 512 x 400, one channel), tiny model.
 
-Run: .venv/bin/python benchmarks/large_volume.py [--shape 512 512 400] [--roi 64] [--classes 3] [--tta]
+Run: .venv/bin/python benchmarks/large_volume.py [--shape 512 512 400] [--roi 64] [--classes 3]
+     [--probabilities] [--tta] [--no-crop]
 
 Each prediction runs as its own ``factorseg predict`` process, and its peak resident memory (``ru_maxrss``
 from ``os.wait4``) is measured. The same prediction on a 32^3 scan gives the fixed cost (Python, torch, the
-model); the rest, divided by the number of voxels, is the memory per voxel. The sliding windows are stitched
-on the CPU, so this is also the host memory of ``--device cuda`` runs.
+model); the rest, divided by the number of voxels, is the memory per voxel. With ``--device cuda`` the windows
+are still stitched on the CPU (only the scan and the windows go to the GPU), so host memory stays as here.
 
-Measured on the project's 2-core CI machine (torch 2.13 CPU, one thread, swin_factorizer widths [8, 16],
-roi 64^3, no overlap), 512 x 512 x 400 = 104.9 M voxels, float32 ``.nii`` input:
+Measured on the project's 2-core machine (torch 2.13 CPU, one thread; swin_factorizer widths [8, 16], roi 64^3,
+no overlap; uncompressed float32 ``.nii`` input; fixed cost about 0.55 GB):
 
-* 3 classes (softmax): peak 4.23 GB, 3.76 GB above the fixed cost = 35.8 bytes per voxel, 5.6 min.
-* 3 classes with ``--probabilities``: see the printed table (the map is written channel by channel).
+| scan | classes | foreground crop | peak RSS | bytes / voxel above the fixed cost | wall |
+|---|---|---|---|---|---|
+| 512 x 512 x 400 (104.9 M voxels) | 3 | yes | 2.53 GB | 18.9 | 105 s |
+| same, before this predictor was made memory-bounded | 3 | yes | 4.76 GB | 40.2 | 132 s |
+| 256 x 256 x 200 | 2 / 8 | yes | | 16.9 / 48.7 | |
+| 256 x 256 x 200 | 2 / 8 | no | | 18.2 / 42.0 | |
 
-so the stated limit is ``peak ~ fixed cost + (4 * C_in + 12 * C_out) bytes per voxel`` (4 bytes of float32
-per input channel for the scan, about three full-size float32 copies of the probabilities: the stitched
-output, the stitching weights and the map back on the input grid), i.e. about 36 bytes per voxel for one
-input channel and three classes.
+Stated limit (:func:`bytes_per_voxel_limit`, also in ``SegmentationPredictor``'s docstring): peak memory is
+the fixed cost plus at most ``4 * C_in + 6 * C_out + 8`` bytes per voxel of the scan, i.e. 30 bytes per voxel
+(3.1 GB above the fixed cost for 512 x 512 x 400) for one input channel and three classes.
 """
 
 from __future__ import annotations
@@ -39,6 +43,16 @@ from factorseg.data.transforms import TransformConfig
 from factorseg.models import create
 
 
+def bytes_per_voxel_limit(in_channels: int, classes: int) -> int:
+    """Stated bound on prediction memory above the fixed cost, in bytes per voxel of the scan.
+
+    float32 scan channels (4 each), and about 1.5 float32 copies of the class probabilities at a time (the
+    stitched output and, while it is mapped back onto the scan's grid, part of the result), plus stitching
+    weights and the label map.
+    """
+    return 4 * in_channels + 6 * classes + 8
+
+
 @dataclass
 class Measurement:
     """Peak resident memory (bytes) and wall time (s) of one prediction process."""
@@ -52,7 +66,7 @@ class Measurement:
         return int(np.prod(self.shape))
 
 
-def tiny_bundle(path: Path, classes: int, roi: int) -> Path:
+def tiny_bundle(path: Path, classes: int, roi: int, crop_foreground: bool = True) -> Path:
     """An untrained one-channel Swin Factorizer (widths 8, 16) with ``classes`` softmax outputs."""
     model_cfg = {"name": "swin_factorizer", "in_channels": 1, "out_channels": classes, "widths": [8, 16],
                  "head_dim": 4, "window_size": 4, "deep_supervision": False}
@@ -60,7 +74,7 @@ def tiny_bundle(path: Path, classes: int, roi: int) -> Path:
         "model": model_cfg,
         "labels": {"mode": "classes", "names": [f"c{i}" for i in range(classes)], "values": list(range(classes)),
                    "convention": "custom"},
-        "transforms": TransformConfig(roi_size=(roi, roi, roi), crop_foreground=True).to_dict(),
+        "transforms": TransformConfig(roi_size=(roi, roi, roi), crop_foreground=crop_foreground).to_dict(),
         "channels": ["t1"],
         "inference": {"overlap": 0.0, "sw_batch_size": 1, "blend": "constant"},
     }
@@ -104,11 +118,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=3)
     parser.add_argument("--probabilities", action="store_true", help="also write the probability map")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (8x the compute)")
+    parser.add_argument("--no-crop", action="store_true", help="no foreground crop: the whole volume is predicted")
     args = parser.parse_args()
     extra = tuple(flag for flag, on in (("--probabilities", args.probabilities), ("--tta", args.tta)) if on)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        bundle = tiny_bundle(work / "tiny.pt", args.classes, args.roi)
+        bundle = tiny_bundle(work / "tiny.pt", args.classes, args.roi, crop_foreground=not args.no_crop)
         small = measure(bundle, (32, 32, 32), work, extra)
         large = measure(bundle, tuple(args.shape), work, extra)
     net = large.peak_bytes - small.peak_bytes
@@ -119,7 +134,8 @@ def main() -> None:
               f"{(m.peak_bytes - small.peak_bytes) / 1e9:.2f} GB | "
               f"{(m.peak_bytes - small.peak_bytes) / m.voxels:.1f} | {m.seconds:.0f} s |")
     print(f"classes={args.classes} roi={args.roi}^3 extra={' '.join(extra) or '-'}: "
-          f"{net / large.voxels:.1f} bytes per voxel above the fixed cost of {small.peak_bytes / 1e9:.2f} GB")
+          f"{net / large.voxels:.1f} bytes per voxel above the fixed cost of {small.peak_bytes / 1e9:.2f} GB "
+          f"(stated limit {bytes_per_voxel_limit(1, args.classes)})")
 
 
 if __name__ == "__main__":

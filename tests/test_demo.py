@@ -20,9 +20,10 @@ from rich.console import Console
 from factorseg import demo, report
 from factorseg.errors import InputError
 
+# The demo recipe with a narrower model and two training steps (the block shown, decoder.1.0, still exists).
 TINY = [
-    "train.epochs=1", "train.steps_per_epoch=2", "train.val_interval=1", "train.num_workers=0",
-    "transforms.roi_size=[32,32,32]", "inference.overlap=0.0",
+    "train.epochs=1", "train.steps_per_epoch=2", "train.val_interval=1", "model.widths=[8,16,32]",
+    "model.head_dim=4",
 ]
 
 

@@ -450,6 +450,46 @@ def test_resume_of_a_folder_that_is_not_a_run(dataset: Path, tmp_path: Path, cap
     _refused(capsys, _train(dataset, out, "--resume"), ("config.yaml not found",), [dataset], out)
 
 
+# ---------------------------------------------------------------- memory on large scans
+_PEAK_SCRIPT = """
+import resource, sys
+from factorseg.cli import main
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+bundle, small, large, out = sys.argv[1:]
+assert main(["predict", "-m", bundle, "-i", small, "-o", out, "--no-progress"]) == 0
+base = peak()
+assert main(["predict", "-m", bundle, "-i", large, "-o", out, "--no-progress"]) == 0
+print(base, peak())
+"""
+
+
+def test_prediction_memory_is_linear_and_bounded(tmp_path: Path) -> None:
+    """Scaled-down ``benchmarks/large_volume.py``: peak memory above the fixed cost stays under the stated
+    per-voxel bound (SegmentationPredictor's docstring) on a 192 x 192 x 128 scan, tiny model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("large_volume", Path(__file__).parents[1] / "benchmarks" /
+                                                  "large_volume.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("large_volume", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    bundle = bench.tiny_bundle(tmp_path / "tiny.pt", classes=3, roi=64)
+    small = bench.write_scan(tmp_path / "small.nii", (32, 32, 32))
+    large = bench.write_scan(tmp_path / "large.nii", (192, 192, 128))
+    result = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(bundle), str(small), str(large),
+                             str(tmp_path / "out")], capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    base, peak = map(int, result.stdout.splitlines()[-1].split())
+    per_voxel = (peak - base) / (192 * 192 * 128)
+    assert per_voxel < bench.bytes_per_voxel_limit(1, 3), f"{per_voxel:.1f} bytes per voxel"
+    assert nib.load(tmp_path / "out" / "large.nii.gz").shape == (192, 192, 128)
+
+
 # ---------------------------------------------------------------- a real process
 def test_refusal_in_a_real_process(models: dict[int, Path], tmp_path: Path) -> None:
     """The installed entry point: exit status 2, one stderr line, no traceback, no output."""

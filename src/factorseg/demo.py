@@ -72,20 +72,19 @@ class DemoResult:
     dice: dict[str, float]
     mean_dice: float
     seconds: float
-    epochs: int
+    steps: int
 
     def print_summary(self, console: Console | None = None) -> None:
         """A short table: mean held-out Dice per region and overall, wall time and the report's path."""
-        table = Table(title="factorseg demo: held-out synthetic cases", show_header=True)
-        table.add_column("region")
-        table.add_column("mean Dice", justify="right")
-        for region, value in self.dice.items():
-            table.add_row(region, f"{value:.3f}")
-        table.add_row("[bold]mean[/]", f"[bold]{self.mean_dice:.3f}[/]")
+        table = Table(title="Held-out Dice", title_justify="left", show_header=True)
+        for region in self.dice:
+            table.add_column(region, justify="right")
+        table.add_column("mean", justify="right", style="bold")
+        table.add_row(*(f"{v:.3f}" for v in self.dice.values()), f"{self.mean_dice:.3f}")
         console = console or Console()
         console.print(table)
-        console.print(f"wall time {self.seconds / 60:.1f} min ({self.epochs} training epoch{'' if self.epochs == 1 else 's'})")
-        console.print(f"report: {self.report}")
+        console.print(f"Wall time {self.seconds / 60:.1f} min ({_plural(self.steps, 'training step')})")
+        console.print(f"Report: {self.report}", soft_wrap=True)
 
 
 @contextmanager
@@ -197,21 +196,26 @@ def plan_epochs(cfg: dict[str, Any], minutes: float, n_val: int, shape: int) -> 
 
 
 def _demo_config(cases: int, seed: int, minutes: float | None, shape: int, overrides: Sequence[str],
-                 console: Console) -> dict[str, Any]:
-    """The ``demo`` recipe with the seed, the number of folds the cases allow, and the epochs for ``minutes``."""
+                 console: Console, progress: bool) -> tuple[dict[str, Any], list[str]]:
+    """The ``demo`` recipe with the seed, the folds the cases allow and the epochs that fit ``minutes``.
+
+    Returns the config and the overrides applied to the shipped recipe (to print the equivalent command).
+    """
     from factorseg.config import apply_overrides, load_recipe
 
     cfg = load_recipe("demo")
-    folds = min(int(cfg["data"]["folds"]), cases)
-    cfg = apply_overrides(cfg, [f"train.seed={seed}", f"data.folds={folds}", *overrides])
+    applied = [f"train.seed={seed}", f"data.folds={min(int(cfg['data']['folds']), cases)}", *overrides]
+    cfg = apply_overrides(cfg, applied)
     if minutes is not None:
         n_val = math.ceil(cases / int(cfg["data"]["folds"]))
-        with console.status("Timing a few training steps to fit the time budget"):
+        with console.status("Timing a few training steps to fit the time budget") if progress else _nothing():
             epochs = plan_epochs(cfg, minutes, n_val, shape)
         console.print(f"  {minutes:g} min of training = {_plural(epochs, 'epoch')} of "
                       f"{cfg['train']['steps_per_epoch']} steps (stopped after {minutes:g} min in any case)")
-        cfg = apply_overrides(cfg, [f"train.epochs={epochs}", f"train.max_minutes={minutes}"])
-    return cfg
+        budget = [f"train.epochs={epochs}", f"train.max_minutes={minutes:g}"]
+        cfg = apply_overrides(cfg, budget)
+        applied += budget
+    return cfg, applied
 
 
 def _read(path: Path) -> np.ndarray:
@@ -270,28 +274,53 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def _commands(out_dir: Path, cfg: dict[str, Any], overrides: Sequence[str]) -> str:
-    """The CLI commands that repeat the training, prediction and evaluation steps of this run."""
+def _training_info(cfg: dict[str, Any], run_dir: Path, validation: dict[str, float]) -> dict[str, Any]:
+    """Planned and completed training (from the run's ``run_info.json``), time limit and final validation."""
+    import json
+
+    info = json.loads((run_dir / "run_info.json").read_text(encoding="utf-8"))
     tr = cfg["train"]
-    settings = [f"--seed {tr['seed']}", f"--epochs {tr['epochs']}", f"-s data.folds={cfg['data']['folds']}"]
-    if tr.get("max_minutes"):
-        settings.append(f"-s train.max_minutes={tr['max_minutes']}")
-    settings += [f"-s {shlex.quote(item)}" for item in overrides]
+    planned = int(tr["epochs"]) * int(tr["steps_per_epoch"])
+    return {
+        "steps_per_epoch": int(tr["steps_per_epoch"]),
+        "epochs_planned": int(tr["epochs"]),
+        "steps_planned": planned,
+        "epochs_run": int(info["epochs"]),
+        "steps_run": int(info["global_steps"]),
+        "max_minutes": tr.get("max_minutes"),
+        "stopped_by_time_limit": int(info["global_steps"]) < planned,
+        "validation": validation,
+    }
+
+
+def _training_text(training: dict[str, Any]) -> str:
+    """E.g. "144 steps (12 epochs of 12)", plus the time limit when it stopped training early."""
+    text = (f"{_plural(training['steps_run'], 'step')} ({_plural(training['epochs_run'], 'epoch')} of "
+            f"{training['steps_per_epoch']})")
+    if training["stopped_by_time_limit"]:
+        text += (f", stopped by the {training['max_minutes']:g}-minute time limit before the "
+                 f"{training['steps_planned']} planned steps")
+    return text
+
+
+def _commands(out_dir: Path, applied: Sequence[str]) -> str:
+    """The CLI commands that repeat the training, prediction and evaluation steps of this run."""
+    settings = " ".join(f"-s {shlex.quote(item)}" for item in applied)
     return "\n".join([
         f"DIR={shlex.quote(str(out_dir))}",
-        "factorseg train -d $DIR/data/train -o $DIR/run --recipe demo \\\n    " + " ".join(settings),
+        f"factorseg train -d $DIR/data/train -o $DIR/run --recipe demo \\\n    {settings}",
         "factorseg predict -m $DIR/run/model_best.pt -i $DIR/data/held_out/images -o $DIR/predictions",
         "factorseg evaluate -p $DIR/predictions -r $DIR/data/held_out/labels --labels-from $DIR/run/model_best.pt \\\n"
         "    -o $DIR/scores",
     ])
 
 
-def _intro_html(cases: int, held_out: int, shape: int, cfg: dict[str, Any], out_dir: Path,
-                overrides: Sequence[str]) -> str:
+def _intro_html(cases: int, held_out: int, shape: int, cfg: dict[str, Any], training: dict[str, Any],
+                out_dir: Path, applied: Sequence[str]) -> str:
     """The "what you are looking at" text, with the equivalent commands to run each step by hand."""
     import html
 
-    model, tr = cfg["model"], cfg["train"]
+    model = cfg["model"]
     roi = "×".join(str(s) for s in cfg["transforms"]["roi_size"])
     n_val = math.ceil(cases / cfg["data"]["folds"])
     return (
@@ -304,11 +333,11 @@ def _intro_html(cases: int, held_out: int, shape: int, cfg: dict[str, Any], out_
         f"<p><b>Model:</b> a small Swin Factorizer (<code>{model['name']}</code>, widths {model['widths']}): a "
         "U-shaped network whose blocks mix context with a differentiable non-negative matrix factorisation (NMF) "
         f"of each {model['window_size']}³-voxel window instead of attention. It was trained for "
-        f"{_plural(int(tr['epochs']), 'epoch')} of {tr['steps_per_epoch']} steps on random {roi} patches "
+        f"{_training_text(training)} on random {roi} patches "
         "(recipe <code>demo</code>), predicts the three nested BraTS regions (TC, WT, ET) with one sigmoid "
         "output each, and segments each held-out scan with sliding windows.</p>"
         "<p>The same steps by hand (see <code>factorseg COMMAND --help</code>):</p>"
-        f"<pre>{html.escape(_commands(out_dir, cfg, overrides))}</pre>"
+        f"<pre>{html.escape(_commands(out_dir, applied))}</pre>"
     )
 
 
@@ -369,7 +398,7 @@ def run_demo(
     console.print(f"[bold]1/6[/] Generating {cases} training + {held_out} held-out synthetic cases ({shape}³)")
     with console.status("Generating synthetic scans", spinner="dots") if progress else _nothing():
         train_dir, held_dir, ref_dir = _make_data(out_dir / "data", cases, held_out, seed, shape)
-    cfg = _demo_config(cases, seed, minutes, shape, overrides, console)
+    cfg, applied = _demo_config(cases, seed, minutes, shape, overrides, console, progress)
     now = stage("data", started)
 
     tr = cfg["train"]
@@ -377,6 +406,7 @@ def run_demo(
                   f"{tr['steps_per_epoch']} steps")
     with _quiet_lightning():
         trained = train(cfg, train_dir, out_dir / "run", progress=progress)
+    training = _training_info(cfg, out_dir / "run", trained.metrics)
     now = stage("train", now)
 
     console.print(f"[bold]3/6[/] Predicting the {held_out} held-out cases with {trained.best_model.name}")
@@ -403,8 +433,8 @@ def run_demo(
     now = stage("explain", now)
 
     console.print("[bold]6/6[/] Writing the report")
-    summary = _summary(scores, regions, cfg, trained.metrics, cases, held_out, shape, seed, minutes, block,
-                       explained, components)
+    summary = _summary(scores, regions, cfg, training, cases, held_out, shape, seed, minutes, block, explained,
+                       components)
     figures_dir = out_dir / "figures"
     figures_dir.mkdir()
     curve = report.plot_learning_curve(report.read_metrics_csv(out_dir / "run" / "logs" / "metrics.csv"), regions,
@@ -417,7 +447,7 @@ def run_demo(
                                figures_dir / "components.png")
     content = report.ReportContent(
         title="factorseg demo: a Factorizer on synthetic brain tumours",
-        intro_html=_intro_html(cases, held_out, shape, cfg, out_dir, overrides),
+        intro_html=_intro_html(cases, held_out, shape, cfg, training, out_dir, applied),
         regions=regions,
         region_help=REGION_HELP,
         scores=summary["scores"],
@@ -439,7 +469,7 @@ def run_demo(
 
     dice = {r: summary["scores"][r]["dice"]["mean"] for r in regions}
     result = DemoResult(out_dir, report_path, summary_path, dice, summary["mean_dice"], timing["total"],
-                        int(cfg["train"]["epochs"]))
+                        training["steps_run"])
     result.print_summary(console)
     return result
 
@@ -486,7 +516,9 @@ def _plot_components(components: dict[str, Any], block: str, case: dict[str, Any
 def _components_caption(block: str, case: str, components: dict[str, Any]) -> str:
     info = components["blocks"][block]
     shown = len(info["montage_components"])
-    which = "all" if shown == len(info["components"]) else f"the {shown} (of {len(info['components'])}) that best separate a tumour region"
+    total = len(info["components"])
+    which = f"All {total} maps are shown" if shown == total else (
+        f"Shown are the {shown} of the {total} maps that best separate a tumour region")
     return (
         f"Block <code>{block}</code> of the trained model, run on held-out case {case}, works on a "
         f"{'×'.join(map(str, info['spatial']))}-voxel feature map (stride {info['stride'][0]}). In each "
@@ -494,7 +526,7 @@ def _components_caption(block: str, case: str, components: dict[str, Any]) -> st
         f"{info['head_dim']} channels × window voxels matrix) by a rank-{info['rank']} product U·Vᵀ. The "
         "<b>component map</b> of a head is its spatial factor V put back in place, scaled by the size of the "
         "channel loading U: how strongly the head's one channel pattern is present at each voxel. "
-        f"Shown are {which}, over FLAIR on the axial and coronal slices with the most tumour (left: the "
+        f"{which}, over FLAIR on the axial and coronal slices with the most tumour (left: the "
         "reference labels; cyan: the reference tumour outline); each map has its own colour scale from 0 to its "
         "maximum in the brain. AUC: how well the map alone ranks the voxels of the named region (WT, TC or ET) "
         "above the rest of the brain: 1 = perfectly, 0.5 = chance, near 0 = the map marks the region by being "
@@ -503,7 +535,7 @@ def _components_caption(block: str, case: str, components: dict[str, Any]) -> st
     )
 
 
-def _summary(scores: Any, regions: list[str], cfg: dict[str, Any], validation: dict[str, float], cases: int,
+def _summary(scores: Any, regions: list[str], cfg: dict[str, Any], training: dict[str, Any], cases: int,
              held_out: int, shape: int, seed: int, minutes: float | None, block: str, explained: str,
              components: dict[str, Any]) -> dict[str, Any]:
     """The content of ``summary.json``: the scores the report shows, the settings and the explained block."""
@@ -521,13 +553,13 @@ def _summary(scores: Any, regions: list[str], cfg: dict[str, Any], validation: d
         "regions": regions,
         "scores": by_region,
         "per_case": {c: {k: float(v) for k, v in values.items()} for c, values in scores.per_case.items()},
-        "validation": validation,
+        "training": training,
         "settings": {
-            "recipe": "demo", "train_cases": cases, "held_out_cases": held_out, "shape": [shape] * 3,
-            "seed": seed, "minutes": minutes, "epochs": int(tr["epochs"]), "steps_per_epoch": int(tr["steps_per_epoch"]),
-            "batch_size": int(tr["batch_size"]),
-            "patches_per_volume": int(cfg["transforms"].get("num_samples", 1)), "roi_size": list(cfg["transforms"]["roi_size"]),
-            "model": cfg["model"], "folds": int(cfg["data"]["folds"]), "torch_threads": torch.get_num_threads(),
+            "recipe": "demo", "train_cases": cases, "held_out_cases": held_out, "shape": [shape] * 3, "seed": seed,
+            "minutes": minutes, "batch_size": int(tr["batch_size"]),
+            "patches_per_volume": int(cfg["transforms"].get("num_samples", 1)),
+            "roi_size": list(cfg["transforms"]["roi_size"]), "model": cfg["model"], "folds": int(cfg["data"]["folds"]),
+            "torch_threads": torch.get_num_threads(),
         },
         "explained": {"case": explained, "block": block,
                       "montage_components": components["blocks"][block]["montage_components"]},
@@ -540,10 +572,8 @@ def _facts(summary: dict[str, Any], timing: dict[str, float], out_dir: Path) -> 
     return [
         ("synthetic cases", f"{s['train_cases']} training, {s['held_out_cases']} held out, {s['shape'][0]}³ voxels, "
                             f"seed {s['seed']}"),
-        ("training", f"{_plural(s['epochs'], 'epoch')} × {s['steps_per_epoch']} steps; each step "
-                     f"{s['batch_size']} volumes × {s['patches_per_volume']} random patches of "
-                     f"{'×'.join(map(str, s['roi_size']))} voxels"
-                     + (f", time budget {s['minutes']:g} min" if s["minutes"] is not None else "")),
+        ("training", f"{_training_text(summary['training'])}; each step {s['batch_size']} volumes × "
+                     f"{s['patches_per_volume']} random patches of {'×'.join(map(str, s['roi_size']))} voxels"),
         ("CPU threads", str(s["torch_threads"])),
         ("wall time per stage", steps),
         ("factorseg", summary["factorseg_version"]),

@@ -79,11 +79,13 @@ def _metadata_only(image: MetaTensor) -> MetaTensor:
 class SegmentationPredictor:
     """Ensemble of trained models sharing labels, channels and preprocessing.
 
-    Memory: prediction stitches the sliding windows on the CPU (only windows go to ``device``), works in
-    place where it can and drops the preprocessed image before mapping the probabilities back to the input
-    grid. Peak memory grows linearly with the number of voxels, about ``4 * (C_in + 3 * C_out) + 12`` bytes
-    per voxel of the (preprocessed) volume plus the model; ``benchmarks/large_volume.py`` measures it
-    (a 512 x 512 x 400 single-channel scan, see its docstring for the figures).
+    Memory: prediction stitches the sliding windows on the CPU (only windows go to ``device``), applies the
+    activation and the ensemble/TTA average in place, drops the preprocessed image before mapping the
+    probabilities back onto the scan's grid and turns them into labels slab by slab. Peak memory is linear
+    in the number of voxels: the fixed cost (Python, torch, models; about 0.55 GB on CPU) plus at most
+    ``4 * C_in + 6 * C_out + 8`` bytes per voxel of the scan (``C_in`` channels, ``C_out`` classes or regions).
+    Measured by ``benchmarks/large_volume.py``: a 512 x 512 x 400 one-channel scan with three classes peaks
+    at 2.5 GB (18.9 bytes per voxel above the fixed cost).
     """
 
     def __init__(self, models: Sequence[LoadedModel], options: InferenceOptions | None = None,

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -184,26 +185,44 @@ def window_unstack(y: Tensor, lay: WindowLayout) -> Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _window_index(lay: WindowLayout, device: torch.device) -> tuple[Tensor, Tensor]:
+def _window_numbers(lay: WindowLayout) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the window-major stack and of its inverse, for a channels-last map.
 
     ``stack[s * V + j] = x[index[s * V + j]]`` over the ``V`` voxels of the padded map, and
     ``x = sum_s stack[s * V + inverse[s, i]]``. Built by rolling and partitioning the voxel numbers
-    themselves, i.e. the plain formulation applied once to an index map; int32 keeps them small.
+    themselves, i.e. the plain formulation applied once to an index map. NumPy, so that tracing
+    (``torch.compile``, ONNX export) sees constants; int32 keeps them small.
     """
     nd, volume = len(lay.grid), math.prod(lay.padded)
-    numbers = torch.arange(volume, dtype=torch.int64).view(lay.padded)
+    numbers = np.arange(volume, dtype=np.int64).reshape(lay.padded)
     split = [v for g, w in zip(lay.grid, lay.window) for v in (g, w)]
     order = [*(2 * i for i in range(nd)), *(2 * i + 1 for i in range(nd))]
     index, inverse = [], []
     for shift in lay.shifts:
-        rolled = torch.roll(numbers, tuple(-v for v in shift), tuple(range(nd))) if any(shift) else numbers
-        idx = rolled.view(split).permute(order).reshape(-1)
-        inv = torch.empty_like(idx)
-        inv[idx] = torch.arange(volume, dtype=torch.int64)
+        rolled = np.roll(numbers, tuple(-v for v in shift), tuple(range(nd))) if any(shift) else numbers
+        idx = rolled.reshape(split).transpose(order).reshape(-1)
+        inv = np.empty_like(idx)
+        inv[idx] = np.arange(volume, dtype=np.int64)
         index.append(idx)
         inverse.append(inv)
-    return torch.cat(index).int().to(device), torch.stack(inverse).int().to(device)
+    return np.concatenate(index).astype(np.int32), np.stack(inverse).astype(np.int32)
+
+
+_INDEX_TENSORS: dict[tuple[WindowLayout, torch.device], tuple[Tensor, Tensor]] = {}
+
+
+def _window_index(lay: WindowLayout, device: torch.device) -> tuple[Tensor, Tensor]:
+    """:func:`_window_numbers` as tensors on ``device`` (cached per device outside of tracing)."""
+    if torch.compiler.is_compiling():
+        index, inverse = _window_numbers(lay)
+        return torch.from_numpy(index).to(device), torch.from_numpy(inverse).to(device)
+    key = (lay, device)
+    if key not in _INDEX_TENSORS:
+        if len(_INDEX_TENSORS) >= 32:
+            _INDEX_TENSORS.pop(next(iter(_INDEX_TENSORS)))
+        index, inverse = _window_numbers(lay)
+        _INDEX_TENSORS[key] = (torch.from_numpy(index).to(device), torch.from_numpy(inverse).to(device))
+    return _INDEX_TENSORS[key]
 
 
 def _stack(x: Tensor, lay: WindowLayout) -> Tensor:

@@ -1,0 +1,208 @@
+"""Export a trained model to ONNX or TorchScript, and run an exported model as a predictor.
+
+``export_model`` traces the model in eval mode on one example input, checks the exported model
+against PyTorch on that input (max difference at most ``1e-4`` + ``1e-4`` x the output's
+magnitude), and writes the file atomically (temporary file, then ``os.replace``).
+
+Input sizes. The exported graph is specialised to the example's spatial size: the Factorizer's
+window layout (padding, windows shrunk to the input, shifts dropped along single-window axes) is
+decided in Python from the input size, so an ONNX graph cannot serve every size; a sliding-window
+predictor always feeds patches of one size anyway, so export with that size. The batch axis is
+dynamic in ONNX (named ``batch``); TorchScript graphs also accept other batch sizes. Runners
+check the spatial size and raise :class:`~factorseg.errors.InputError` on a mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from factorseg.errors import InputError
+
+Format = Literal["onnx", "torchscript"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+
+#: Exported outputs must match PyTorch within ``ATOL + RTOL * max|output|``.
+ATOL = 1e-4
+RTOL = 1e-4
+
+
+def _check_shape(example_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in example_shape)
+    if len(shape) < 3 or min(shape) < 1:
+        raise InputError(f"example shape {tuple(example_shape)} must be (batch, channels, *spatial) with sizes >= 1")
+    return shape
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _example(model: nn.Module, shape: tuple[int, ...]) -> Tensor:
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+
+
+def _export_onnx(model: nn.Module, example: Tensor, target: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:  # pragma: no cover - the export extra is installed in development
+        raise ImportError("ONNX export needs the 'export' extra: pip install 'factorseg[export]'") from err
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        verbose=False,
+    )
+    if program is None:  # pragma: no cover - the dynamo exporter always returns a program
+        raise RuntimeError("the ONNX exporter returned no program")
+    program.save(str(target), external_data=False)  # one self-contained file (all presets are < 2 GB)
+
+
+def _export_torchscript(model: nn.Module, example: Tensor, target: Path) -> None:
+    traced = torch.jit.trace(model, (example,), check_trace=False)
+    traced.save(str(target))
+
+
+def export_model(
+    model: nn.Module, example_shape: Sequence[int], path: str | Path, format: Format = "onnx"
+) -> Path:
+    """Export ``model`` for inputs shaped ``example_shape`` (``(batch, channels, *spatial)``) to ``path``.
+
+    ``format`` is ``"onnx"`` (opset from the dynamo exporter, dynamic batch axis) or
+    ``"torchscript"`` (a traced module for ``torch.jit.load``). The export is verified against
+    PyTorch before it replaces ``path``; the model's training flag is restored afterwards.
+    Returns the written path.
+    """
+    if format not in FORMATS:
+        raise InputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    shape = _check_shape(example_shape)
+    check_size = getattr(model, "check_size", None)
+    if callable(check_size):
+        try:
+            check_size(shape[2:])
+        except ValueError as err:
+            raise InputError(f"cannot export for shape {shape}: {err}") from err
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give the output file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with _eval_mode(model), torch.no_grad():
+            example = _example(model, shape)
+            (_export_onnx if format == "onnx" else _export_torchscript)(model, example, tmp)
+            expected = model(example)
+            got = load_predictor(tmp, format)(example)
+        _verify(expected, got, format)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _verify(expected: Tensor, got: Tensor, format: str) -> None:
+    if expected.shape != got.shape:
+        raise RuntimeError(f"exported {format} model gives shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+    expected, got = expected.float().cpu(), got.float().cpu()
+    diff = float((expected - got).abs().max())
+    bound = ATOL + RTOL * float(expected.abs().max())
+    if not diff <= bound:
+        raise RuntimeError(f"exported {format} model differs from PyTorch by {diff:.3g} (allowed {bound:.3g})")
+
+
+class OnnxRunner:
+    """An ONNX model as a predictor: ``runner(x: Tensor) -> Tensor``, e.g. for sliding-window inference.
+
+    Runs with onnxruntime on the CPU (or the given ``providers``); inputs are converted to float32
+    NumPy arrays and outputs come back as tensors on the input's device.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: ONNX model not found")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable models
+            raise InputError(f"{path}: not a readable ONNX model ({err})") from err
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise InputError(f"{path}: expected a model with one input, found {len(inputs)}")
+        self.input_name = inputs[0].name
+        #: Expected input shape; ``None`` marks a dynamic axis.
+        self.input_shape: tuple[int | None, ...] = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
+        self.path = path
+
+    def __call__(self, x: Tensor) -> Tensor:
+        shape = tuple(x.shape)
+        expected = self.input_shape
+        if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
+            raise InputError(
+                f"{self.path.name}: input of shape {shape} does not match the exported shape "
+                f"{tuple('batch' if e is None else e for e in expected)}; export again for this patch size"
+            )
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        (out,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(out).to(x.device)
+
+
+class TorchScriptRunner:
+    """A traced TorchScript model as a predictor, with the same input check as :class:`OnnxRunner`."""
+
+    def __init__(self, path: str | Path, map_location: str | torch.device = "cpu") -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: TorchScript model not found")
+        try:
+            self.module = torch.jit.load(str(path), map_location=map_location)
+        except RuntimeError as err:
+            raise InputError(f"{path}: not a readable TorchScript model ({err})") from err
+        self.module.eval()
+        self.path = path
+
+    def __call__(self, x: Tensor) -> Tensor:
+        try:
+            with torch.no_grad():
+                return self.module(x)
+        except RuntimeError as err:
+            raise InputError(
+                f"{self.path.name}: the traced model cannot run on input of shape {tuple(x.shape)} "
+                f"(traced graphs are fixed to the export's spatial size): {str(err).splitlines()[0]}"
+            ) from err
+
+
+def load_predictor(path: str | Path, format: Format | None = None) -> Callable[[Tensor], Tensor]:
+    """A predictor for an exported model: ONNX (``.onnx``) runs on onnxruntime, anything else as TorchScript."""
+    path = Path(path)
+    kind = format or ("onnx" if path.suffix.lower() == ".onnx" else "torchscript")
+    if kind not in FORMATS:
+        raise InputError(f"unknown export format {kind!r}; choose one of {', '.join(FORMATS)}")
+    return OnnxRunner(path) if kind == "onnx" else TorchScriptRunner(path)

@@ -1,0 +1,136 @@
+"""The optimised NMF mixer and Factorizer block against the plain reference formulation (the oracle).
+
+Values and gradients must agree to 1e-5 in float32 (the issue's tolerance) and to float64 rounding in
+float64, for every matricize variant (local, shifted, global, padded, 2D), both solvers, ranks 1 and
+2, full and last-k gradients, and fixed and random initialisation.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference_mixer import effective_layout, reference_block, reference_mixer, reference_nmf, to_windows
+
+from factorseg.blocks import FactorizerBlock, NMFMixer
+from factorseg.matricize import WindowMatricize, matrices_view, pad_channels_last, window_stack, window_unstack
+from factorseg.nmf import NMF
+
+# spatial size, head_dim, window, shifts, rank, solver, backprop_iters, num_iters, init
+CASES = [
+    ((8, 8, 8), 4, 4, [0, 2], 1, "hals", None, 5, "fixed"),  # Swin, divisible
+    ((9, 6, 7), 4, 4, [0, 2], 1, "hals", None, 5, "fixed"),  # Swin, padded
+    ((9, 6, 7), 4, 4, [0, 2], 1, "hals", 1, 5, "fixed"),  # one-step gradient
+    ((9, 6, 7), 4, 4, [0, (2, 1, 3)], 1, "hals", 2, 4, "random"),  # last two, uneven shift
+    ((5, 7, 6), 4, None, [0], 1, "hals", None, 3, "fixed"),  # global
+    ((10, 12), 2, (4, 3), [0, (2, 1)], 1, "hals", None, 5, "fixed"),  # 2D
+    ((6, 6, 6), 4, 4, [0], 1, "hals", None, 0, "fixed"),  # no iterations: the initial projection
+    ((9, 6, 7), 4, 4, [0, 2], 2, "hals", None, 4, "fixed"),  # rank 2: the plain solver path
+    ((9, 6, 7), 4, 4, [0, 2], 1, "mu", 1, 4, "fixed"),  # multiplicative updates
+    ((8, 6, 4), 4, 4, [0, 2], 2, "mu", None, 3, "random"),
+]
+
+
+def _mixer(case: tuple, channels: int, dtype: torch.dtype) -> tuple[NMFMixer, torch.Tensor]:
+    spatial, head_dim, window, shifts, rank, solver, k, iters, init = case
+    torch.manual_seed(len(spatial) + rank)
+    mixer = NMFMixer(channels, len(spatial), head_dim=head_dim, window_size=window, shifts=shifts, rank=rank,
+                     num_iters=iters, solver=solver, init=init, backprop_iters=k, seed=3).to(dtype)
+    x = torch.randn(2, channels, *spatial, dtype=dtype)
+    return mixer, x
+
+
+def _run(fn, x: torch.Tensor, params: list[torch.Tensor], weight: torch.Tensor, seed: int) -> tuple:
+    torch.manual_seed(seed)  # the same random initialisation for both formulations
+    xi = x.clone().requires_grad_()
+    out = fn(xi)
+    grads = torch.autograd.grad((out * weight).sum(), [xi, *params])
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[5]}-r{c[4]}-k{c[6]}-{c[8]}")
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)], ids=["f64", "f32"])
+def test_mixer_matches_reference(case: tuple, dtype: torch.dtype, tol: float) -> None:
+    mixer, x = _mixer(case, 8, dtype)
+    params = [p for p in mixer.parameters() if p.requires_grad]
+    weight = torch.rand(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    out, grads = _run(mixer, x, params, weight, seed=7)
+    ref_out, ref_grads = _run(lambda t: reference_mixer(mixer, t), x, params, weight, seed=7)
+    torch.testing.assert_close(out, ref_out, rtol=tol, atol=tol)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=tol, atol=tol * max(1.0, float(r.abs().max())))
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[7]], ids=["swin", "2d", "rank2"])
+def test_block_matches_reference(case: tuple) -> None:
+    spatial, head_dim, window, shifts, rank, solver, k, iters, init = case
+    torch.manual_seed(0)
+    block = FactorizerBlock(8, len(spatial), mlp_ratio=2.0, dropout=0.0, head_dim=head_dim, window_size=window,
+                            shifts=shifts, rank=rank, num_iters=iters, solver=solver, init=init).double()
+    x = torch.randn(1, 8, *spatial, dtype=torch.float64)
+    params = list(block.parameters())
+    weight = torch.rand(x.shape, dtype=torch.float64)
+    out, grads = _run(block, x, params, weight, seed=2)
+    ref_out, ref_grads = _run(lambda t: reference_block(block, t), x, params, weight, seed=2)
+    torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
+
+
+def test_matrices_are_the_reference_windows() -> None:
+    """The API layout of the matrices (B, S, H, W, head_dim, N) is the roll-and-reshape one."""
+    mixer, x = _mixer(CASES[3], 8, torch.float64)
+    mats, lay = mixer.matrices(x)
+    window, grid, shifts = effective_layout(x.shape[2:], mixer.matricize.window_size, mixer.matricize.shifts)
+    assert lay.window == window and lay.grid == grid and list(lay.shifts) == shifts
+    h = torch.relu(mixer.in_proj(x))
+    assert lay.padded == (12, 8, 8)
+    hp = torch.nn.functional.pad(h, [0, 1, 0, 2, 0, 3])
+    expected = torch.stack([to_windows(hp, 4, window, s) for s in shifts], dim=1)
+    torch.testing.assert_close(mats, expected, rtol=0, atol=0)
+    # The window-major buffer gives the same matrices as a strided view.
+    stacked = window_stack(pad_channels_last(h.movedim(1, -1), lay), lay)
+    torch.testing.assert_close(matrices_view(stacked, 4), expected, rtol=0, atol=0)
+    back = window_unstack(stacked, lay)[:, :9, :6, :7].movedim(-1, 1)
+    torch.testing.assert_close(back, len(shifts) * h, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [None, 1, 3])
+def test_fused_rank1_nmf_matches_reference_on_channels_last_views(k: int | None) -> None:
+    """decompose() on a strided view of a window buffer (one Gram product for all heads) vs plain NMF."""
+    torch.manual_seed(k or 0)
+    stacked = torch.rand(2, 2, 5, 27, 12, dtype=torch.float64, requires_grad=True)
+    stacked.data[0, 0, 1] = 0  # an all-zero window stays finite and zero
+    mats = matrices_view(stacked, 4)
+    layer = NMF(4, 1, 5, "hals", backprop_iters=k, seed=1).double()
+    assert layer.fusable
+    u, v = layer.decompose(mats, nonnegative=True)
+    ref_u, ref_v = reference_nmf(mats, layer.u0.double().expand(*mats.shape[:-2], 4, 1), 5, "hals", k, 1e-12)
+    torch.testing.assert_close(u, ref_u, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(v, ref_v, rtol=1e-10, atol=1e-12)
+    assert torch.equal(v[0, 0, :, 1], torch.zeros_like(v[0, 0, :, 1]))
+    weight = torch.rand(mats.shape, dtype=torch.float64)
+    grad = torch.autograd.grad(((u @ v.transpose(-1, -2)) * weight).sum(), stacked)[0]
+    ref_grad = torch.autograd.grad(((ref_u @ ref_v.transpose(-1, -2)) * weight).sum(), stacked)[0]
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-11)
+
+
+def test_negative_input_takes_the_plain_path() -> None:
+    """Without the nonnegativity promise, inputs with negative entries use the unfused iterations."""
+    x = torch.randn(3, 4, 20, dtype=torch.float64)
+    layer = NMF(4, 1, 4, "hals").double()
+    fused_off = NMF(4, 1, 4, "hals").double()
+    fused_off.fused = False
+    torch.testing.assert_close(layer(x), fused_off(x), rtol=0, atol=0)
+
+
+def test_window_matricize_inverse_averages_shifts_and_has_adjoint_gradient() -> None:
+    m = WindowMatricize(3, 2, 4, [0, 2])
+    x = torch.randn(1, 4, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    mats, lay = m(x)
+    torch.testing.assert_close(m.inverse(mats, lay), x, rtol=0, atol=1e-12)
+    # <cut(x), y> == <x, cut^T(y)>, and cut^T = S * inverse.
+    y = torch.randn(mats.shape, dtype=torch.float64)
+    grad = torch.autograd.grad((mats * y).sum(), x)[0]
+    torch.testing.assert_close(grad, len(lay.shifts) * m.inverse(y, lay), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="do not match"):
+        m.inverse(mats[:, :1], lay)
