@@ -160,7 +160,8 @@ def test_tiny_demo_writes_a_report_that_matches_its_summary(tmp_path: Path, no_n
     assert result.dice == {r: summary["scores"][r]["dice"]["mean"] for r in regions}
     text = printed.getvalue()
     assert f"{summary['mean_dice']:.3f}" in text and "report.html" in text
-    assert summary["settings"]["epochs"] == 1 and summary["explained"]["block"] == demo.DEFAULT_BLOCK
+    assert summary["training"]["steps_run"] == result.steps == 2 and not summary["training"]["stopped_by_time_limit"]
+    assert summary["explained"]["block"] == demo.DEFAULT_BLOCK
 
     # A second run into the same folder is refused unless asked to overwrite.
     with pytest.raises(InputError, match="--overwrite"):

@@ -35,6 +35,7 @@ def _reference(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.eval()(x)
 
 
+@pytest.mark.slow  # the ONNX translation alone takes ~20 s on 2 cores
 def test_onnx_matches_pytorch_with_dynamic_batch(onnx_file) -> None:
     model, path = onnx_file
     runner = load_predictor(path)
@@ -44,6 +45,7 @@ def test_onnx_matches_pytorch_with_dynamic_batch(onnx_file) -> None:
         torch.testing.assert_close(runner(x), _reference(model, x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_onnx_runner_in_sliding_window_inference(onnx_file) -> None:
     model, path = onnx_file
     runner = OnnxRunner(path, threads=1)

@@ -445,6 +445,40 @@ def test_training_label_on_another_grid(dataset: Path, tmp_path: Path, capsys: p
     _refused(capsys, _train(dataset, out), ("BraTS2021_00001_seg.nii.gz: on a different grid",), [dataset], out)
 
 
+BAD_TRAIN_SETTINGS = {
+    "negative lr": (["--lr", "-1"], "train.lr must be a positive number"),
+    "zero val interval": (["--val-interval", "0"], "train.val_interval must be an integer >= 1"),
+    "negative workers": (["--num-workers", "-1"], "train.num_workers must be an integer >= 0"),
+    "overlap of 1": (["-s", "inference.overlap=1.0"], "overlap must lie in [0, 1)"),
+    "text epochs": (["-s", "train.epochs=many"], "train.epochs must be an integer >= 1, got 'many'"),
+    "GPU without GPU": (["--accelerator", "gpu"], "training settings:"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_TRAIN_SETTINGS))
+def test_training_settings_are_checked_before_anything_is_written(name: str, dataset: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    extra, fragment = BAD_TRAIN_SETTINGS[name]
+    if "gpu" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    _refused(capsys, _train(dataset, out, *extra), (fragment,), [dataset], out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--sw-batch-size", "0"], "sw_batch_size must be >= 1"),
+    (["--nmf-iters", "-1"], "nmf_iters must be >= 0"),
+    (["--device", "tpu:3"], "device 'tpu:3'"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),
+])
+def test_prediction_settings_are_checked(extra: list[str], fragment: str, models: dict[int, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    scan = _save(tmp_path / "scan.nii.gz", _scan())
+    out = tmp_path / "out"
+    _refused(capsys, _predict(models[1], [scan], out, *extra), (fragment,), [scan], out)
+
+
 def test_resume_of_a_folder_that_is_not_a_run(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
     _refused(capsys, _train(dataset, out, "--resume"), ("config.yaml not found",), [dataset], out)

@@ -106,11 +106,12 @@ class NMFMixer(nn.Module):
         v_all = v.permute(0, 1, 3, 4, 2, 5).reshape(b * s * w, n, heads * r)
         w_out = _pointwise_weight(self.out_proj).to(u.dtype)
         mixed = head_loadings_t(u) @ (w_out.t() / s)
-        rec = torch.bmm(v_all, mixed).view(b, s, w, n, c)
-        out = crop_channels_last(window_unstack(rec, lay), lay)
-        if self.out_proj.bias is not None:
-            out = out.add_(self.out_proj.bias) if _can_modify_inplace(out) else out + self.out_proj.bias
-        return out.movedim(-1, 1)
+        if self.out_proj.bias is None:
+            rec = torch.bmm(v_all, mixed)
+        else:  # every voxel sums one row per shift: 1/S of the bias each
+            rec = torch.baddbmm((self.out_proj.bias / s).to(u.dtype).view(1, 1, c), v_all, mixed)
+        out = window_unstack(rec.view(b, s, w, n, c), lay)
+        return crop_channels_last(out, lay).movedim(-1, 1)
 
 
 class MLP(nn.Module):
@@ -136,6 +137,24 @@ class MLP(nn.Module):
             h = F.gelu(h, approximate=act.approximate)
         return drop2(F.linear(drop1(h), _pointwise_weight(second), second.bias))
 
+    def add_to_(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y += mlp(x)`` in place on channels-last ``(B, *spatial, C)`` tensors, for inference.
+
+        The second product accumulates straight into ``y`` (no separate output and sum).
+        """
+        first, act, drop1, second, drop2 = self.net
+        h = torch._C._nn.gelu_(F.linear(x, _pointwise_weight(first), first.bias), approximate=act.approximate)
+        h = drop1(h)
+        if (drop2.p > 0 and drop2.training) or h.dtype != y.dtype or second.weight.dtype != y.dtype:
+            # Dropout or autocast (e.g. bf16 products): no fused accumulation.
+            return y.add_(drop2(F.linear(h, _pointwise_weight(second), second.bias)))
+        c = y.shape[-1]
+        y2d = y.view(-1, c)
+        y2d.addmm_(h.view(-1, h.shape[-1]), _pointwise_weight(second).t())
+        if second.bias is not None:
+            y2d.add_(second.bias)
+        return y
+
 
 class FactorizerBlock(nn.Module):
     """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``.
@@ -157,9 +176,10 @@ class FactorizerBlock(nn.Module):
         xc = x.movedim(1, -1).contiguous()
         # Out of place: the input may be a skip connection and the mixer's output seen by hooks.
         y = xc + self.drop(self.mixer(self.norm1.norm(xc).movedim(-1, 1)).movedim(1, -1))
-        update = self.mlp.forward_channels_last(self.norm2.norm(y))
-        y = y.add_(update) if _can_modify_inplace(y, update) else y + update
-        return y.movedim(-1, 1)
+        normed = self.norm2.norm(y)
+        if _can_modify_inplace(y, normed) and y.is_contiguous():
+            return self.mlp.add_to_(y, normed).movedim(-1, 1)
+        return (y + self.mlp.forward_channels_last(normed)).movedim(-1, 1)
 
 
 def channels_last(x: Tensor) -> Tensor:

@@ -40,6 +40,7 @@ class InferenceOptions:
     overwrite: bool = False
 
     def resolved(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """The model's inference defaults overridden by the options that are set, checked."""
         out = dict(defaults)
         for key in ("overlap", "blend", "sw_batch_size", "tta", "nmf_iters"):
             value = getattr(self, key)
@@ -47,7 +48,30 @@ class InferenceOptions:
                 out[key] = value
         if not 0 <= float(out.get("overlap", 0.5)) < 1:
             raise InputError(f"overlap must lie in [0, 1), got {out['overlap']}")
+        if int(out.get("sw_batch_size", 1)) < 1:
+            raise InputError(f"sw_batch_size must be >= 1, got {out['sw_batch_size']}")
+        if out.get("blend", "gaussian") not in ("gaussian", "constant"):
+            raise InputError(f"blend must be 'gaussian' or 'constant', got {out['blend']!r}")
+        if out.get("nmf_iters") is not None and int(out["nmf_iters"]) < 0:
+            raise InputError(f"nmf_iters must be >= 0, got {out['nmf_iters']}")
         return out
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a device that exists here; InputError otherwise."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(f"device {name!r}: no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"device {name!r}: there are only {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+    elif device.type != "cpu":
+        raise InputError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return device
 
 
 def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
@@ -101,7 +125,7 @@ class SegmentationPredictor:
         self.settings = self.options.resolved(first.config.get("inference", {}))
         self.labels, self.tcfg, self.channels = first.labels, first.transforms, first.channels
         self.transforms = infer_transforms(self.tcfg)
-        device = torch.device(self.options.device)
+        device = resolve_device(self.options.device)
         for m in self.models:
             m.model.to(device).eval()
             if self.settings.get("nmf_iters") is not None:

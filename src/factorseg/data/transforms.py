@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import nibabel as nib
 import numpy as np
 import torch
-import nibabel as nib
 from monai.data import MetaTensor, NibabelReader
 from monai.data.utils import correct_nifti_header_if_necessary
 from monai.transforms import (
@@ -59,8 +59,6 @@ __all__ = [
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
-# Two grids are "the same" when shapes match and affines agree within this many mm.
-_AFFINE_ATOL = 1e-3
 #: A channel (or label) on another grid is resampled when it covers at least this fraction of the first
 #: channel's field of view, and refused otherwise (see :func:`factorseg.io.check_same_grid`).
 MIN_COVERAGE = 0.8
@@ -147,12 +145,6 @@ def _nonzero(x: torch.Tensor) -> torch.Tensor:
     return x != 0
 
 
-def _same_grid(a: MetaTensor, b: MetaTensor) -> bool:
-    return a.shape[1:] == b.shape[1:] and np.allclose(
-        np.asarray(a.affine, dtype=np.float64), np.asarray(b.affine, dtype=np.float64), atol=_AFFINE_ATOL
-    )
-
-
 class _VolumeReader(NibabelReader):
     """MONAI's NibabelReader over an already validated in-memory :class:`~factorseg.io.Volume` (no second read)."""
 
@@ -199,9 +191,13 @@ class LoadCased(MapTransform):
         """Channel-first MetaTensor with MONAI's NIfTI metadata, sharing the volume's memory."""
         return self._loader(str(volume.path), reader=_VolumeReader(volume))
 
-    def _check_grids(self, volumes: Sequence[Volume]) -> None:
-        for message in check_same_grid(volumes, min_coverage=self.min_coverage):
+    def _needs_resampling(self, ref: Volume, other: Volume) -> bool:
+        """Whether ``other`` lies on another grid than ``ref`` but close enough to be resampled (with a warning);
+        InputError when it is too far off (:func:`factorseg.io.check_same_grid`)."""
+        messages = check_same_grid([ref, other], min_coverage=self.min_coverage)
+        for message in messages:
             warnings.warn(message, InputWarning, stacklevel=3)
+        return bool(messages)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -210,28 +206,23 @@ class LoadCased(MapTransform):
         if not paths:
             raise InputError(f"case {d.get('id', '?')}: no image files")
         volumes = [read_image(p, expect_3d=len(paths) > 1) for p in paths]
-        self._check_grids(volumes)
         ref_volume = volumes[0]
+        resample = [self._needs_resampling(ref_volume, volume) for volume in volumes[1:]]
         ref = self._tensor(ref_volume)
         if len(volumes) == 1:
             d[self.image_key] = ref
         else:
             parts = [ref.as_tensor()]
-            for volume in volumes[1:]:
+            for volume, moved in zip(volumes[1:], resample):
                 chan = self._tensor(volume)
-                if not _same_grid(chan, ref):
-                    chan = self._resample(chan, img_dst=ref)
-                parts.append(chan.as_tensor())
-            del volumes  # the channels' own arrays go as soon as they are concatenated
+                parts.append((self._resample(chan, img_dst=ref) if moved else chan).as_tensor())
             d[self.image_key] = MetaTensor(torch.cat(parts, dim=0), meta=copy.deepcopy(ref.meta))
-            del parts
         if self.label_key and self.label_key in d:
             source = read_image(d[self.label_key])
             if self.labels is not None:
                 self.labels.validate(source.array, source=str(source.path))
-            self._check_grids([ref_volume, source])
             label = self._tensor(source)
-            if not _same_grid(label, ref):
+            if self._needs_resampling(ref_volume, source):
                 label = self._resample_label(label, img_dst=ref)
             label = MetaTensor(label.as_tensor(), meta=copy.deepcopy(label.meta))
             label.affine = ref.affine.clone()

@@ -16,6 +16,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from monai.data import list_data_collate
 from rich.progress import track
 from torch.utils.data import DataLoader
@@ -27,6 +28,7 @@ from factorseg.data.labels import get_label_spec
 from factorseg.data.splits import load_or_create_splits, make_splits
 from factorseg.data.transforms import LoadCased, TransformConfig, train_transforms, val_transforms
 from factorseg.errors import InputError
+from factorseg.inference import InferenceOptions
 from factorseg.io import atomic_path, atomic_write
 from factorseg.training.data import CaseDataset, EpochSampler
 from factorseg.training.module import SegmentationModule
@@ -93,11 +95,29 @@ def resolve_config(cfg: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
             raise InputError(f"recipe sets model.{key}={model[key]} but the dataset needs {value}")
     tcfg = TransformConfig.from_dict(cfg["transforms"])
     cfg["transforms"] = tcfg.to_dict()
-    train = cfg["train"]
-    for key in ("epochs", "steps_per_epoch", "batch_size"):
-        if int(train[key]) < 1:
-            raise InputError(f"train.{key} must be >= 1")
+    _check_train_settings(cfg["train"])
+    InferenceOptions().resolved(cfg["inference"])  # the bundles carry these: refuse bad ones before training
     return cfg
+
+
+def _check_train_settings(train: dict[str, Any]) -> None:
+    """One-line errors for settings that would otherwise fail deep inside Lightning or the optimizer."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    for key in ("epochs", "steps_per_epoch", "batch_size", "val_interval"):
+        value = train.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool)) or value < 1:
+            raise InputError(f"train.{key} must be an integer >= 1, got {value!r}")
+    if not isinstance(train.get("num_workers"), int) or train["num_workers"] < 0:
+        raise InputError(f"train.num_workers must be an integer >= 0, got {train.get('num_workers')!r}")
+    if not number(train.get("lr")) or train["lr"] <= 0:
+        raise InputError(f"train.lr must be a positive number, got {train.get('lr')!r}")
+    for key in ("weight_decay", "warmup_epochs", "grad_clip"):
+        value = train.get(key)
+        if value is not None and (not number(value) or value < 0):
+            raise InputError(f"train.{key} must be a number >= 0, got {value!r}")
 
 
 def _precision(setting: str) -> str:
@@ -131,6 +151,30 @@ def _write_run_info(out_dir: Path, trainer: pl.Trainer, seconds: float, metrics:
         "metrics": metrics,
     }
     atomic_write(out_dir / "run_info.json", json.dumps(info, indent=2).encode(), overwrite=True)
+
+
+def _trainer(tr: dict[str, Any], callbacks: list[Callback], out_dir: Path, progress: bool) -> pl.Trainer:
+    """The Lightning trainer for the ``train`` settings (creates no files by itself)."""
+    return pl.Trainer(
+        max_epochs=tr["epochs"],
+        max_time={"minutes": float(tr["max_minutes"])} if tr.get("max_minutes") else None,
+        accelerator=tr["accelerator"],
+        devices=tr["devices"],
+        num_nodes=tr["num_nodes"],
+        strategy=_strategy(tr),
+        precision=_precision(tr["precision"]),
+        gradient_clip_val=tr["grad_clip"] or None,
+        check_val_every_n_epoch=tr["val_interval"],
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")],
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        log_every_n_steps=min(10, tr["steps_per_epoch"]),
+        default_root_dir=out_dir,
+    )
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
@@ -196,12 +240,6 @@ def train(
         for case in track(train_cases + val_cases, description="Checking cases", transient=True, disable=not progress):
             check(case)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not splits_file.exists():
-        load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
-    # Only the recipe sections: config.yaml is then a valid recipe, reloaded by --resume (labels and channels
-    # are derived from the dataset again, and travel in the model bundles).
-    save_config({key: cfg[key] for key in SECTIONS}, out_dir / "config.yaml")
     workers = tr["num_workers"]
     sampler = EpochSampler(len(train_set), tr["steps_per_epoch"] * tr["batch_size"], tr["seed"])
     train_loader = DataLoader(
@@ -222,26 +260,18 @@ def train(
     ]
     if progress:
         callbacks.append(RichProgressBar())
-    trainer = pl.Trainer(
-        max_epochs=tr["epochs"],
-        max_time={"minutes": float(tr["max_minutes"])} if tr.get("max_minutes") else None,
-        accelerator=tr["accelerator"],
-        devices=tr["devices"],
-        num_nodes=tr["num_nodes"],
-        strategy=_strategy(tr),
-        precision=_precision(tr["precision"]),
-        gradient_clip_val=tr["grad_clip"] or None,
-        check_val_every_n_epoch=tr["val_interval"],
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")],
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
-        log_every_n_steps=min(10, tr["steps_per_epoch"]),
-        default_root_dir=out_dir,
-    )
+    try:
+        trainer = _trainer(tr, callbacks, out_dir, progress)
+    except MisconfigurationException as exc:  # e.g. --accelerator gpu on a machine without one
+        raise InputError(f"training settings: {str(exc).strip().splitlines()[0]}") from exc
+
+    # Nothing is written before this point: a refused run leaves no folder behind.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not splits_file.exists():
+        load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
+    # Only the recipe sections: config.yaml is then a valid recipe, reloaded by --resume (labels and channels
+    # are derived from the dataset again, and travel in the model bundles).
+    save_config({key: cfg[key] for key in SECTIONS}, out_dir / "config.yaml")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
