@@ -1,11 +1,11 @@
-"""Shared test settings: few threads (CI has 2 cores) and the real-data location."""
+"""Shared test settings: one torch thread (2 threads on 2 shared cores can be 10x slower) and the real data."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -175,10 +175,12 @@ def test_demo_rejects_bad_settings(tmp_path: Path) -> None:
         demo.run_demo(tmp_path / "a", cases=1, progress=False, console=quiet)
     with pytest.raises(InputError, match="at least 1 held-out"):
         demo.run_demo(tmp_path / "b", held_out=0, progress=False, console=quiet)
+    with pytest.raises(InputError, match="--minutes must be positive"):
+        demo.run_demo(tmp_path / "c", minutes=0, progress=False, console=quiet)
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="not a folder"):
         demo.run_demo(tmp_path / "file", progress=False, console=quiet)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_plan_epochs_from_measured_times(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 import shutil
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,14 +89,33 @@ class DemoResult:
 
 
 @contextmanager
+def _spare_one_core() -> Iterator[None]:
+    """Run torch on all cores but one (at least one thread), then restore the thread count.
+
+    On a 2-core machine, two torch threads are only faster while nothing else runs: with any other load one
+    thread waits for the other at every parallel region, and training steps were measured up to 20x slower
+    (6 s instead of 0.3 s); a single thread stays at about 0.3 s.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's start-up chatter (accelerator lines, tips): a newcomer should see the demo's own steps."""
+    """Hide Lightning's start-up chatter (accelerator lines, tips) and its own deprecation warning about torch's
+    pytree API (Lightning 2.6 with torch 2.13): a newcomer should see the demo's steps, not library internals."""
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [log.level for log in loggers]
     for log in loggers:
         log.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+            yield
     finally:
         for log, level in zip(loggers, levels):
             log.setLevel(level)
@@ -145,10 +166,8 @@ def _windows(size: int, roi: int, overlap: float) -> int:
 def _measure_seconds(cfg: dict[str, Any]) -> tuple[float, float]:
     """Steady-state seconds of one training step (forward, loss, backward, AdamW) and of one inference window.
 
-    Measured on noise after two warm-up steps, averaging up to four steps or about ten seconds, whichever
-    comes first. A freshly initialised Factorizer computes with denormal floats for its first few steps,
-    which is many times slower on CPUs; denormals are flushed to zero while measuring (and restored to IEEE
-    behaviour afterwards) so that the warm-up is short and the estimate is the speed training settles at.
+    Measured on noise after a warm-up step (which allocates), averaging up to four steps or about ten
+    seconds, whichever comes first.
     """
     from factorseg.bundle import build_model
     from factorseg.data.labels import get_label_spec
@@ -170,22 +189,17 @@ def _measure_seconds(cfg: dict[str, Any]) -> tuple[float, float]:
         optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
-    torch.set_flush_denormal(True)
-    try:
-        model.train()
-        step()
-        step()
-        timed = [step()]
-        while len(timed) < 4 and sum(timed) < 10.0:
-            timed.append(step())
-        model.eval()
-        with torch.inference_mode():
-            model(x[:1])
-            start = time.perf_counter()
-            model(x[:1])
-            forward = time.perf_counter() - start
-    finally:
-        torch.set_flush_denormal(False)
+    model.train()
+    step()
+    timed = [step()]
+    while len(timed) < 4 and sum(timed) < 10.0:
+        timed.append(step())
+    model.eval()
+    with torch.inference_mode():
+        model(x[:1])
+        start = time.perf_counter()
+        model(x[:1])
+        forward = time.perf_counter() - start
     return float(np.mean(timed)), forward
 
 
@@ -383,6 +397,24 @@ def run_demo(
         block: the Factorizer block whose NMF components the report shows.
         console: where to print (default: stdout).
     """
+    console = console or Console()
+    if cases < 2:
+        raise InputError(f"the demo needs at least 2 training cases, got {cases}")
+    if held_out < 1:
+        raise InputError(f"the demo needs at least 1 held-out case, got {held_out}")
+    if shape < 32:
+        raise InputError(f"synthetic volumes must be at least 32 voxels wide, got {shape}")
+    if minutes is not None and minutes <= 0:
+        raise InputError(f"--minutes must be positive, got {minutes}")
+    out_dir = Path(out_dir).expanduser()
+    _prepare_out_dir(out_dir, overwrite)
+    with _spare_one_core():
+        return _pipeline(out_dir, minutes, cases, seed, progress, held_out, shape, overrides, block, console)
+
+
+def _pipeline(out_dir: Path, minutes: float | None, cases: int, seed: int, progress: bool, held_out: int, shape: int,
+              overrides: Sequence[str], block: str, console: Console) -> DemoResult:
+    """The six steps of :func:`run_demo` into the prepared ``out_dir``."""
     from factorseg import report
     from factorseg.bundle import load_bundle
     from factorseg.data.formats import cases_from_paths
@@ -391,15 +423,6 @@ def run_demo(
     from factorseg.inference import SegmentationPredictor
     from factorseg.training import train
 
-    console = console or Console()
-    if cases < 2:
-        raise InputError(f"the demo needs at least 2 training cases, got {cases}")
-    if held_out < 1:
-        raise InputError(f"the demo needs at least 1 held-out case, got {held_out}")
-    if shape < 32:
-        raise InputError(f"synthetic volumes must be at least 32 voxels wide, got {shape}")
-    out_dir = Path(out_dir).expanduser()
-    _prepare_out_dir(out_dir, overwrite)
     started = time.perf_counter()
     timing: dict[str, float] = {}
 
@@ -469,7 +492,7 @@ def run_demo(
         figures=[
             ("Learning curve", curve, _CURVE_CAPTION),
             ("Held-out cases: reference and prediction", overlays, _OVERLAY_CAPTION),
-            (f"What the NMF components of block {block} look at", montage,
+            (f"What the NMF components of one block look at ({block})", montage,
              _components_caption(block, explained, components)),
         ],
         facts=_facts(summary, timing, out_dir),

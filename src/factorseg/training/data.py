@@ -79,12 +79,13 @@ class CaseDataset(Dataset):
     case index (validation, where nothing is random).
     """
 
-    def __init__(self, cases: Sequence[dict[str, Any]], transforms: Compose, cache: bool, desc: str = "") -> None:
+    def __init__(self, cases: Sequence[dict[str, Any]], transforms: Compose, cache: bool, desc: str = "",
+                 progress: bool = True) -> None:
         self.cases = list(cases)
         self.head, self.tail = _split_random(transforms)
         self.cached: list[Any] | None = None
         if cache:
-            self.cached = [self.head(dict(c)) for c in track(self.cases, description=desc or "Caching", transient=True)]
+            self.cached = [self.head(dict(c)) for c in track(self.cases, description=desc or "Caching", transient=True, disable=not progress)]
 
     def __len__(self) -> int:
         return len(self.cases)

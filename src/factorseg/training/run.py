@@ -171,7 +171,7 @@ def _trainer(tr: dict[str, Any], callbacks: list[Callback], out_dir: Path, progr
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         enable_progress_bar=progress,
-        enable_model_summary=progress,
+        enable_model_summary=False,
         log_every_n_steps=min(10, tr["steps_per_epoch"]),
         default_root_dir=out_dir,
     )
@@ -275,6 +275,7 @@ def train(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
         trainer.fit(module, train_loader, val_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
     if trainer.current_epoch % tr["val_interval"] != 0:
         # The last epochs were not validated: score the final weights too (may become the best model).

@@ -1,0 +1,279 @@
+"""Shared pieces of the benchmark scripts: models, timing, peak memory, allocator, tables and plots.
+
+Conventions (the issue's): batch 1, 4 -> 3 channels, ``torch.set_num_threads(threads)`` (2 by default),
+every configuration timed in the same process with the models interleaved (A, B, C, A, B, C, ...),
+reporting the minimum and the median over the repetitions after one warm-up. Forward passes run
+in eval mode under ``torch.inference_mode``; a training step is forward (train mode, deep supervision
+where the model has it) + Dice-CE loss + backward + AdamW step. Peak memory is the ``ru_maxrss`` of a
+fresh child process that builds the model and runs one warm-up and one measured step; the child's
+resident size just before the first step is reported too, so that model and library overheads
+can be told apart from activations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the reference oracle lives with the tests
+
+from factorseg.blocks import FactorizerBlock, NMFMixer  # noqa: E402
+from factorseg.models import create  # noqa: E402
+
+IN_CHANNELS, OUT_CHANNELS = 4, 3
+
+#: name -> (registry name, keyword overrides, spatial multiple the model needs)
+MODELS: dict[str, tuple[str, dict[str, Any], int]] = {
+    "swin_factorizer": ("swin_factorizer", {"preset": "brats"}, 16),
+    "local_factorizer": ("local_factorizer", {"preset": "brats"}, 16),
+    "global_factorizer": ("global_factorizer", {"preset": "brats"}, 16),
+    "segresnet": ("segresnet", {"init_filters": 16}, 8),
+    "swinunetr_24": ("swinunetr", {"feature_size": 24}, 32),
+    "swinunetr_48": ("swinunetr", {"feature_size": 48}, 32),
+    "unetr": ("unetr", {}, 16),
+    "dynunet": ("dynunet", {}, 32),
+}
+FACTORIZERS = ("swin_factorizer", "local_factorizer", "global_factorizer")
+
+
+def build(name: str, size: int, **overrides: Any) -> nn.Module:
+    """Model ``name`` of :data:`MODELS` for cubic inputs of edge ``size`` (UNETR / DynUNet depend on it)."""
+    registry, kwargs, _ = MODELS[name]
+    kwargs = {**kwargs, **overrides}
+    if registry == "unetr":
+        kwargs["img_size"] = size
+    if registry == "dynunet":
+        kwargs["patch_size"] = size
+    return create(registry, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, **kwargs)
+
+
+def fits(name: str, size: int) -> bool:
+    return size % MODELS[name][2] == 0
+
+
+# --- the reference ("before") implementation of the Factorizer blocks -------------------------------
+
+
+class reference_blocks:  # noqa: N801 - used as a context manager, reads like a function
+    """Within this context every Factorizer block and NMF mixer runs the plain reference formulation.
+
+    That is the straightforward implementation (channels-first 1x1 convolutions, ``torch.roll`` and a
+    reshape per shift, unrolled NMF iterations) of ``tests/reference_mixer.py``: the "before" of the
+    optimisations, with the same weights.
+    """
+
+    def __enter__(self) -> None:
+        from reference_mixer import reference_block, reference_mixer
+
+        self._saved = (FactorizerBlock.forward, NMFMixer.forward)
+        FactorizerBlock.forward = lambda block, x: reference_block(block, x)  # type: ignore[method-assign]
+        NMFMixer.forward = lambda mixer, x: reference_mixer(mixer, x)  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: object) -> None:
+        FactorizerBlock.forward, NMFMixer.forward = self._saved  # type: ignore[method-assign]
+
+
+# --- process settings ------------------------------------------------------------------------------
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in glibc's heap (no ``mmap`` per large tensor, no trimming).
+
+    PyTorch's CPU allocator hands every large tensor back to the OS; the next one is then
+    page-faulted in again, which on this VM costs about as much as the work on it. Returns whether
+    the settings were applied (glibc only). Applies to every model in the process alike.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)))
+
+
+def environment(threads: int, tuned: bool) -> dict[str, Any]:
+    """What the figures were measured on, stored with every result."""
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "allocator_tuned": tuned,
+        "load_average": os.getloadavg(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, as in the issue)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per configuration")
+    parser.add_argument("--tune-allocator", action="store_true", help="glibc: keep freed memory (see tune_allocator)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for JSON/PNG")
+
+
+def setup(args: argparse.Namespace) -> dict[str, Any]:
+    tuned = tune_allocator() if args.tune_allocator else False
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return environment(args.threads, tuned)
+
+
+# --- timing ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, Timing]:
+    """Time every callable ``repeats`` times, alternating between them, after one warm-up each."""
+    for run in runs.values():
+        run()
+        synchronize(device)
+    out = {k: Timing() for k in runs}
+    for _ in range(repeats):
+        for key, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            out[key].times.append(time.perf_counter() - start)
+    return out
+
+
+def forward_runner(model: nn.Module, x: Tensor) -> Callable[[], object]:
+    model.eval()
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def deep_supervision_loss(outputs: Tensor | Sequence[Tensor], target: Tensor, loss: nn.Module) -> Tensor:
+    """Dice-CE on the full-resolution output, plus halving weights on lower-resolution heads."""
+    if isinstance(outputs, Tensor):
+        return loss(outputs, target)
+    total = outputs[0].new_zeros(())
+    for k, out in enumerate(outputs):
+        tgt = target if out.shape[2:] == target.shape[2:] else F.interpolate(target, size=out.shape[2:], mode="nearest")
+        total = total + 0.5**k * loss(out, tgt)
+    return total
+
+
+def train_runner(model: nn.Module, x: Tensor, target: Tensor) -> Callable[[], object]:
+    from monai.losses import DiceCELoss
+
+    loss = DiceCELoss(sigmoid=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def run() -> object:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        value = deep_supervision_loss(model(x), target, loss)
+        value.backward()
+        opt.step()
+        return value
+
+    return run
+
+
+def inputs(size: int, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, IN_CHANNELS, size, size, size, generator=gen)
+    target = (torch.rand(1, OUT_CHANNELS, size, size, size, generator=gen) > 0.7).float()
+    return x.to(device), target.to(device)
+
+
+# --- peak memory in a child process ----------------------------------------------------------------
+
+
+def child_peak_memory(arguments: Sequence[str], timeout: float = 3600) -> dict[str, Any]:
+    """Run ``python -m benchmarks.memory_child ARGUMENTS`` and return its JSON report (or the error)."""
+    cmd = [sys.executable, "-m", "benchmarks.memory_child", *arguments]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {proc.returncode}: {tail[0][:200]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def max_rss_mib() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+
+def fmt_seconds(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return f"{t:.3f}" if t < 10 else f"{t:.1f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_json(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+def save_plot(path: Path, draw: Callable[[Any], None], size: tuple[float, float] = (8, 4.5)) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    draw(fig)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
