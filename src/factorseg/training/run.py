@@ -233,8 +233,8 @@ def train(
     labels = get_label_spec(cfg["labels"])
     tcfg = TransformConfig.from_dict(cfg["transforms"])
     cache = bool(data.get("cache", True))
-    train_set = CaseDataset(train_cases, train_transforms(tcfg, labels), cache, "Caching training cases")
-    val_set = CaseDataset(val_cases, val_transforms(tcfg, labels), cache, "Caching validation cases")
+    train_set = CaseDataset(train_cases, train_transforms(tcfg, labels), cache, "Caching training cases", progress)
+    val_set = CaseDataset(val_cases, val_transforms(tcfg, labels), cache, "Caching validation cases", progress)
     if not cache:
         check = LoadCased(labels=labels)
         for case in track(train_cases + val_cases, description="Checking cases", transient=True, disable=not progress):
