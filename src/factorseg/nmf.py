@@ -26,6 +26,8 @@ zeroes (as in the mixer). Matrices that are strided views of a channels-last win
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -214,6 +216,29 @@ def _rank1_hals_step(g_xv: Tensor, g_vv: Tensor, u: Tensor, a: Tensor, eps: floa
     return u, 1.0 / ((u * u).sum(dim=0) + eps)
 
 
+def _gram_loop(
+    g: Tensor, g_left: Tensor, u: Tensor, tracked: int, untracked: int, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Rank-1 HALS in Gram form from ``u (M, Bf)``: ``untracked`` steps without gradient, then ``tracked``."""
+    with torch.no_grad():
+        a = 1.0 / ((u * u).sum(dim=0) + eps)
+        g_const = g.detach()
+        for _ in range(untracked):
+            u, a = _rank1_hals_step(g_const, g_const, u, a, eps)
+    for i in range(tracked):
+        if i == 0 and untracked > 0:  # v from the untracked part is a constant here
+            u, a = _rank1_hals_step(g_left, g_const, u, a, eps)
+        else:
+            u, a = _rank1_hals_step(g, g, u, a, eps)
+    return u, a
+
+
+@functools.cache
+def _compiled_gram_loop() -> Callable[..., tuple[Tensor, Tensor]]:
+    """:func:`_gram_loop` through ``torch.compile`` (one compilation for all sizes: ``dynamic=True``)."""
+    return torch.compile(_gram_loop, dynamic=True)
+
+
 def nndsvd(x: Tensor, rank: int, fill: float | None = None) -> tuple[Tensor, Tensor]:
     """Nonnegative double SVD initialisation (Boutsidis & Gallopoulos 2008) for ``x (..., M, N)``.
 
@@ -286,6 +311,9 @@ class NMF(nn.Module):
         self.solver, self.init, self.backprop_iters = solver, init, backprop_iters
         #: Use the fused rank-1 HALS path where it applies; ``False`` forces the plain iterations.
         self.fused = True
+        #: Run the fused path's ``M x M`` iterations through ``torch.compile`` (opt-in: the first call
+        #: compiles for about a minute; worthwhile for training, where the iterations are many tiny ops).
+        self.compile_iterations = False
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("u0", torch.rand(rows, rank, generator=generator))
 
@@ -346,15 +374,8 @@ class NMF(nn.Module):
         g, g_left = (t.reshape(-1, m, m).permute(1, 2, 0).contiguous() for t in (g, g_left))  # (M, M, Bf)
         with torch.no_grad():
             u = self._initial_u(x).reshape(-1, m).t().contiguous()  # (M, Bf)
-            a = 1.0 / ((u * u).sum(dim=0) + eps)
-            g_const = g.detach()
-            for _ in range(untracked):
-                u, a = _rank1_hals_step(g_const, g_const, u, a, eps)
-        for i in range(tracked):
-            if i == 0 and untracked > 0:  # v from the untracked part is a constant here
-                u, a = _rank1_hals_step(g_left, g_const, u, a, eps)
-            else:
-                u, a = _rank1_hals_step(g, g, u, a, eps)
+        loop = _compiled_gram_loop() if self.compile_iterations else _gram_loop
+        u, a = loop(g, g_left, u, tracked, untracked, eps)
         # v = a X^T u: scaling u first keeps v a view of the product's output.
         scaled = (u * a).t().reshape(*batch, m, 1)
         return u.t().reshape(*batch, m, 1), _transpose_times(x, scaled)
