@@ -29,7 +29,9 @@ ANY_FLOAT = st.one_of(
     st.floats(-HUGE, HUGE, width=32, allow_subnormal=False, allow_nan=False, allow_infinity=False),
 )
 # Nonnegative values for NMF, from zero and tiny values up to 1e12 (far above normalised features).
-NONNEG_FLOAT = st.one_of(st.just(0.0), st.floats(0.0, LARGE, width=32, allow_subnormal=False, allow_nan=False, allow_infinity=False))
+NONNEG_FLOAT = st.one_of(
+    st.just(0.0), st.floats(0.0, LARGE, width=32, allow_subnormal=False, allow_nan=False, allow_infinity=False)
+)
 
 
 @st.composite

@@ -304,7 +304,8 @@ def test_output_is_never_an_input_file(models: dict[int, Path], tmp_path: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
 
 
-def test_existing_output_needs_overwrite(models: dict[int, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_existing_output_needs_overwrite(models: dict[int, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
     scan = _save(tmp_path / "scan.nii.gz", _scan())
     out = tmp_path / "out"
     assert main(_predict(models[1], [scan], out, "--probabilities")) == 0

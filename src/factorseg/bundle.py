@@ -74,14 +74,18 @@ def _from_lightning(path: Path) -> dict[str, Any]:
     except PermissionError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable or unsafe file
-        raise InputError(f"{path}: is not a factorseg checkpoint or contains untrusted objects (refused to unpickle)") from exc
+        raise InputError(
+            f"{path}: is not a factorseg checkpoint or contains untrusted objects (refused to unpickle)"
+        ) from exc
     hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
     config = hparams.get("config") if isinstance(hparams, dict) else None
     if not isinstance(config, dict) or not isinstance(raw.get("state_dict"), dict):
         raise InputError(f"{path}: Lightning checkpoint without a factorseg config and weights")
     missing = [key for key in BUNDLE_KEYS if key not in config]
     if missing:
-        raise InputError(f"{path}: checkpoint from an incompatible factorseg version (config lacks {', '.join(missing)})")
+        raise InputError(
+            f"{path}: checkpoint from an incompatible factorseg version (config lacks {', '.join(missing)})"
+        )
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in raw["state_dict"].items() if isinstance(k, str) and k.startswith(prefix)}
     return {"config": bundle_config(config), "state_dict": state}

@@ -93,6 +93,11 @@ def activation_(logits: torch.Tensor, mode: str) -> torch.Tensor:
     return logits.div_(logits.sum(dim=1, keepdim=True))
 
 
+def _image_files(case: dict[str, Any]) -> list[str | Path]:
+    """A case's image path(s) as a list."""
+    return [case["image"]] if isinstance(case["image"], (str, Path)) else list(case["image"])
+
+
 def _metadata_only(image: MetaTensor) -> MetaTensor:
     """``image`` without its voxels (a zero-stride view of the same shape) but with its meta data and transform
     history, which is all :func:`invert_prediction` needs: frees the preprocessed image before inversion."""
@@ -161,7 +166,7 @@ class SegmentationPredictor:
     def check_case(self, case: dict[str, Any]) -> None:
         """Cheap header-level checks of a case before any work: its files are readable 3D NIfTI (or one 4D
         file) with the model's number of channels. Voxel data (corruption, NaN) are checked when loaded."""
-        files = [case["image"]] if isinstance(case["image"], (str, Path)) else list(case["image"])
+        files = _image_files(case)
         expected = len(self.channels)
         names = ", ".join(self.channels)
         if len(files) == 1:
@@ -197,7 +202,7 @@ class SegmentationPredictor:
         if self.options.save_probabilities:
             for c in cases:
                 targets[c["id"]].append(out_dir / f"{c['id']}_probabilities.nii.gz")
-        inputs = {Path(p).resolve() for c in cases for p in ([c["image"]] if isinstance(c["image"], (str, Path)) else c["image"])}
+        inputs = {Path(p).resolve() for c in cases for p in _image_files(c)}
         every = [p for paths in targets.values() for p in paths]
         clash = [p for p in every if p.resolve() in inputs]
         if clash:
@@ -227,10 +232,11 @@ class SegmentationPredictor:
             task = bar.add_task("Predicting", total=len(cases))
             for case in cases:
                 label, probs = self.predict_case(case)
-                first = case["image"] if isinstance(case["image"], (str, Path)) else case["image"][0]
-                reference = nib.load(str(first))  # header only; the file was validated when loaded
+                reference = nib.load(str(_image_files(case)[0]))  # header only; the file was validated when loaded
                 if label.shape != tuple(reference.shape[:3]):
-                    raise InputError(f"case {case['id']}: prediction grid {label.shape} differs from input {reference.shape}")
+                    raise InputError(
+                        f"case {case['id']}: prediction grid {label.shape} differs from input {reference.shape}"
+                    )
                 mask_path, *prob_path = targets[case["id"]]
                 out_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused first case leaves nothing behind
                 written.append(save_nifti(label, reference.affine, mask_path, header=reference.header,

@@ -354,7 +354,9 @@ def check_same_grid(
         elif min_coverage is not None and (covered := _coverage(shape, affine, ref_shape, ref_affine)) >= min_coverage:
             detail = f"covers {covered:.0%} of its field of view"
         else:
-            coverage = "" if min_coverage is None else f", covers {_coverage(shape, affine, ref_shape, ref_affine):.0%} of it"
+            coverage = ""
+            if min_coverage is not None:
+                coverage = f", covers {_coverage(shape, affine, ref_shape, ref_affine):.0%} of it"
             raise InputError(
                 f"{name}: on a different grid from {ref_name} (shape {shape} vs {ref_shape}, field of view "
                 f"differs by up to {distance:.2f} mm{coverage}); register the images onto one grid first"

@@ -26,8 +26,6 @@ zeroes (as in the mixer). Matrices that are strided views of a channels-last win
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -233,12 +231,6 @@ def _gram_loop(
     return u, a
 
 
-@functools.cache
-def _compiled_gram_loop() -> Callable[..., tuple[Tensor, Tensor]]:
-    """:func:`_gram_loop` through ``torch.compile`` (one compilation for all sizes: ``dynamic=True``)."""
-    return torch.compile(_gram_loop, dynamic=True)
-
-
 def nndsvd(x: Tensor, rank: int, fill: float | None = None) -> tuple[Tensor, Tensor]:
     """Nonnegative double SVD initialisation (Boutsidis & Gallopoulos 2008) for ``x (..., M, N)``.
 
@@ -311,9 +303,6 @@ class NMF(nn.Module):
         self.solver, self.init, self.backprop_iters = solver, init, backprop_iters
         #: Use the fused rank-1 HALS path where it applies; ``False`` forces the plain iterations.
         self.fused = True
-        #: Run the fused path's ``M x M`` iterations through ``torch.compile`` (opt-in: the first call
-        #: compiles for about a minute; worthwhile for training, where the iterations are many tiny ops).
-        self.compile_iterations = False
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("u0", torch.rand(rows, rank, generator=generator))
 
@@ -374,8 +363,7 @@ class NMF(nn.Module):
         g, g_left = (t.reshape(-1, m, m).permute(1, 2, 0).contiguous() for t in (g, g_left))  # (M, M, Bf)
         with torch.no_grad():
             u = self._initial_u(x).reshape(-1, m).t().contiguous()  # (M, Bf)
-        loop = _compiled_gram_loop() if self.compile_iterations else _gram_loop
-        u, a = loop(g, g_left, u, tracked, untracked, eps)
+        u, a = _gram_loop(g, g_left, u, tracked, untracked, eps)
         # v = a X^T u: scaling u first keeps v a view of the product's output.
         scaled = (u * a).t().reshape(*batch, m, 1)
         return u.t().reshape(*batch, m, 1), _transpose_times(x, scaled)

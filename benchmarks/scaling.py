@@ -1,0 +1,84 @@
+"""Scaling: forward time per voxel of the Swin Factorizer (and SegResNet) from 32^3 to 160^3.
+
+The method is linear in the number of voxels, so time per voxel should be flat once the input is
+large enough to amortise fixed costs. Sizes are interleaved within each repetition; reported are
+the minimum and median per size, and the spread of the per-voxel minimum over ``--flat-from``
+and up (target: within 25 %).
+
+    python -m benchmarks.scaling --sizes 32 48 64 80 96 112 128 144 160 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+import torch
+
+from benchmarks.common import (
+    build,
+    common_arguments,
+    fmt_seconds,
+    forward_runner,
+    inputs,
+    interleaved,
+    markdown_table,
+    save_json,
+    save_plot,
+    setup,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_arguments(parser)
+    parser.add_argument("--models", nargs="+", default=["swin_factorizer", "segresnet"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 48, 64, 80, 96, 112, 128, 144, 160])
+    parser.add_argument("--flat-from", type=int, default=64)
+    args = parser.parse_args()
+    env = setup(args)
+    device = torch.device(args.device)
+    runs, keys = {}, []
+    for name in args.models:
+        torch.manual_seed(0)
+        model = build(name, 128).to(device)  # both models are size-agnostic
+        for size in args.sizes:
+            x, _ = inputs(size, device)
+            runs[(name, size)] = forward_runner(model, x)
+            keys.append((name, size))
+    timings = interleaved({f"{n}@{s}": runs[(n, s)] for n, s in keys}, args.repeats, device)
+    del runs
+    gc.collect()
+    rows, results = [], {}
+    for name in args.models:
+        per_voxel = {}
+        for size in args.sizes:
+            t = timings[f"{name}@{size}"]
+            ns = 1e9 / size**3
+            per_voxel[size] = t.min * ns
+            results.setdefault(name, {})[str(size)] = {"times": t.times, "ns_per_voxel_min": t.min * ns}
+            rows.append((name, f"{size}^3", fmt_seconds(t.min), fmt_seconds(t.median), f"{t.min * ns:.0f}", f"{t.median * ns:.0f}"))
+        flat = [v for s, v in per_voxel.items() if s >= args.flat_from]
+        if flat:
+            spread = max(flat) / min(flat) - 1
+            results[name]["spread_from"] = {"size": args.flat_from, "max_over_min_minus_1": spread}
+            rows.append((name, f"spread {args.flat_from}^3+", "", "", f"{100 * spread:.0f} %", ""))
+    table = markdown_table(["model", "input", "min s", "median s", "ns/voxel (min)", "ns/voxel (median)"], rows)
+    print(table)
+    save_json(args.out / "scaling.json", {"environment": env, "results": results, "table": table})
+
+    def draw(fig) -> None:
+        ax = fig.subplots()
+        for name in args.models:
+            ax.plot(args.sizes, [results[name][str(s)]["ns_per_voxel_min"] for s in args.sizes], marker="o", label=name)
+        ax.set_xlabel("cubic input edge (voxels)")
+        ax.set_ylabel("forward time per voxel, ns (minimum)")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"time per voxel, {args.threads} threads, {device.type}")
+        ax.legend()
+
+    save_plot(args.out / "scaling.png", draw)
+
+
+if __name__ == "__main__":
+    main()
