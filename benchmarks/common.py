@@ -4,7 +4,8 @@ Conventions (the issue's): batch 1, 4 -> 3 channels, ``torch.set_num_threads(thr
 every configuration timed in the same process with the models interleaved (A, B, C, A, B, C, ...),
 reporting the minimum and the median over the repetitions after one warm-up. Forward passes run
 in eval mode under ``torch.inference_mode``; a training step is forward (train mode, deep supervision
-where the model has it) + Dice-CE loss + backward + AdamW step. Peak memory is the ``ru_maxrss`` of a
+where the model has it) + Dice-CE loss + backward + AdamW step. Peak memory is the peak resident
+size (``VmHWM``: ``ru_maxrss`` without the parent's share that Linux carries over ``fork``) of a
 fresh child process that builds the model and runs one warm-up and one measured step; the child's
 resident size just before the first step is reported too, so that model and library overheads
 can be told apart from activations.
@@ -239,7 +240,18 @@ def child_peak_memory(arguments: Sequence[str], timeout: float = 3600) -> dict[s
 
 
 def max_rss_mib() -> float:
-    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    """Peak resident set size of this process in MiB.
+
+    ``VmHWM`` of ``/proc/self/status``: the high-water mark of this address space. (``ru_maxrss``
+    would do elsewhere, but Linux carries the parent's peak over ``fork`` + ``exec`` into it.)
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

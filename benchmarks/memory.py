@@ -1,7 +1,7 @@
 """Peak memory of a Factorizer training step: full unrolling vs the one-step gradient, ours vs reference.
 
 Each configuration runs in a fresh child process (``benchmarks/memory_child.py``): build the model,
-one warm-up step, one measured step; the peak is the child's ``ru_maxrss`` (whole process, so it
+one warm-up step, one measured step; the peak is the child's peak resident size (whole process, so it
 includes ~0.3-0.5 GB of libraries and the model, reported separately as ``before``).
 
     python -m benchmarks.memory --sizes 64 128 --impl ours reference

@@ -1,8 +1,8 @@
 """Child process for peak-memory measurements: build one model, run one warm-up and one measured step.
 
-Prints one JSON line: ``peak_mib`` (``ru_maxrss`` of this process, which covers the whole run),
-``before_mib`` (resident size after building the model and inputs, before the first step) and the
-step's wall time. Run by :func:`benchmarks.common.child_peak_memory`; a fresh process per
+Prints one JSON line: ``peak_mib`` (CPU: peak resident size of this process, ``VmHWM``, over the
+whole run; CUDA: ``max_memory_allocated`` during the measured step), ``before_mib`` (resident or
+allocated size after building the model and inputs) and the step's wall time. Run by :func:`benchmarks.common.child_peak_memory`; a fresh process per
 configuration keeps the peaks independent.
 """
 
@@ -36,23 +36,32 @@ def main() -> None:
     parser.add_argument("--backprop-iters", type=int, default=0, help="0: full unrolling; k: last k iterations")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tune-allocator", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: then the peak is torch.cuda.max_memory_allocated")
     args = parser.parse_args()
     if args.tune_allocator:
         tune_allocator()
     torch.set_num_threads(args.threads)
     overrides = {"backprop_iters": args.backprop_iters or None} if args.model.endswith("factorizer") else {}
     torch.manual_seed(0)
-    model = build(args.model, args.size, **overrides)
-    x, target = inputs(args.size, torch.device("cpu"))
+    device = torch.device(args.device)
+    model = build(args.model, args.size, **overrides).to(device)
+    x, target = inputs(args.size, device)
     run = forward_runner(model, x) if args.mode == "forward" else train_runner(model, x, target)
     impl = reference_blocks() if args.impl == "reference" else contextlib.nullcontext()
-    before = current_rss_mib()
+    cuda = device.type == "cuda"
+    before = torch.cuda.memory_allocated(device) / 2**20 if cuda else current_rss_mib()
     with impl:
         run()
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         run()
+        if cuda:
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-    print(json.dumps({"peak_mib": round(max_rss_mib(), 1), "before_mib": round(before, 1), "seconds": seconds}))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else max_rss_mib()
+    print(json.dumps({"peak_mib": round(peak, 1), "before_mib": round(before, 1), "seconds": seconds}))
 
 
 if __name__ == "__main__":

@@ -107,9 +107,9 @@ def main() -> None:
         del models, fwd, train
         gc.collect()
         memory: dict[str, dict] = {}
-        if not args.no_memory and device.type == "cpu":
+        if not args.no_memory:
             for name in names:
-                cmd = [name, str(size), "train", "--threads", str(args.threads)]
+                cmd = [name, str(size), "train", "--threads", str(args.threads), "--device", args.device]
                 memory[name] = child_peak_memory(cmd + (["--tune-allocator"] if args.tune_allocator else []))
                 print(name, size, memory[name], flush=True)
         for name, message in errors.items():

@@ -56,13 +56,15 @@ def _pointwise_weight(conv: nn.Module) -> Tensor:
 class NMFMixer(nn.Module):
     """Context mixing by NMF: in-projection -> ReLU -> matricize -> NMF -> inverse -> out-projection.
 
-    The computation runs channels-last on window-major buffers (see :mod:`factorseg.matricize`):
-    the in-projection is one matrix product over all voxels, the shifted partitions are built by
-    block copies (no ``torch.roll``), the NMF reads the window matrices as strided views, and the
-    out-projection is folded into the reconstruction (``U V^T`` then ``W_out`` becomes
-    ``V (U^T W_out^T)``, a per-window ``(H R) x C`` matrix). ``nmf.decompose`` is called once per
-    forward pass with the ``(B, S, H, W, head_dim, N)`` matrices, as :meth:`matrices` returns them.
-    Inputs may be channels-first or channels-last in memory; the output is channels-last in memory.
+    The computation runs channels-last on a window-major buffer (see :mod:`factorseg.matricize`):
+    the in-projection is one matrix product over all voxels, the windows of all shifts are gathered
+    in one indexed copy (no ``torch.roll``), the NMF reads the window matrices as strided views, and
+    the out-projection, the out-bias and the average over shifts are folded into the reconstruction
+    (``W_out U V^T`` becomes ``V (U^T W_out^T)``, a per-window ``(H R) x C`` matrix). ``nmf.decompose``
+    is called once per forward pass with the ``(B, S, H, W, head_dim, N)`` matrices (the values
+    :meth:`matrices` returns; here a strided view) and its ``(u, v)`` are what the output is built
+    from, so wrapping ``decompose`` sees the factors actually used. Inputs may be channels-first or
+    channels-last in memory; the output is channels-last in memory.
     """
 
     def __init__(

@@ -15,6 +15,7 @@ check the spatial size and raise :class:`~factorseg.errors.InputError` on a mism
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -53,9 +54,15 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 def _example(model: nn.Module, shape: tuple[int, ...]) -> Tensor:
     param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """The model itself if it lives on the CPU, else a CPU copy (exports are traced and checked there)."""
+    if all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()]):
+        return model
+    return copy.deepcopy(model).cpu()
 
 
 def _export_onnx(model: nn.Module, example: Tensor, target: Path) -> None:
@@ -90,9 +97,9 @@ def export_model(
     """Export ``model`` for inputs shaped ``example_shape`` (``(batch, channels, *spatial)``) to ``path``.
 
     ``format`` is ``"onnx"`` (opset from the dynamo exporter, dynamic batch axis) or
-    ``"torchscript"`` (a traced module for ``torch.jit.load``). The export is verified against
-    PyTorch before it replaces ``path``; the model's training flag is restored afterwards.
-    Returns the written path.
+    ``"torchscript"`` (a traced module for ``torch.jit.load``). Tracing and the check against
+    PyTorch run on the CPU (a GPU model is copied there); the file replaces ``path`` only after the
+    check passes, and the model's training flag is restored afterwards. Returns the written path.
     """
     if format not in FORMATS:
         raise InputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -110,9 +117,10 @@ def export_model(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with _eval_mode(model), torch.no_grad():
-            example = _example(model, shape)
-            (_export_onnx if format == "onnx" else _export_torchscript)(model, example, tmp)
-            expected = model(example)
+            cpu_model = _on_cpu(model)
+            example = _example(cpu_model, shape)
+            (_export_onnx if format == "onnx" else _export_torchscript)(cpu_model, example, tmp)
+            expected = cpu_model(example)
             got = load_predictor(tmp, format)(example)
         _verify(expected, got, format)
         os.replace(tmp, path)
