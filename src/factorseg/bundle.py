@@ -38,9 +38,12 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
 
 @dataclass
 class LoadedModel:
-    """A model ready for inference and the settings it was trained with."""
+    """A model ready for inference and the settings it was trained with.
 
-    model: nn.Module
+    ``model`` is None for an exported graph, which runs through its own runner instead.
+    """
+
+    model: nn.Module | None
     config: dict[str, Any]
     path: Path
 

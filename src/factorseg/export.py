@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,7 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from factorseg.bundle import LoadedModel
 from factorseg.errors import InputError
+from factorseg.io import atomic_write
+from factorseg.nmf import set_nmf_iters
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -214,3 +218,48 @@ def load_predictor(path: str | Path, format: Format | None = None) -> Callable[[
     if kind not in FORMATS:
         raise InputError(f"unknown export format {kind!r}; choose one of {', '.join(FORMATS)}")
     return OnnxRunner(path) if kind == "onnx" else TorchScriptRunner(path)
+
+
+def _sidecar(path: Path) -> Path:
+    """The JSON file beside an exported model that carries its config as plain data."""
+    return path.with_name(path.name + ".json")
+
+
+def export_bundle(
+    loaded: LoadedModel, path: str | Path, format: Format = "onnx", nmf_iters: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export a trained bundle for its sliding-window patch size, with its config in ``<file>.json``.
+
+    ``nmf_iters`` bakes that many NMF iterations into the graph (the test-time speed-up).
+    """
+    path = Path(path)
+    sidecar = _sidecar(path)
+    if not overwrite and (path.exists() or sidecar.exists()):
+        raise InputError(f"{path} exists; pass --overwrite to replace it")
+    if loaded.model is None:
+        raise InputError(f"{loaded.path}: is already an exported graph")
+    config = json.loads(json.dumps(loaded.config))
+    if nmf_iters is not None:
+        if set_nmf_iters(loaded.model, nmf_iters) == 0:
+            raise InputError("--nmf-iters: this model has no NMF layers")
+        config["inference"]["nmf_iters"] = nmf_iters
+    shape = (1, len(loaded.channels), *loaded.transforms.roi_size)
+    export_model(loaded.model, shape, path, format)
+    atomic_write(sidecar, json.dumps({"format": format, "config": config}, indent=2).encode(), overwrite=True)
+    return path
+
+
+def load_onnx_bundle(path: str | Path) -> tuple[LoadedModel, Callable[[Tensor], Tensor]]:
+    """An exported ONNX model and its config, ready for :class:`~factorseg.inference.SegmentationPredictor`."""
+    path = Path(path)
+    sidecar = _sidecar(path)
+    if not path.is_file():
+        raise InputError(f"{path}: exported model not found")
+    if not sidecar.is_file():
+        raise InputError(f"{path}: its config {sidecar.name} is missing (export with `factorseg export`)")
+    try:
+        config = json.loads(sidecar.read_text())["config"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{sidecar}: not a factorseg export config") from err
+    return LoadedModel(None, config, path), load_predictor(path, "onnx")

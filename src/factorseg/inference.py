@@ -132,9 +132,13 @@ class SegmentationPredictor:
         self.transforms = infer_transforms(self.tcfg)
         device = resolve_device(self.options.device)
         for m in self.models:
+            if m.model is None:
+                continue  # an exported graph (see ``networks``) replaces the PyTorch model
             m.model.to(device).eval()
             if self.settings.get("nmf_iters") is not None:
                 set_nmf_iters(m.model, int(self.settings["nmf_iters"]))
+        if networks is None and any(m.model is None for m in self.models):
+            raise InputError("an exported model needs its runner (use --backend onnxruntime)")
         self.networks: list[Predictor] = list(networks) if networks is not None else [m.model for m in self.models]
         self.device = device
 

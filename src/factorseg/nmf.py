@@ -412,7 +412,7 @@ class NMF(nn.Module):
         g, g_left = (t.reshape(-1, m, m).permute(1, 2, 0).contiguous() for t in (g, g_left))  # (M, M, Bf)
         with torch.no_grad():
             u = self._initial_u(x).reshape(-1, m).t().contiguous()  # (M, Bf)
-        if torch.is_grad_enabled() and g.requires_grad:
+        if tracked > 0 and torch.is_grad_enabled() and g.requires_grad:
             u, a = _GramLoop.apply(g, g_left, u, tracked, untracked, eps)
         else:
             with _one_cpu_thread(g.device):
