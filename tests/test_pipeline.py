@@ -155,3 +155,17 @@ def test_predict_real_brats2015_keeps_lps_geometry(shared_data: Path, tmp_path: 
     src = nib.load(inputs / "case_0000.nii.gz")
     assert nib.aff2axcodes(src.affine) != ("R", "A", "S")
     assert out.shape == src.shape and np.allclose(out.affine, src.affine)
+
+
+def test_shipped_hippocampus_model_predicts_offline(tmp_path: Path) -> None:
+    from factorseg.pretrained import shipped_models
+    from factorseg.io import save_nifti
+
+    assert "hippocampus" in shipped_models()
+    scan = np.random.default_rng(0).normal(100, 20, (35, 50, 35)).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    save_nifti(scan, affine, tmp_path / "scan.nii.gz")
+    assert main(["predict", "--model", "hippocampus", "-i", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    out = nib.load(tmp_path / "out" / "scan.nii.gz")
+    assert out.shape == (35, 50, 35) and set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1, 2}
