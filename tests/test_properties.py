@@ -92,8 +92,6 @@ def test_matricize_matches_reference_and_round_trips(case: tuple) -> None:
         np.testing.assert_allclose(back, x, rtol=1e-6, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="matricize.py averages shifted copies as a sum: values above float32 max / "
-                   "shifts overflow to inf (owner: matricize.py; divide before summing)")
 def test_matricize_round_trip_at_the_float32_limit() -> None:
     m = WindowMatricize(2, 1, 2, shifts=[0, 1])
     x = torch.full((1, 1, 4, 4), 3e38)
@@ -145,8 +143,6 @@ def test_nmf_is_scale_equivariant(case: tuple, exponent: int) -> None:
     torch.testing.assert_close(scaled, base * scale, rtol=1e-4, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="nmf.py forms squares/Gram matrices of the raw input: float32 overflows "
-                   "above ~1e18 (owner: nmf.py; factorise X / max(X) and rescale the result)")
 @pytest.mark.parametrize("magnitude", [1e20, 1e30, 3e38])
 def test_nmf_is_finite_at_huge_magnitudes(magnitude: float) -> None:
     x = torch.rand(2, 4, 6, generator=torch.Generator().manual_seed(0)) * magnitude

@@ -162,8 +162,9 @@ class WindowMatricize:
         if s != len(lay.shifts) or w != lay.num_windows or n != lay.window_voxels:
             raise ValueError(f"matrices of shape {tuple(mats.shape)} do not match the window layout {lay}")
         stacked = mats.permute(0, 1, 3, 5, 2, 4).reshape(b, s, w, n, heads * hd)
-        out = crop_channels_last(window_unstack(stacked, lay), lay)
-        return (out / s if s > 1 else out).movedim(-1, 1)
+        if s > 1:
+            stacked = stacked / s  # average as a sum of parts: no overflow near the dtype's maximum
+        return crop_channels_last(window_unstack(stacked, lay), lay).movedim(-1, 1)
 
 
 def window_stack(x: Tensor, lay: WindowLayout) -> Tensor:

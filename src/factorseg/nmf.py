@@ -46,6 +46,10 @@ _EPS = {
 }
 
 
+# Matrices whose largest entry exceeds this are factorised after dividing by that entry.
+_RESCALE_ABOVE = 1e6
+
+
 def eps_for(dtype: torch.dtype) -> float:
     """Denominator guard for ``dtype``: small against typical values, yet representable."""
     return _EPS.get(dtype, 1e-8)
@@ -393,11 +397,20 @@ class NMF(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(dtype)
             eps = eps_for(dtype)
+            # Huge matrices are factorised at unit scale (their Gram products would overflow); U takes the
+            # scale back. NMF is scale-equivariant, and ordinary magnitudes are left bitwise untouched.
+            peak = xc.detach().abs().amax(dim=(-2, -1), keepdim=True) if xc.numel() else None
+            scale = None if peak is None else torch.where(peak > _RESCALE_ABOVE, peak, torch.ones_like(peak))
+            if scale is not None:
+                xc = xc / scale
             if warm_start is None and self.fusable and (nonnegative or _is_nonnegative(xc)):
                 u, v = self._solve_fused(xc, eps)
             else:
-                start = None if warm_start is None else (warm_start[0].to(dtype), warm_start[1].to(dtype))
+                start = None if warm_start is None else (warm_start[0].to(dtype) / (scale if scale is not None else 1),
+                                                         warm_start[1].to(dtype))
                 u, v = self._solve(xc.contiguous(), eps, start)
+            if scale is not None:
+                u = u * scale
         return u.to(out_dtype), v.to(out_dtype)
 
     def _solve_fused(self, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
