@@ -51,8 +51,10 @@ MODELS: dict[str, tuple[str, dict[str, Any], int]] = {
     "swinunetr_48": ("swinunetr", {"feature_size": 48}, 32),
     "unetr": ("unetr", {}, 16),
     "dynunet": ("dynunet", {}, 32),
+    # Not in the default set: the BraTS preset without its dropout (0.1), to show the dropout's cost.
+    "swin_factorizer_no_dropout": ("swin_factorizer", {"preset": "brats", "dropout": 0.0}, 16),
 }
-FACTORIZERS = ("swin_factorizer", "local_factorizer", "global_factorizer")
+DEFAULT_MODELS = [name for name in MODELS if name != "swin_factorizer_no_dropout"]
 
 
 def build(name: str, size: int, **overrides: Any) -> nn.Module:
@@ -114,7 +116,7 @@ def environment(threads: int, tuned: bool) -> dict[str, Any]:
     """What the figures were measured on, stored with every result."""
     info: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]]),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
