@@ -102,3 +102,31 @@ def test_bad_arguments(tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(InputError, match="not a readable ONNX model"):
         load_predictor(tmp_path / "junk.onnx")
+
+
+def _kill_head(mixer: torch.nn.Module, head: int = 0) -> None:
+    """Switch one head of an NMF mixer off, as training does to some heads: its in-projection's
+    channels are negative everywhere, so the ReLU makes that head's window matrices all zero."""
+    hd = mixer.matricize.head_dim
+    with torch.no_grad():
+        mixer.in_proj.weight[head * hd : (head + 1) * hd] = 0.0
+        mixer.in_proj.bias[head * hd : (head + 1) * hd] = -1.0
+
+
+@pytest.mark.slow  # one full ONNX translation (~15 s on 2 cores)
+def test_onnx_export_of_a_model_with_dead_heads(tmp_path: Path) -> None:
+    # Regression: the exporter's graph optimizer dropped the NMF's ``+ eps`` denominator guards
+    # (it treats scalars within 1e-8 of 0 as 0), so all-zero window matrices gave 0 / 0 = NaN in
+    # onnxruntime and the whole output was NaN, while PyTorch and TorchScript gave finite values.
+    model = _model().eval()
+    for name, module in model.named_modules():
+        if name.endswith("mixer"):
+            _kill_head(module)
+    x = torch.randn(2, *SHAPE[1:])
+    expected = _reference(model, x)
+    assert torch.isfinite(expected).all()
+    path = export_model(model, SHAPE, tmp_path / "model.onnx", "onnx")  # its own check passes
+    got = load_predictor(path)(x)
+    assert torch.isfinite(got).all()
+    bound = export_mod.ATOL + export_mod.RTOL * float(expected.abs().max())
+    assert float((got - expected).abs().max()) <= bound

@@ -135,31 +135,50 @@ def _resolve_blocks(model: nn.Module, blocks: Sequence[str] | None) -> dict[str,
 
 
 class _Recorder:
-    """Captures one mixer's input size and NMF factors during a forward pass and builds its maps."""
+    """Captures one mixer's input during a forward pass and builds its maps from it afterwards."""
 
     def __init__(self, name: str, mixer: NMFMixer) -> None:
         self.name, self.mixer = name, mixer
+        self.input: Tensor | None = None
         self.input_shape: tuple[int, ...] | None = None
+        self.rng: tuple[Tensor, Tensor | None] = (torch.empty(0), None)
         self.calls = 0
         self.result: ComponentMaps | None = None
 
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        x = args[0] if args else next(iter(kwargs.values()))
-        self.input_shape = tuple(x.shape)
+        self.input = (args[0] if args else next(iter(kwargs.values()))).detach()
+        self.input_shape = tuple(self.input.shape)
+        self.calls += 1
+        # The generator states at the block's entry: a random NMF start is drawn again identically.
+        cuda = self.input.device.type == "cuda"
+        self.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.input.device) if cuda else None)
 
-    def wrap(self, decompose: Callable[..., tuple[Tensor, Tensor]]) -> Callable[..., tuple[Tensor, Tensor]]:
-        def decompose_and_record(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
-            u, v = decompose(*args, **kwargs)
-            self.record(args[0] if args else kwargs["x"], u, v)
-            return u, v
+    @torch.no_grad()
+    def factorise(self) -> None:
+        """Factorise the window matrices of the captured input with the block's own NMF.
 
-        return decompose_and_record
+        The mixer's sub-block path never forms the window matrices (nor ``V``), so they are built here
+        from the same input and weights, with the random generators set back to their state at the
+        block's entry (the same random start for ``init="random"``): the factors are the forward
+        pass's, up to float rounding.
+        """
+        if self.input is None:
+            raise RuntimeError(f"block {self.name} did not run in the forward pass")
+        mats, _ = self.mixer.matrices(self.input)
+        cpu_state, cuda_state = self.rng
+        devices = [self.input.device] if cuda_state is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(cpu_state)
+            if cuda_state is not None:
+                torch.cuda.set_rng_state(cuda_state, self.input.device)
+            u, v = self.mixer.nmf.decompose(mats, nonnegative=True)
+        self.input = None
+        self.record(mats, u, v)
 
     @torch.no_grad()
     def record(self, mats: Tensor, u: Tensor, v: Tensor) -> None:
         if self.input_shape is None:
             raise RuntimeError(f"the NMF of block {self.name} ran outside its mixer's forward pass")
-        self.calls += 1
         batch, channels, *spatial = self.input_shape
         layout = self.mixer.matricize.layout(spatial)
         rows, cols, rank = mats.shape[-2], mats.shape[-1], u.shape[-1]
@@ -198,27 +217,12 @@ class _Recorder:
 
 @contextmanager
 def _recording(mixers: Mapping[str, NMFMixer]) -> Iterator[list[_Recorder]]:
-    """Hook the chosen mixers: a pre-hook records the input size, a wrapped ``nmf.decompose`` the factors.
-
-    The wrapper returns the very tensors ``decompose`` returned, so the forward pass is unchanged, and
-    the factors are those the pass used (also with random initialisation).
-    """
+    """Hook the chosen mixers: a pre-hook keeps each one's input (the forward pass itself is untouched)."""
     recorders = [_Recorder(name, mixer) for name, mixer in mixers.items()]
     with ExitStack() as stack:
         for rec in recorders:
             stack.enter_context(rec.mixer.register_forward_pre_hook(rec.pre_hook, with_kwargs=True))
-            nmf = rec.mixer.nmf
-            previous = vars(nmf).get("decompose")  # an instance-level override to restore, if any
-            nmf.decompose = rec.wrap(nmf.decompose)
-            stack.callback(_restore_attribute, nmf, "decompose", previous)
         yield recorders
-
-
-def _restore_attribute(obj: object, name: str, previous: object | None) -> None:
-    if previous is None:
-        delattr(obj, name)
-    else:
-        setattr(obj, name, previous)
 
 
 def _stride(input_spatial: Sequence[int], block_spatial: Sequence[int]) -> list[int | float]:
@@ -249,10 +253,12 @@ def explain(
         model.train(was_training)
     results: dict[str, ComponentMaps] = {}
     for rec in recorders:
-        if rec.calls != 1 or rec.result is None:
+        if rec.calls != 1:
             raise RuntimeError(
-                f"block {rec.name} ran its NMF {rec.calls} times in one forward pass; explain needs exactly one"
+                f"block {rec.name} ran {rec.calls} times in one forward pass; explain needs exactly one"
             )
+        rec.factorise()
+        assert rec.result is not None
         rec.result.meta["input_spatial"] = list(image.shape[2:])
         rec.result.meta["stride"] = _stride(image.shape[2:], rec.result.meta["spatial"])
         results[rec.name] = rec.result

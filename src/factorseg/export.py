@@ -75,6 +75,8 @@ def _export_onnx(model: nn.Module, example: Tensor, target: Path) -> None:
         import onnxscript  # noqa: F401
     except ImportError as err:  # pragma: no cover - the export extra is installed in development
         raise ImportError("ONNX export needs the 'export' extra: pip install 'factorseg[export]'") from err
+    from onnxscript import optimizer
+
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.onnx.export(
         model,
@@ -83,10 +85,19 @@ def _export_onnx(model: nn.Module, example: Tensor, target: Path) -> None:
         input_names=["image"],
         output_names=["logits"],
         dynamic_shapes=({0: batch},),
+        optimize=False,  # see below
         verbose=False,
     )
     if program is None:  # pragma: no cover - the dynamo exporter always returns a program
         raise RuntimeError("the ONNX exporter returned no program")
+    # Not the exporter's own ``optimize=True`` (onnxscript's ``optimizer.optimize``): its no-op rewrite
+    # rules drop ``x + c`` and ``x - c`` for every scalar ``|c| <= 1e-8`` as if ``c`` were 0 (a float
+    # tolerance, onnxscript 0.7), which deletes the NMF's denominator guards ``+ eps`` (1e-8 in
+    # float32): an all-zero window matrix (a head that a trained model's ReLU switches off) then
+    # gives 0 / 0 = NaN, which spreads to the whole output. Exact constant folding only; onnxruntime
+    # applies its own (exact) graph optimizations when it loads the file.
+    optimizer.fold_constants(program.model)
+    optimizer.remove_unused_nodes(program.model)
     program.save(str(target), external_data=False)  # one self-contained file (all presets are < 2 GB)
 
 

@@ -19,6 +19,14 @@ plain roll-and-partition applied once to a map of voxel numbers), into a *window
 The ``(B, S, H, W, head_dim, N)`` matrices are a strided view of that buffer
 (:func:`matrices_view`), with no copy per head or shift. The way back (:func:`window_unstack`) is
 the adjoint gather, summing the shifts; each direction is the other's backward.
+
+Sub-blocks. Where only per-window sums of per-voxel quantities are needed (the Gram matrices of
+rank-1 HALS, and a per-window linear map applied back to every voxel), the shifted windows need
+not be materialised at all. Every window of every shift is a union of *sub-blocks*, boxes whose
+edge is the gcd of the window and the shifts along each axis (4^3 for 8^3 windows shifted by 4).
+:func:`to_subblocks` lays the map out sub-block-major once (one copy, the size of the map, for all
+shifts together), :func:`window_sums` adds per-sub-block values into per-window values of every
+shift (the window partition of the small sub-block grid), and :func:`subblock_sums` is its adjoint.
 """
 
 from __future__ import annotations
@@ -243,6 +251,93 @@ def _unstack(y: Tensor, lay: WindowLayout) -> Tensor:
         for i in range(1, s):
             out.add_(torch.index_select(rows[:, i], 1, inverse[i], out=part))
     return out.view(b, *lay.padded, c)
+
+
+def subblock_edges(lay: WindowLayout) -> tuple[int, ...]:
+    """Edge lengths of the sub-blocks that tile the windows of every shift of ``lay``."""
+    return tuple(math.gcd(w, *(shift[i] for shift in lay.shifts)) for i, w in enumerate(lay.window))
+
+
+def _subblock_split(lay: WindowLayout, edges: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``view`` sizes ``(g0, e0, g1, e1, ...)`` of a padded map and the permutation to grid-major order."""
+    nd = len(edges)
+    split = [v for p, e in zip(lay.padded, edges) for v in (p // e, e)]
+    return split, [*(1 + 2 * i for i in range(nd)), *(2 + 2 * i for i in range(nd))]
+
+
+def to_subblocks(x: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+    """Channels-last ``(B, *padded, C)`` -> sub-block-major ``(B, K, Q, C)`` (``K`` sub-blocks of ``Q`` voxels)."""
+    b, c = x.shape[0], x.shape[-1]
+    split, order = _subblock_split(lay, edges)
+    k, q = math.prod(split[0::2]), math.prod(edges)
+
+    def apply(t: Tensor) -> Tensor:
+        return t.view(b, *split, c).permute(0, *order, len(split) + 1).reshape(b, k, q, c)
+
+    def adjoint(t: Tensor) -> Tensor:
+        return from_subblocks(t, lay, edges)
+
+    if tuple(x.shape[1:-1]) != lay.padded:
+        raise ValueError(f"to_subblocks needs a map padded to {lay.padded}, got shape {tuple(x.shape)}")
+    return _relayout(x, apply, adjoint)
+
+
+def from_subblocks(y: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+    """Inverse (and adjoint) of :func:`to_subblocks`: ``(B, K, Q, C)`` -> ``(B, *padded, C)``."""
+    b, c = y.shape[0], y.shape[-1]
+    split, order = _subblock_split(lay, edges)
+    nd = len(edges)
+    inverse = [0] * len(order)
+    for position, axis in enumerate(order):
+        inverse[axis - 1] = position + 1
+
+    def apply(t: Tensor) -> Tensor:
+        grid_major = t.view(b, *split[0::2], *split[1::2], c)
+        return grid_major.permute(0, *inverse, 2 * nd + 1).reshape(b, *lay.padded, c)
+
+    return _relayout(y, apply, lambda t: to_subblocks(t, lay, edges))
+
+
+def _subblock_layout(lay: WindowLayout, edges: Sequence[int]) -> WindowLayout:
+    """``lay`` on the grid of sub-blocks: windows of ``window / edge`` sub-blocks, shifts in sub-blocks."""
+    sub_grid = tuple(p // e for p, e in zip(lay.padded, edges))
+    return WindowLayout(
+        sub_grid,
+        tuple(w // e for w, e in zip(lay.window, edges)),
+        lay.grid,
+        tuple(tuple(v // e for v, e in zip(shift, edges)) for shift in lay.shifts),
+    )
+
+
+def window_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], dim: int = 1) -> Tensor:
+    """Per-sub-block values (``K`` along ``dim``) summed per window of each shift: ``K`` -> ``S, W``.
+
+    The sub-blocks of every window of every shift are gathered by one ``index_select`` (the window
+    partition of the sub-block grid, :func:`_window_numbers`), then summed in contiguous groups.
+    The window order is that of :func:`window_stack`.
+    """
+    sub = _subblock_layout(lay, edges)
+    index, _ = _window_index(sub, t.device)
+    gathered = t.index_select(dim, index)
+    shape = (len(lay.shifts), lay.num_windows, sub.window_voxels)
+    return gathered.view(*t.shape[:dim], *shape, *t.shape[dim + 1 :]).sum(dim + 2)
+
+
+def subblock_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+    """Adjoint of :func:`window_sums` (``dim=1``): per-window values ``(B, S, W, *rest)`` -> ``(B, K, *rest)``.
+
+    Every sub-block gets the sum, over the shifts, of the value of the window that contains it.
+    """
+    sub = _subblock_layout(lay, edges)
+    _, inverse = _window_index(sub, t.device)
+    s, w = t.shape[1], t.shape[2]
+    # Row of the (S W) per-window values for each shift and sub-block.
+    rows = inverse.long() // sub.window_voxels + torch.arange(s, device=t.device).view(s, 1) * w
+    flat = t.reshape(t.shape[0], s * w, *t.shape[3:])
+    out = flat.index_select(1, rows[0])
+    for i in range(1, s):
+        out = out.add_(flat.index_select(1, rows[i]))
+    return out
 
 
 def matrices_view(stacked: Tensor, head_dim: int) -> Tensor:

@@ -64,6 +64,11 @@ def _is_nonnegative(x: Tensor) -> bool:
     return x.numel() == 0 or bool(x.min() >= 0)
 
 
+def traced() -> bool:
+    """Whether a graph is being captured (export, tracing, compile): no data-dependent branches then."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def _gram_columns(a: Tensor) -> Tensor:
     """Squared norms of the columns of ``a (..., K, R)`` -> ``(..., 1, R)``."""
     return (a * a).sum(dim=-2, keepdim=True)
@@ -150,6 +155,14 @@ def _gram(x: Tensor) -> Tensor:
     if y is None:
         return x @ x.transpose(-1, -2)
     return _blocks_to_heads(torch.bmm(y.transpose(1, 2), y), x)
+
+
+def gram_pair(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(G, G_left)`` of matrices ``x (..., M, N)`` for :meth:`NMF.solve_grams` (see :class:`_Gram`)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Gram.apply(x)
+    g = _gram(x)
+    return g, g
 
 
 class _Gram(torch.autograd.Function):
@@ -366,7 +379,8 @@ class NMF(nn.Module):
             f"init={self.init}, grad={grad}"
         )
 
-    def _initial_u(self, x: Tensor) -> Tensor:
+    def initial_u(self, x: Tensor) -> Tensor:
+        """Starting ``U (..., M, R)`` for matrices ``x (..., M, N)`` (only their batch shape unless ``nndsvd``)."""
         batch = x.shape[:-2]
         if self.init == "fixed":
             return self.u0.to(x.dtype).expand(*batch, self.rows, self.rank)
@@ -397,14 +411,21 @@ class NMF(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(dtype)
             eps = eps_for(dtype)
+            fused = warm_start is None and self.fusable and (nonnegative or _is_nonnegative(xc))
+            if fused and not traced():  # the Gram matrices tell whether to rescale, at no extra pass over x
+                solved = self._solve_fused(xc, eps, in_range_only=True)
+                if solved is not None:
+                    return solved[0].to(out_dtype), solved[1].to(out_dtype)
             # Huge matrices are factorised at unit scale (their Gram products would overflow); U takes the
             # scale back. NMF is scale-equivariant, and ordinary magnitudes are left bitwise untouched.
             peak = xc.detach().abs().amax(dim=(-2, -1), keepdim=True) if xc.numel() else None
             scale = None if peak is None else torch.where(peak > _RESCALE_ABOVE, peak, torch.ones_like(peak))
             if scale is not None:
                 xc = xc / scale
-            if warm_start is None and self.fusable and (nonnegative or _is_nonnegative(xc)):
-                u, v = self._solve_fused(xc, eps)
+            if fused:
+                solved = self._solve_fused(xc, eps, in_range_only=False)
+                assert solved is not None
+                u, v = solved
             else:
                 start = None if warm_start is None else (warm_start[0].to(dtype) / (scale if scale is not None else 1),
                                                          warm_start[1].to(dtype))
@@ -413,26 +434,47 @@ class NMF(nn.Module):
                 u = u * scale
         return u.to(out_dtype), v.to(out_dtype)
 
-    def _solve_fused(self, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        """Rank-1 HALS through the Gram matrices (module docstring); same schedule as :meth:`_solve`."""
+    def _solve_fused(self, x: Tensor, eps: float, in_range_only: bool) -> tuple[Tensor, Tensor] | None:
+        """Rank-1 HALS through the Gram matrices (module docstring); same schedule as :meth:`_solve`.
+
+        ``None`` where :meth:`solve_grams` finds the Gram matrices out of range (``in_range_only``).
+        """
+        g, g_left = gram_pair(x)
+        with torch.no_grad():
+            u0 = self.initial_u(x)
+        solved = self.solve_grams(g, g_left, u0, eps, in_range_only)
+        if solved is None:
+            return None
+        u, a = solved
+        # v = a X^T u: scaling u first keeps v a view of the product's output.
+        return u, _transpose_times(x, u * a[..., None, None])
+
+    def solve_grams(
+        self, g: Tensor, g_left: Tensor, u0: Tensor, eps: float, in_range_only: bool = False
+    ) -> tuple[Tensor, Tensor] | None:
+        """Rank-1 HALS of matrices known only by their Gram matrices ``g (..., M, M)`` (see :func:`gram_pair`).
+
+        Starts from ``u0 (..., M, 1)``. Returns ``u (..., M, 1)`` and ``a (...)`` with the matrices' ``v =
+        a X^T u``. With ``in_range_only``, returns ``None`` unless every Gram diagonal (a row's squared
+        norm, at least the square of its largest entry) is at most ``_RESCALE_ABOVE ** 2``: then no entry
+        exceeds ``_RESCALE_ABOVE`` and :meth:`decompose` would not rescale, and no full pass over the
+        matrices is needed to know it.
+        """
+        if not self.fusable:
+            raise ValueError("solve_grams needs the rank-1 HALS solver")
+        if in_range_only and g.numel() and not bool(g.detach().diagonal(dim1=-2, dim2=-1).amax() <= _RESCALE_ABOVE**2):
+            return None
         tracked = self.num_iters if self.backprop_iters is None else min(self.backprop_iters, self.num_iters)
         untracked = self.num_iters - tracked
-        if torch.is_grad_enabled() and x.requires_grad:
-            g, g_left = _Gram.apply(x)
-        else:
-            g = g_left = _gram(x)
-        m, batch = self.rows, x.shape[:-2]
+        m, batch = self.rows, g.shape[:-2]
         g, g_left = (t.reshape(-1, m, m).permute(1, 2, 0).contiguous() for t in (g, g_left))  # (M, M, Bf)
-        with torch.no_grad():
-            u = self._initial_u(x).reshape(-1, m).t().contiguous()  # (M, Bf)
+        u = u0.reshape(-1, m).t().contiguous()  # (M, Bf)
         if tracked > 0 and torch.is_grad_enabled() and g.requires_grad:
             u, a = _GramLoop.apply(g, g_left, u, tracked, untracked, eps)
         else:
             with _one_cpu_thread(g.device):
                 u, a = _gram_loop(g, g_left, u, tracked, untracked, eps)
-        # v = a X^T u: scaling u first keeps v a view of the product's output.
-        scaled = (u * a).t().reshape(*batch, m, 1)
-        return u.t().reshape(*batch, m, 1), _transpose_times(x, scaled)
+        return u.t().reshape(*batch, m, 1), a.reshape(batch)
 
     def _solve(self, x: Tensor, eps: float, start: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         update = _UPDATES[self.solver]
@@ -444,7 +486,7 @@ class NMF(nn.Module):
             u, v = start
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and (untracked == 0 or tracked == 0)):
-                u = self._initial_u(x)
+                u = self.initial_u(x)
                 v = _solve_factor(xt, u, eps)
         with torch.no_grad():
             for _ in range(untracked):

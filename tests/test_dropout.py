@@ -1,0 +1,61 @@
+"""The CPU dropout of the Factorizer blocks: the distribution, scaling, gradient and seeding of nn.Dropout."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from factorseg.blocks import Dropout
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_drop_rate_and_scale(p: float) -> None:
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    out = Dropout(p)(x)
+    dropped = float((out == 0).float().mean())
+    # Binomial standard deviation of the rate at this size is < 1.2e-3; allow 5 of them.
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / x.numel())
+    kept = out[out != 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - round(p * 65536) / 65536)))
+    assert abs(float(out.mean()) - 1.0) < 0.01  # expectation preserved
+
+
+def test_masks_are_independent_of_position_and_between_calls() -> None:
+    torch.manual_seed(1)
+    drop = Dropout(0.5)
+    a, b = drop(torch.ones(100_000)) == 0, drop(torch.ones(100_000)) == 0
+    # Two independent masks agree on about half the entries; neighbours are uncorrelated.
+    assert abs(float((a == b).float().mean()) - 0.5) < 0.01
+    assert abs(float((a[1:] == a[:-1]).float().mean()) - 0.5) < 0.01
+
+
+def test_gradient_is_the_mask_times_the_scale() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    out = Dropout(0.3)(x)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    scale = 1 / (1 - round(0.3 * 65536) / 65536)
+    keep = out != 0
+    torch.testing.assert_close(grad, keep.float() * scale)
+    torch.testing.assert_close(out, x.detach() * keep * scale)
+
+
+def test_seeded_by_torch_and_identity_in_eval() -> None:
+    x = torch.randn(3, 1000)
+    torch.manual_seed(5)
+    first = Dropout(0.2)(x)
+    torch.manual_seed(5)
+    assert torch.equal(first, Dropout(0.2)(x))
+    drop = Dropout(0.2).eval()
+    assert drop(x) is x or torch.equal(drop(x), x)
+    assert torch.equal(Dropout(0.0)(x), x)
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_state_dict_compatible_with_nn_dropout() -> None:
+    assert Dropout(0.1).state_dict().keys() == nn.Dropout(0.1).state_dict().keys()
+    assert isinstance(Dropout(0.1), nn.Dropout)
