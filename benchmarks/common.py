@@ -108,8 +108,14 @@ def tune_allocator() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)))
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+    # One arena: autograd's backward thread would otherwise allocate from a secondary arena, whose
+    # heaps glibc does shrink (returning pages to the OS) whatever the trim threshold.
+    return (
+        bool(libc.mallopt(m_mmap_max, 0))
+        and bool(libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)))
+        and bool(libc.mallopt(m_arena_max, 1))
+    )
 
 
 def environment(threads: int, tuned: bool) -> dict[str, Any]:

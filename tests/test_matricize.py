@@ -63,3 +63,37 @@ def test_bad_inputs() -> None:
         WindowMatricize(3, 4, 4)(torch.zeros(1, 6, 4, 4, 4))
     with pytest.raises(ValueError, match="spatial"):
         WindowMatricize(3, 4, 4)(torch.zeros(1, 4, 4, 4))
+
+
+@pytest.mark.parametrize("spatial,head_dim,window,shifts", CASES)
+def test_subblocks_round_trip_and_window_sums(spatial, head_dim, window, shifts) -> None:
+    """Sub-block layout: exact inverse; per-window sums equal sums over the gathered windows; adjoints."""
+    from factorseg.matricize import (
+        from_subblocks,
+        pad_channels_last,
+        subblock_edges,
+        subblock_sums,
+        to_subblocks,
+        window_stack,
+        window_sums,
+    )
+
+    m = WindowMatricize(len(spatial), head_dim, window, shifts)
+    lay = m.layout(spatial)
+    edges = subblock_edges(lay)
+    assert all(w % e == 0 and all(s[i] % e == 0 for s in lay.shifts) for i, (w, e) in enumerate(zip(lay.window, edges)))
+    x = pad_channels_last(torch.randn(2, *spatial, 3, dtype=torch.float64), lay)
+    blocks = to_subblocks(x, lay, edges)
+    assert blocks.shape[1:3] == (x[0, ..., 0].numel() // blocks.shape[2], torch.Size(edges).numel())
+    assert torch.equal(from_subblocks(blocks, lay, edges), x)
+    # Summing each sub-block, then per window, is summing each window of each shift.
+    per_window = window_sums(blocks.sum(2), lay, edges)  # (B, S, W, C)
+    torch.testing.assert_close(per_window, window_stack(x, lay).sum(3), rtol=1e-12, atol=1e-12)
+    # subblock_sums is the adjoint of window_sums, and to_subblocks' gradient is from_subblocks.
+    a = torch.randn(2, blocks.shape[1], 5, dtype=torch.float64)
+    b = torch.randn(2, len(lay.shifts), lay.num_windows, 5, dtype=torch.float64)
+    torch.testing.assert_close((window_sums(a, lay, edges) * b).sum(), (a * subblock_sums(b, lay, edges)).sum())
+    xr = x.clone().requires_grad_()
+    g = torch.randn_like(blocks)
+    (grad,) = torch.autograd.grad((to_subblocks(xr, lay, edges) * g).sum(), xr)
+    assert torch.equal(grad, from_subblocks(g, lay, edges))

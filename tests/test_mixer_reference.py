@@ -143,3 +143,30 @@ def test_window_matricize_inverse_averages_shifts_and_has_adjoint_gradient() -> 
     torch.testing.assert_close(grad, len(lay.shifts) * m.inverse(y, lay), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="do not match"):
         m.inverse(mats[:, :1], lay)
+
+
+def test_huge_values_fall_back_to_the_rescaling_window_path() -> None:
+    """Gram entries beyond the safe range send the sub-block path to decompose(), which rescales."""
+    mixer, x = _mixer(CASES[0], 8, torch.float32)
+    calls = []
+    decompose = mixer.nmf.decompose
+    mixer.nmf.decompose = lambda *a, **k: calls.append(1) or decompose(*a, **k)  # type: ignore[method-assign]
+    with torch.no_grad():
+        ordinary = mixer(x)
+        assert not calls
+        huge = mixer(x * 1e9)
+    assert len(calls) == 1 and torch.isfinite(huge).all()
+    with torch.no_grad():
+        expected = reference_mixer(mixer, x * 1e9)
+    torch.testing.assert_close(huge, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert ordinary.shape == huge.shape
+
+
+def test_training_after_inference_mode() -> None:
+    """Index tensors cached under inference mode (validation) must not break a later training step."""
+    mixer, x = _mixer(CASES[0], 8, torch.float32)
+    with torch.inference_mode():
+        mixer(x)
+    out = mixer(x.requires_grad_())
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -230,7 +230,9 @@ def _window_index(lay: WindowLayout, device: torch.device) -> tuple[Tensor, Tens
         if len(_INDEX_TENSORS) >= 32:
             _INDEX_TENSORS.pop(next(iter(_INDEX_TENSORS)))
         index, inverse = _window_numbers(lay)
-        _INDEX_TENSORS[key] = (torch.from_numpy(index).to(device), torch.from_numpy(inverse).to(device))
+        # Normal tensors even when first needed under inference mode (validation): autograd saves them later.
+        with torch.inference_mode(False):
+            _INDEX_TENSORS[key] = (torch.from_numpy(index).to(device), torch.from_numpy(inverse).to(device))
     return _INDEX_TENSORS[key]
 
 
