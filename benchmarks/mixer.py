@@ -7,7 +7,8 @@ the others in one process (minimum and median of ``--repeats``):
 * training (forward + backward, gradients for the input and all parameters):
   ``reference`` (roll + reshape per shift, unrolled iterations), ``gather + channels-last``
   (no roll copies, one window buffer, folded out-projection, plain iterations: ``nmf.fused = False``),
-  ``+ fused rank-1 HALS`` (ours, the default), ``+ one-step gradient`` (``backprop_iters=1``);
+  ``+ fused rank-1 HALS`` (the window path: ``subblocks = False``), ``+ sub-blocks`` (ours, the
+  default), ``+ one-step gradient`` (``backprop_iters=1``);
 * inference: ours with autograd recording, under ``torch.no_grad``, under ``torch.inference_mode``,
   with bf16 autocast, and (``--compile``) through ``torch.compile``; the reference under ``no_grad``.
 
@@ -30,11 +31,12 @@ from benchmarks.common import common_arguments, fmt_seconds, markdown_table, sav
 from factorseg.blocks import NMFMixer
 
 
-def make_mixer(channels: int, fused: bool = True, backprop_iters: int | None = None) -> NMFMixer:
+def make_mixer(channels: int, fused: bool = True, backprop_iters: int | None = None, subblocks: bool = True) -> NMFMixer:
     torch.manual_seed(0)
     mixer = NMFMixer(channels, 3, head_dim=8, window_size=8, shifts=[0, 4], rank=1, num_iters=5,
                      solver="hals", backprop_iters=backprop_iters)
     mixer.nmf.fused = fused
+    mixer.subblocks = subblocks
     return mixer
 
 
@@ -84,9 +86,11 @@ def main() -> None:
 
     device = torch.device(args.device)
     x = torch.randn(1, args.channels, args.size, args.size, args.size, device=device)
-    ours, plain, onestep = (make_mixer(args.channels, fused, k).to(device) for fused, k in
-                            ((True, None), (False, None), (True, 1)))
+    ours, plain, onestep, windowed = (make_mixer(args.channels, fused, k, sub).to(device) for fused, k, sub in
+                                      ((True, None, True), (False, None, False), (True, 1, True), (True, None, False)))
     errors = check_equal(make_mixer(args.channels).to(device), x[..., :16, :16, :16])
+    errors.update({f"window path, {k}": v for k, v in
+                   check_equal(make_mixer(args.channels, subblocks=False).to(device), x[..., :16, :16, :16]).items()})
     worst = max(errors.values())
     print(f"ours vs reference (16^3 crop): worst relative difference {worst:.2e}")
     if worst > 1e-5:
@@ -96,7 +100,8 @@ def main() -> None:
     train = interleaved({
         "reference": training_step(lambda t: reference_mixer(ours, t), x, params),
         "gather + channels-last": training_step(plain, x, list(plain.parameters())),
-        "+ fused rank-1 HALS (ours)": training_step(ours, x, params),
+        "+ fused rank-1 HALS": training_step(windowed, x, list(windowed.parameters())),
+        "+ sub-blocks (ours)": training_step(ours, x, params),
         "+ one-step gradient": training_step(onestep, x, list(onestep.parameters())),
     }, args.repeats, device)
 
@@ -110,6 +115,7 @@ def main() -> None:
     infer_runs = {
         "reference, no_grad": under(torch.no_grad, lambda t: reference_mixer(ours, t)),
         "ours, autograd recording": under(torch.enable_grad, ours),
+        "window path (fused HALS), inference_mode": under(torch.inference_mode, windowed),
         "ours, no_grad": under(torch.no_grad, ours),
         "ours, inference_mode": under(torch.inference_mode, ours),
         "ours, inference_mode + bf16 autocast": under(lambda: _both(torch.inference_mode(), bf16()), ours),
