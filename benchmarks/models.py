@@ -5,7 +5,8 @@ Default: Swin / local / global Factorizer (BraTS preset), SegResNet (16 initial 
 At each size all models are timed interleaved in this process (see ``benchmarks/common.py``); peak
 memory of a training step comes from one child process per model. ``--reference`` adds the Swin
 Factorizer run through the plain reference blocks (the "before"), ``--bf16`` its forward pass under
-bf16 autocast. Ratios are against SegResNet measured in the same run.
+bf16 autocast, ``--window-path`` the same model with its mixers on the window path (the "before" of
+the sub-block path). Ratios are against SegResNet measured in the same run.
 
     python -m benchmarks.models --sizes 64 96 128 --repeats 3
     python -m benchmarks.models --sizes 128 --models swin_factorizer segresnet --repeats 7 --no-memory
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -41,10 +42,25 @@ from benchmarks.common import (
     setup,
     train_runner,
 )
+from factorseg.blocks import NMFMixer
 from factorseg.models import count_parameters
 
 REFERENCE = "swin_factorizer (reference impl)"
 BF16 = "swin_factorizer (bf16 autocast)"
+WINDOW_PATH = "swin_factorizer (window path)"
+
+
+@contextlib.contextmanager
+def window_path(model: torch.nn.Module) -> Iterator[None]:
+    """Within this context the model's mixers take the window path (gathered windows, ``nmf.decompose``)."""
+    mixers = [m for m in model.modules() if isinstance(m, NMFMixer)]
+    for m in mixers:
+        m.subblocks = False
+    try:
+        yield
+    finally:
+        for m in mixers:
+            m.subblocks = True
 
 
 def within(ctx: Callable[[], contextlib.AbstractContextManager], run: Callable[[], object]) -> Callable[[], object]:
@@ -80,6 +96,7 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="also the Swin Factorizer's reference implementation")
     parser.add_argument("--reference-max-size", type=int, default=64, help="largest size for --reference (it is slow)")
     parser.add_argument("--bf16", action="store_true", help="also the Swin Factorizer's forward under bf16 autocast")
+    parser.add_argument("--window-path", action="store_true", help="also the Swin Factorizer with the mixers' window path")
     args = parser.parse_args()
     env = setup(args)
     device = torch.device(args.device)
@@ -98,6 +115,9 @@ def main() -> None:
             if args.reference and size <= args.reference_max_size:
                 fwd[REFERENCE] = within(reference_blocks, forward_runner(swin, x))
                 train[REFERENCE] = within(reference_blocks, train_runner(swin, x, target))
+            if args.window_path:
+                fwd[WINDOW_PATH] = within(lambda: window_path(swin), forward_runner(swin, x))
+                train[WINDOW_PATH] = within(lambda: window_path(swin), train_runner(swin, x, target))
             if args.bf16:
                 fwd[BF16] = within(lambda: torch.autocast(device.type, dtype=torch.bfloat16), forward_runner(swin, x))
         errors = {}
