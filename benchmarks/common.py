@@ -51,10 +51,12 @@ MODELS: dict[str, tuple[str, dict[str, Any], int]] = {
     "swinunetr_48": ("swinunetr", {"feature_size": 48}, 32),
     "unetr": ("unetr", {}, 16),
     "dynunet": ("dynunet", {}, 32),
-    # Not in the default set: the BraTS preset without its dropout (0.1), to show the dropout's cost.
+    # Not in the default set: the BraTS preset without its dropout (0.1), to show the dropout's cost,
+    # and with its blocks recomputed in the backward pass (less memory, more time).
     "swin_factorizer_no_dropout": ("swin_factorizer", {"preset": "brats", "dropout": 0.0}, 16),
+    "swin_factorizer_checkpointed": ("swin_factorizer", {"preset": "brats", "checkpoint_blocks": True}, 16),
 }
-DEFAULT_MODELS = [name for name in MODELS if name != "swin_factorizer_no_dropout"]
+DEFAULT_MODELS = [name for name in MODELS if name not in ("swin_factorizer_no_dropout", "swin_factorizer_checkpointed")]
 
 
 def build(name: str, size: int, **overrides: Any) -> nn.Module:

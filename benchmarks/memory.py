@@ -1,4 +1,5 @@
-"""Peak memory of a Factorizer training step: full unrolling vs the one-step gradient, ours vs reference.
+"""Peak memory of a Factorizer training step: full unrolling vs the one-step gradient, ours vs reference
+(and, with ``--impl checkpointed``, ours with the blocks recomputed in the backward pass).
 
 Each configuration runs in a fresh child process (``benchmarks/memory_child.py``): build the model,
 one warm-up step, one measured step; the peak is the child's peak resident size (whole process, so it
@@ -19,7 +20,8 @@ def main() -> None:
     common_arguments(parser)
     parser.add_argument("--model", default="swin_factorizer")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--impl", nargs="+", choices=["ours", "reference"], default=["ours", "reference"])
+    parser.add_argument("--impl", nargs="+", choices=["ours", "checkpointed", "reference"], default=["ours", "reference"],
+                        help="checkpointed: ours with checkpoint_blocks=True (blocks recomputed in backward)")
     parser.add_argument("--reference-max-size", type=int, default=96,
                         help="skip the reference above this size (its full unrolling needs tens of GB at 128^3)")
     args = parser.parse_args()

@@ -32,7 +32,8 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("size", type=int)
     parser.add_argument("mode", choices=["forward", "train"])
-    parser.add_argument("--impl", choices=["ours", "reference"], default="ours")
+    parser.add_argument("--impl", choices=["ours", "checkpointed", "reference"], default="ours",
+                        help="checkpointed: ours with checkpoint_blocks=True")
     parser.add_argument("--backprop-iters", type=int, default=0, help="0: full unrolling; k: last k iterations")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tune-allocator", action="store_true")
@@ -42,6 +43,8 @@ def main() -> None:
         tune_allocator()
     torch.set_num_threads(args.threads)
     overrides = {"backprop_iters": args.backprop_iters or None} if args.model.endswith("factorizer") else {}
+    if args.impl == "checkpointed":
+        overrides["checkpoint_blocks"] = True
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = build(args.model, args.size, **overrides).to(device)

@@ -96,3 +96,23 @@ def test_isles_preset_size_matches_paper() -> None:
 def test_flop_counter_counts_convolutions() -> None:
     conv = torch.nn.Conv3d(2, 4, 1, bias=False)
     assert count_flops(conv, (1, 2, 4, 4, 4)) == 2 * 2 * 4 * 64
+
+
+def test_checkpointed_blocks_give_the_same_values_and_gradients() -> None:
+    """checkpoint_blocks recomputes blocks in backward: identical outputs and gradients, dropout included."""
+    results = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = create("swin_factorizer", in_channels=2, out_channels=3, deep_supervision=True, ds_heads=2,
+                       checkpoint_blocks=flag, **{**SMALL, "dropout": 0.2}).train()
+        x = torch.randn(1, 2, 16, 16, 16)
+        torch.manual_seed(1)
+        outputs = model(x)
+        loss = sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in outputs)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        results.append(([o.detach() for o in outputs], grads))
+    (out0, g0), (out1, g1) = results
+    for a, b in zip(out0, out1):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from factorseg.blocks import ConvBlock, Downsample, FactorizerBlock, NMFMixer, PositionalEmbedding, Upsample, conv_nd
 from factorseg.nmf import Init, Solver
@@ -38,6 +39,8 @@ class Factorizer(nn.Module):
 
     ``variant`` picks the matricize: ``"swin"`` (windows at shifts 0 and window/2, averaged),
     ``"local"`` (windows, no shift) or ``"global"`` (the whole map is one window).
+    ``checkpoint_blocks`` trades training time for memory: the Factorizer blocks keep no activations
+    and are recomputed in the backward pass (same values and gradients).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class Factorizer(nn.Module):
         deep_supervision: bool = False,
         ds_heads: int = 3,
         pos_embed_size: Sequence[int] | None = None,
+        checkpoint_blocks: bool = False,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -89,6 +93,7 @@ class Factorizer(nn.Module):
             else:
                 shift_list = [0]
         self.spatial_dims, self.deep_supervision, self.ds_heads = spatial_dims, deep_supervision, ds_heads
+        self.checkpoint_blocks = checkpoint_blocks
         self.total_stride = 2 ** (levels - 1)
         self._seed = seed
 
@@ -126,21 +131,29 @@ class Factorizer(nn.Module):
                 "pad the input or use sliding-window inference"
             )
 
+    def _stage(self, stage: nn.Sequential, h: Tensor) -> Tensor:
+        """Run a stage of blocks; with ``checkpoint_blocks`` in training, recompute each block in backward."""
+        if not (self.checkpoint_blocks and self.training and torch.is_grad_enabled()):
+            return stage(h)
+        for block in stage:  # the RNG state is restored for the recomputation: the same dropout masks
+            h = checkpoint(block, h, use_reentrant=False)
+        return h
+
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         self.check_size(x.shape[2:])
         skips = []
-        h = self.encoder[0](self.stem(x))
+        h = self._stage(self.encoder[0], self.stem(x))
         for i, (down, stage) in enumerate(zip(self.down, self.encoder[1:]), start=1):
             skips.append(h)
             h = down(h)
             if i == len(self.down) and self.pos_embed is not None:
                 h = self.pos_embed(h)
-            h = stage(h)
+            h = self._stage(stage, h)
         decoded: list[Tensor] = []
         for i in reversed(range(len(self.up))):
             h = self.up[i](h)
             h = self.fuse[i](torch.cat([h, skips[i]], dim=1))
-            h = self.decoder[i](h)
+            h = self._stage(self.decoder[i], h)
             decoded.append(h)
         out = self.head(h)
         if not (self.training and self.deep_supervision):
