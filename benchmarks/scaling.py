@@ -2,8 +2,9 @@
 
 The method is linear in the number of voxels, so time per voxel should be flat once the input is
 large enough to amortise fixed costs. Sizes are interleaved within each repetition; reported are
-the minimum and median per size, and the spread of the per-voxel minimum over ``--flat-from``
-and up (target: within 25 %).
+the minimum and median per size, the spread of the per-voxel minimum over ``--flat-from``
+and up (target: within 25 %), and the memory page-faulted in per timed run (median), which shows
+when the allocator stopped reusing freed memory.
 
     python -m benchmarks.scaling --sizes 32 48 64 80 96 112 128 144 160 --repeats 3
 """
@@ -12,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import resource
+import statistics
+from collections.abc import Callable
 
 import torch
 
@@ -29,6 +33,18 @@ from benchmarks.common import (
 )
 
 
+def counting_faults(run: Callable[[], object], counts: list[int]) -> Callable[[], object]:
+    """``run``, appending the minor page faults of each call to ``counts``."""
+
+    def counted() -> object:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        out = run()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return out
+
+    return counted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common_arguments(parser)
@@ -39,12 +55,13 @@ def main() -> None:
     env = setup(args)
     device = torch.device(args.device)
     runs, keys = {}, []
+    faults: dict[str, list[int]] = {}
     for name in args.models:
         torch.manual_seed(0)
         model = build(name, 128).to(device)  # both models are size-agnostic
         for size in args.sizes:
             x, _ = inputs(size, device)
-            runs[(name, size)] = forward_runner(model, x)
+            runs[(name, size)] = counting_faults(forward_runner(model, x), faults.setdefault(f"{name}@{size}", []))
             keys.append((name, size))
     timings = interleaved({f"{n}@{s}": runs[(n, s)] for n, s in keys}, args.repeats, device)
     del runs
@@ -56,14 +73,20 @@ def main() -> None:
             t = timings[f"{name}@{size}"]
             ns = 1e9 / size**3
             per_voxel[size] = t.min * ns
-            results.setdefault(name, {})[str(size)] = {"times": t.times, "ns_per_voxel_min": t.min * ns}
-            rows.append((name, f"{size}^3", fmt_seconds(t.min), fmt_seconds(t.median), f"{t.min * ns:.0f}", f"{t.median * ns:.0f}"))
+            # Page faults of the timed runs (the first call is the warm-up): memory the OS had to map in again.
+            fault_mib = statistics.median(faults[f"{name}@{size}"][1:]) * resource.getpagesize() / 2**20
+            results.setdefault(name, {})[str(size)] = {
+                "times": t.times, "ns_per_voxel_min": t.min * ns, "median_page_fault_mib": fault_mib
+            }
+            rows.append((name, f"{size}^3", fmt_seconds(t.min), fmt_seconds(t.median), f"{t.min * ns:.0f}",
+                         f"{t.median * ns:.0f}", f"{fault_mib:.0f}"))
         flat = [v for s, v in per_voxel.items() if s >= args.flat_from]
         if flat:
             spread = max(flat) / min(flat) - 1
             results[name]["spread_from"] = {"size": args.flat_from, "max_over_min_minus_1": spread}
-            rows.append((name, f"spread {args.flat_from}^3+", "", "", f"{100 * spread:.0f} %", ""))
-    table = markdown_table(["model", "input", "min s", "median s", "ns/voxel (min)", "ns/voxel (median)"], rows)
+            rows.append((name, f"spread {args.flat_from}^3+", "", "", f"{100 * spread:.0f} %", "", ""))
+    table = markdown_table(["model", "input", "min s", "median s", "ns/voxel (min)", "ns/voxel (median)",
+                            "page faults per run, MiB (median)"], rows)
     print(table)
     save_json(args.out / "scaling.json", {"environment": env, "results": results, "table": table})
 
