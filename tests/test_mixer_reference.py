@@ -39,6 +39,14 @@ def _mixer(case: tuple, channels: int, dtype: torch.dtype) -> tuple[NMFMixer, to
     return mixer, x
 
 
+def _count_decompose_calls(mixer: NMFMixer) -> list[int]:
+    """A list that grows by one per ``mixer.nmf.decompose`` call (the window path); undo with ``del``."""
+    calls: list[int] = []
+    decompose = mixer.nmf.decompose
+    mixer.nmf.decompose = lambda *a, **k: calls.append(1) or decompose(*a, **k)  # type: ignore[method-assign]
+    return calls
+
+
 def _run(fn, x: torch.Tensor, params: list[torch.Tensor], weight: torch.Tensor, seed: int) -> tuple:
     torch.manual_seed(seed)  # the same random initialisation for both formulations
     xi = x.clone().requires_grad_()
@@ -54,9 +62,7 @@ def test_mixer_matches_reference(case: tuple, dtype: torch.dtype, tol: float, su
     mixer, x = _mixer(case, 8, dtype)
     mixer.subblocks = subblocks
     rank, solver = case[4], case[5]
-    calls = []
-    decompose = mixer.nmf.decompose
-    mixer.nmf.decompose = lambda *a, **k: calls.append(1) or decompose(*a, **k)  # type: ignore[method-assign]
+    calls = _count_decompose_calls(mixer)
     params = [p for p in mixer.parameters() if p.requires_grad]
     weight = torch.rand(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
     out, grads = _run(mixer, x, params, weight, seed=7)
@@ -148,9 +154,7 @@ def test_window_matricize_inverse_averages_shifts_and_has_adjoint_gradient() -> 
 def test_huge_values_fall_back_to_the_rescaling_window_path() -> None:
     """Gram entries beyond the safe range send the sub-block path to decompose(), which rescales."""
     mixer, x = _mixer(CASES[0], 8, torch.float32)
-    calls = []
-    decompose = mixer.nmf.decompose
-    mixer.nmf.decompose = lambda *a, **k: calls.append(1) or decompose(*a, **k)  # type: ignore[method-assign]
+    calls = _count_decompose_calls(mixer)
     with torch.no_grad():
         ordinary = mixer(x)
         assert not calls
@@ -170,3 +174,15 @@ def test_training_after_inference_mode() -> None:
     out = mixer(x.requires_grad_())
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_bf16_autocast_takes_the_window_path_and_stays_close() -> None:
+    """Under bf16 autocast the in-projection is bf16: the window path (float32 NMF) must run."""
+    mixer, x = _mixer(CASES[0], 8, torch.float32)
+    calls = _count_decompose_calls(mixer)
+    with torch.no_grad():
+        expected = mixer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = mixer(x)
+    assert len(calls) == 1
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05 * float(expected.abs().max()))

@@ -158,17 +158,21 @@ class NMFMixer(nn.Module):
         lay = self.matricize.layout(x.shape[2:])
         h = F.linear(x.movedim(1, -1), _pointwise_weight(self.in_proj), self.in_proj.bias)
         h = pad_channels_last(torch.relu_(h), lay)  # relu_ is safe: the linear's backward does not need its output
-        out = self._subblock_path(h, lay) if self._use_subblocks(lay, x) else None
+        out = self._subblock_path(h, lay) if self._use_subblocks(lay, h) else None
         if out is None:
             out = self._window_path(h, lay)
         return crop_channels_last(out, lay).movedim(-1, 1)
 
-    def _use_subblocks(self, lay: WindowLayout, x: Tensor) -> bool:
-        # Per sub-block a C x C map is formed: worthwhile while it is not much larger than the sub-block.
+    def _use_subblocks(self, lay: WindowLayout, h: Tensor) -> bool:
+        """Whether the sub-block path applies to the in-projected features ``h (B, *padded, C)``.
+
+        Not for half precision (autocast): the window path factorises in float32. Per sub-block a C x C
+        map is formed: worthwhile while it is not much larger than the sub-block.
+        """
         voxels = math.prod(subblock_edges(lay))
         return (
             self.subblocks and self.nmf.fusable and self.nmf.init != "nndsvd" and not traced()
-            and x.shape[1] <= 4 * voxels and x.dtype in (torch.float32, torch.float64)
+            and h.shape[-1] <= 4 * voxels and h.dtype in (torch.float32, torch.float64)
         )
 
     def _subblock_path(self, h: Tensor, lay: WindowLayout) -> Tensor | None:
