@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,11 +173,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, Timing]:
-    """Time every callable ``repeats`` times, alternating between them, after one warm-up each."""
-    for run in runs.values():
-        run()
-        synchronize(device)
+def interleaved(
+    runs: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: bool = True
+) -> dict[str, Timing]:
+    """Time every callable ``repeats`` times, alternating between them, after one warm-up each
+    (``warmup=False``: the caller already ran each once)."""
+    if warmup:
+        for run in runs.values():
+            run()
+            synchronize(device)
     out = {k: Timing() for k in runs}
     for _ in range(repeats):
         for key, run in runs.items():
@@ -200,27 +203,17 @@ def forward_runner(model: nn.Module, x: Tensor) -> Callable[[], object]:
     return run
 
 
-def deep_supervision_loss(outputs: Tensor | Sequence[Tensor], target: Tensor, loss: nn.Module) -> Tensor:
-    """Dice-CE on the full-resolution output, plus halving weights on lower-resolution heads."""
-    if isinstance(outputs, Tensor):
-        return loss(outputs, target)
-    total = outputs[0].new_zeros(())
-    for k, out in enumerate(outputs):
-        tgt = target if out.shape[2:] == target.shape[2:] else F.interpolate(target, size=out.shape[2:], mode="nearest")
-        total = total + 0.5**k * loss(out, tgt)
-    return total
-
-
 def train_runner(model: nn.Module, x: Tensor, target: Tensor) -> Callable[[], object]:
-    from monai.losses import DiceCELoss
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
 
-    loss = DiceCELoss(sigmoid=True)
+    # As in training (factorseg.training.module.make_loss): halving weights on the lower-resolution heads.
+    loss = DeepSupervisionLoss(DiceCELoss(sigmoid=True), weight_mode="exp")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def run() -> object:
         model.train()
         opt.zero_grad(set_to_none=True)
-        value = deep_supervision_loss(model(x), target, loss)
+        value = loss(model(x), target)
         value.backward()
         opt.step()
         return value

@@ -1,4 +1,5 @@
-"""Micro-benchmark: factorseg's CPU dropout against ``nn.Dropout``, forward + backward.
+"""Micro-benchmark: factorseg's CPU dropout against ``nn.Dropout``, forward + backward (on a GPU both are
+``F.dropout``).
 
 The tensor is the BraTS preset's MLP hidden state at 96^3 by default, ``(1, S, S, S, 64)``; the two are
 timed interleaved (minimum and median of ``--repeats``).
@@ -24,13 +25,14 @@ def main() -> None:
     parser.add_argument("--p", type=float, default=0.1)
     args = parser.parse_args()
     env = setup(args)
-    x = torch.randn(1, args.size, args.size, args.size, args.channels, requires_grad=True)
+    device = torch.device(args.device)
+    x = torch.randn(1, args.size, args.size, args.size, args.channels, device=device, requires_grad=True)
     grad = torch.randn_like(x)
     runs = {
         name: (lambda layer=layer: torch.autograd.grad(layer(x), x, grad))
         for name, layer in (("factorseg Dropout", Dropout(args.p)), ("nn.Dropout", torch.nn.Dropout(args.p)))
     }
-    timings = interleaved(runs, args.repeats, torch.device("cpu"))
+    timings = interleaved(runs, args.repeats, device)
     rows = [(name, f"{1e3 * t.min:.1f}", f"{1e3 * t.median:.1f}") for name, t in timings.items()]
     table = markdown_table(["forward + backward", "min ms", "median ms"], rows)
     print(table)

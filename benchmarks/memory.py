@@ -34,7 +34,8 @@ def main() -> None:
             peaks = {}
             for label, k in (("full unrolling", 0), ("one-step", 1)):
                 cmd = [args.model, str(size), "train", "--impl", impl, "--backprop-iters", str(k),
-                       "--threads", str(args.threads)] + (["--tune-allocator"] if args.tune_allocator else [])
+                       "--threads", str(args.threads), "--device", args.device]
+                cmd += ["--tune-allocator"] if args.tune_allocator else []
                 res = child_peak_memory(cmd)
                 res.update(size=size, impl=impl, gradient=label)
                 results.append(res)

@@ -16,6 +16,7 @@ import time
 import torch
 
 from benchmarks.common import (
+    MODELS,
     build,
     current_rss_mib,
     forward_runner,
@@ -42,7 +43,8 @@ def main() -> None:
     if args.tune_allocator:
         tune_allocator()
     torch.set_num_threads(args.threads)
-    overrides = {"backprop_iters": args.backprop_iters or None} if args.model.endswith("factorizer") else {}
+    factorizer = MODELS[args.model][0].endswith("factorizer")  # also its variants (no dropout, checkpointed)
+    overrides = {"backprop_iters": args.backprop_iters or None} if factorizer else {}
     if args.impl == "checkpointed":
         overrides["checkpoint_blocks"] = True
     torch.manual_seed(0)

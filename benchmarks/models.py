@@ -11,7 +11,7 @@ the sub-block path). Ratios are against SegResNet measured in the same run.
     python -m benchmarks.models --sizes 64 96 128 --repeats 3
     python -m benchmarks.models --sizes 128 --models swin_factorizer segresnet --repeats 7 --no-memory
 
-A training step at 128^3 needs ~15 GB for a Factorizer and more for SwinUNETR / DynUNet: on a small
+A training step at 128^3 needs about 12 GiB for a Factorizer and more for SwinUNETR / DynUNet: on a small
 shared machine run 128^3 with ``--no-train --no-memory`` and time training on the pairs you need.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -42,25 +42,12 @@ from benchmarks.common import (
     setup,
     train_runner,
 )
-from factorseg.blocks import NMFMixer
+from factorseg.blocks import window_path
 from factorseg.models import count_parameters
 
 REFERENCE = "swin_factorizer (reference impl)"
 BF16 = "swin_factorizer (bf16 autocast)"
 WINDOW_PATH = "swin_factorizer (window path)"
-
-
-@contextlib.contextmanager
-def window_path(model: torch.nn.Module) -> Iterator[None]:
-    """Within this context the model's mixers take the window path (gathered windows, ``nmf.decompose``)."""
-    mixers = [m for m in model.modules() if isinstance(m, NMFMixer)]
-    for m in mixers:
-        m.subblocks = False
-    try:
-        yield
-    finally:
-        for m in mixers:
-            m.subblocks = True
 
 
 def within(ctx: Callable[[], contextlib.AbstractContextManager], run: Callable[[], object]) -> Callable[[], object]:
@@ -122,11 +109,11 @@ def main() -> None:
                 fwd[BF16] = within(lambda: torch.autocast(device.type, dtype=torch.bfloat16), forward_runner(swin, x))
         errors = {}
         print(f"--- {size}^3: forward", flush=True)
-        fwd_t = interleaved(runnable(fwd, errors, "forward"), args.repeats, device)
+        fwd_t = interleaved(runnable(fwd, errors, "forward"), args.repeats, device, warmup=False)
         train_t = {}
         if not args.no_train:
             print(f"--- {size}^3: training step", flush=True)
-            train_t = interleaved(runnable(train, errors, "train"), args.train_repeats, device)
+            train_t = interleaved(runnable(train, errors, "train"), args.train_repeats, device, warmup=False)
         params = {n: count_parameters(m) for n, m in models.items()}
         del models, fwd, train
         gc.collect()

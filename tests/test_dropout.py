@@ -6,8 +6,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from factorseg.blocks import Dropout
 
 
@@ -51,11 +49,6 @@ def test_seeded_by_torch_and_identity_in_eval() -> None:
     torch.manual_seed(5)
     assert torch.equal(first, Dropout(0.2)(x))
     drop = Dropout(0.2).eval()
-    assert drop(x) is x or torch.equal(drop(x), x)
+    assert torch.equal(drop(x), x)
     assert torch.equal(Dropout(0.0)(x), x)
     assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
-
-
-def test_state_dict_compatible_with_nn_dropout() -> None:
-    assert Dropout(0.1).state_dict().keys() == nn.Dropout(0.1).state_dict().keys()
-    assert isinstance(Dropout(0.1), nn.Dropout)

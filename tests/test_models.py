@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from factorseg.blocks import FactorizerBlock
 from factorseg.models import PRESETS, available, count_flops, count_parameters, create
 from factorseg.nmf import set_nmf_iters
 
@@ -100,17 +101,24 @@ def test_flop_counter_counts_convolutions() -> None:
 
 def test_checkpointed_blocks_give_the_same_values_and_gradients() -> None:
     """checkpoint_blocks recomputes blocks in backward: identical outputs and gradients, dropout included."""
-    results = []
+    results, calls = [], []
     for flag in (False, True):
         torch.manual_seed(0)
         model = create("swin_factorizer", in_channels=2, out_channels=3, deep_supervision=True, ds_heads=2,
                        checkpoint_blocks=flag, **{**SMALL, "dropout": 0.2}).train()
+        blocks = [m for m in model.modules() if isinstance(m, FactorizerBlock)]
+        counter = [0]
+        for block in blocks:
+            block.register_forward_pre_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
         x = torch.randn(1, 2, 16, 16, 16)
         torch.manual_seed(1)
         outputs = model(x)
         loss = sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in outputs)
         grads = torch.autograd.grad(loss, list(model.parameters()))
         results.append(([o.detach() for o in outputs], grads))
+        calls.append((len(blocks), counter[0]))
+    # Without the flag every block runs once; with it, once more in the backward pass.
+    assert calls[0] == (calls[0][0], calls[0][0]) and calls[1] == (calls[1][0], 2 * calls[1][0])
     (out0, g0), (out1, g1) = results
     for a, b in zip(out0, out1):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

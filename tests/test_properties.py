@@ -14,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from reference_mixer import effective_layout
 
 from factorseg.matricize import WindowMatricize
 from factorseg.nmf import NMF
@@ -46,19 +47,6 @@ def matricize_cases(draw: st.DrawFn) -> tuple[np.ndarray, int, tuple[int, ...] |
     return x, head_dim, window, shifts
 
 
-def _reference_layout(spatial: tuple[int, ...], window: tuple[int, ...] | None,
-                      shifts: list[tuple[int, ...]]) -> tuple[tuple[int, ...], tuple[int, ...], list[tuple[int, ...]]]:
-    """Effective window (at most the input), grid and distinct effective shifts, derived independently."""
-    win = spatial if window is None else tuple(min(w, s) for w, s in zip(window, spatial))
-    grid = tuple(-(-s // w) for s, w in zip(spatial, win))
-    effective: list[tuple[int, ...]] = []
-    for shift in shifts:
-        eff = tuple(0 if g == 1 else s % w for s, w, g in zip(shift, win, grid))
-        if eff not in effective:
-            effective.append(eff)
-    return win, grid, effective
-
-
 def _reference_matrices(x: np.ndarray, head_dim: int, win: tuple[int, ...], grid: tuple[int, ...],
                         shifts: list[tuple[int, ...]]) -> np.ndarray:
     """``(B, S, H, W, head_dim, N)``: zero-pad to whole windows, roll by -shift, cut windows row-major."""
@@ -81,7 +69,7 @@ def test_matricize_matches_reference_and_round_trips(case: tuple) -> None:
     x, head_dim, window, shifts = case
     m = WindowMatricize(x.ndim - 2, head_dim, window, shifts)
     mats, lay = m(torch.from_numpy(x))
-    win, grid, effective = _reference_layout(x.shape[2:], window, shifts)
+    win, grid, effective = effective_layout(x.shape[2:], window, shifts)
     assert (lay.window, lay.grid, list(lay.shifts)) == (win, grid, effective)
     np.testing.assert_array_equal(mats.numpy(), _reference_matrices(x, head_dim, win, grid, effective))
     back = m.inverse(mats, lay).numpy()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -25,7 +26,7 @@ from factorseg.matricize import (
     window_sums,
     window_unstack,
 )
-from factorseg.nmf import NMF, Init, Solver, eps_for, gram_pair, head_loadings_t, traced
+from factorseg.nmf import NMF, Init, Solver, eps_for, gram_pair, grams_in_range, head_loadings_t, traced
 
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:
@@ -158,38 +159,39 @@ class NMFMixer(nn.Module):
         lay = self.matricize.layout(x.shape[2:])
         h = F.linear(x.movedim(1, -1), _pointwise_weight(self.in_proj), self.in_proj.bias)
         h = pad_channels_last(torch.relu_(h), lay)  # relu_ is safe: the linear's backward does not need its output
-        out = self._subblock_path(h, lay) if self._use_subblocks(lay, h) else None
+        edges = subblock_edges(lay)
+        out = self._subblock_path(h, lay, edges) if self._use_subblocks(h, edges) else None
         if out is None:
             out = self._window_path(h, lay)
         return crop_channels_last(out, lay).movedim(-1, 1)
 
-    def _use_subblocks(self, lay: WindowLayout, h: Tensor) -> bool:
+    def _use_subblocks(self, h: Tensor, edges: Sequence[int]) -> bool:
         """Whether the sub-block path applies to the in-projected features ``h (B, *padded, C)``.
 
         Not for half precision (autocast): the window path factorises in float32. Per sub-block a C x C
         map is formed: worthwhile while it is not much larger than the sub-block.
         """
-        voxels = math.prod(subblock_edges(lay))
         return (
             self.subblocks and self.nmf.fusable and self.nmf.init != "nndsvd" and not traced()
-            and h.shape[-1] <= 4 * voxels and h.dtype in (torch.float32, torch.float64)
+            and h.shape[-1] <= 4 * math.prod(edges) and h.dtype in (torch.float32, torch.float64)
         )
 
-    def _subblock_path(self, h: Tensor, lay: WindowLayout) -> Tensor | None:
+    def _subblock_path(self, h: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor | None:
         """Output ``(B, *padded, C)`` by the sub-block path, or ``None`` where the window path must run."""
         b, c = h.shape[0], h.shape[-1]
-        edges = subblock_edges(lay)
         blocks = to_subblocks(h, lay, edges)  # (B, K, Q, C)
         g_sub, g_sub_left = gram_pair(matrices_view(blocks.unsqueeze(1), self.matricize.head_dim))  # (B, 1, H, K, M, M)
         # Per sub-block (K) -> per window of each shift (S, W): (B, H, S, W, M, M) -> (B, S, H, W, M, M).
         g = window_sums(g_sub[:, 0], lay, edges, dim=2).transpose(1, 2)
-        g_left = g if g_sub_left is g_sub else window_sums(g_sub_left[:, 0], lay, edges, dim=2).transpose(1, 2)
+        if not grams_in_range(g):
+            return None
+        if self.nmf.needs_left_gram and g_sub_left is not g_sub:
+            g_left = window_sums(g_sub_left[:, 0], lay, edges, dim=2).transpose(1, 2)
+        else:
+            g_left = g
         with torch.no_grad():
             u0 = self.nmf.initial_u(g)
-        solved = self.nmf.solve_grams(g, g_left, u0, eps_for(h.dtype), in_range_only=True)
-        if solved is None:
-            return None
-        u, a = solved  # (B, S, H, W, M, 1), (B, S, H, W)
+        u, a = self.nmf.solve_grams(g, g_left, u0, eps_for(h.dtype))  # (B, S, H, W, M, 1), (B, S, H, W)
         s = len(lay.shifts)
         w_out = _pointwise_weight(self.out_proj)
         left = head_loadings_t(u * a[..., None, None])  # (B S W, H, C): rows a_h u_h^T
@@ -197,7 +199,7 @@ class NMFMixer(nn.Module):
         per_window = (left.transpose(1, 2) @ right).view(b, s, lay.num_windows, c, c)
         per_block = subblock_sums(per_window, lay, edges)  # (B, K, C, C)
         rec = torch.bmm(blocks.reshape(-1, *blocks.shape[2:]), per_block.view(-1, c, c))
-        if self.out_proj.bias is not None:  # every voxel sums 1/S of the bias per shift
+        if self.out_proj.bias is not None:  # the shift average of a constant: the bias once
             rec = rec.add_(self.out_proj.bias)
         return from_subblocks(rec.view(blocks.shape), lay, edges)
 
@@ -213,11 +215,26 @@ class NMFMixer(nn.Module):
         v_all = v.permute(0, 1, 3, 4, 2, 5).reshape(b * s * w, n, heads * r)
         w_out = _pointwise_weight(self.out_proj).to(u.dtype)
         mixed = head_loadings_t(u) @ (w_out.t() / s)
+        out = window_unstack(torch.bmm(v_all, mixed).view(b, s, w, n, c), lay)
+        # The bias once per voxel (the shift average of a constant), not broadcast into every window row.
         if self.out_proj.bias is None:
-            rec = torch.bmm(v_all, mixed)
-        else:  # every voxel sums one row per shift: 1/S of the bias each
-            rec = torch.baddbmm((self.out_proj.bias / s).to(u.dtype).view(1, 1, c), v_all, mixed)
-        return window_unstack(rec.view(b, s, w, n, c), lay)
+            return out
+        bias = self.out_proj.bias.to(out.dtype)
+        return out.add_(bias) if _can_modify_inplace(out) else out + bias
+
+
+@contextlib.contextmanager
+def window_path(model: nn.Module) -> Iterator[nn.Module]:
+    """Within this context every :class:`NMFMixer` of ``model`` takes the window path."""
+    mixers = [m for m in model.modules() if isinstance(m, NMFMixer)]
+    previous = [m.subblocks for m in mixers]
+    for m in mixers:
+        m.subblocks = False
+    try:
+        yield model
+    finally:
+        for m, flag in zip(mixers, previous):
+            m.subblocks = flag
 
 
 class MLP(nn.Module):

@@ -41,6 +41,7 @@ from factorseg.blocks import FactorizerBlock, NMFMixer
 from factorseg.errors import InputError
 from factorseg.io import atomic_write, save_nifti
 from factorseg.matricize import WindowMatricize
+from factorseg.models import eval_mode
 
 __all__ = [
     "ComponentMaps",
@@ -244,13 +245,8 @@ def explain(
     if not isinstance(image, Tensor) or image.dim() < 3:
         raise InputError(f"explain needs an image tensor shaped (B, C, *spatial), got {getattr(image, 'shape', image)}")
     mixers = _resolve_blocks(model, blocks)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _recording(mixers) as recorders:
-            output = model(image)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), _recording(mixers) as recorders:
+        output = model(image)
     results: dict[str, ComponentMaps] = {}
     for rec in recorders:
         if rec.calls != 1:

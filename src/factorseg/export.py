@@ -2,7 +2,7 @@
 
 ``export_model`` traces the model in eval mode on one example input, checks the exported model
 against PyTorch on that input (max difference at most ``1e-4`` + ``1e-4`` x the output's
-magnitude), and writes the file atomically (temporary file, then ``os.replace``).
+magnitude), and writes the file atomically (:func:`factorseg.io.atomic_path`).
 
 Input sizes. The exported graph is specialised to the example's spatial size: the Factorizer's
 window layout (padding, windows shrunk to the input, shifts dropped along single-window axes) is
@@ -14,11 +14,9 @@ check the spatial size and raise :class:`~factorseg.errors.InputError` on a mism
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +26,8 @@ from torch import Tensor, nn
 
 from factorseg.bundle import LoadedModel
 from factorseg.errors import InputError
-from factorseg.io import atomic_write
+from factorseg.io import atomic_path, atomic_write
+from factorseg.models import eval_mode
 from factorseg.nmf import set_nmf_iters
 
 Format = Literal["onnx", "torchscript"]
@@ -44,16 +43,6 @@ def _check_shape(example_shape: Sequence[int]) -> tuple[int, ...]:
     if len(shape) < 3 or min(shape) < 1:
         raise InputError(f"example shape {tuple(example_shape)} must be (batch, channels, *spatial) with sizes >= 1")
     return shape
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _example(model: nn.Module, shape: tuple[int, ...]) -> Tensor:
@@ -129,18 +118,14 @@ def export_model(
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give the output file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with _eval_mode(model), torch.no_grad():
+    with atomic_path(path, overwrite=True) as tmp:
+        with eval_mode(model), torch.no_grad():
             cpu_model = _on_cpu(model)
             example = _example(cpu_model, shape)
             (_export_onnx if format == "onnx" else _export_torchscript)(cpu_model, example, tmp)
             expected = cpu_model(example)
             got = load_predictor(tmp, format)(example)
         _verify(expected, got, format)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

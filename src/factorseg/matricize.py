@@ -217,23 +217,22 @@ def _window_numbers(lay: WindowLayout) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(index).astype(np.int32), np.stack(inverse).astype(np.int32)
 
 
-_INDEX_TENSORS: dict[tuple[WindowLayout, torch.device], tuple[Tensor, Tensor]] = {}
-
-
 def _window_index(lay: WindowLayout, device: torch.device) -> tuple[Tensor, Tensor]:
-    """:func:`_window_numbers` as tensors on ``device`` (cached per device outside of tracing)."""
+    """:func:`_window_numbers` as tensors on ``device`` (cached per device outside of graph capture)."""
     if torch.compiler.is_compiling():
-        index, inverse = _window_numbers(lay)
-        return torch.from_numpy(index).to(device), torch.from_numpy(inverse).to(device)
-    key = (lay, device)
-    if key not in _INDEX_TENSORS:
-        if len(_INDEX_TENSORS) >= 32:
-            _INDEX_TENSORS.pop(next(iter(_INDEX_TENSORS)))
-        index, inverse = _window_numbers(lay)
-        # Normal tensors even when first needed under inference mode (validation): autograd saves them later.
-        with torch.inference_mode(False):
-            _INDEX_TENSORS[key] = (torch.from_numpy(index).to(device), torch.from_numpy(inverse).to(device))
-    return _INDEX_TENSORS[key]
+        return _as_tensors(_window_numbers(lay), device)
+    return _cached_window_index(lay, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_window_index(lay: WindowLayout, device: torch.device) -> tuple[Tensor, Tensor]:
+    # Normal tensors even when first needed under inference mode (validation): autograd saves them later.
+    with torch.inference_mode(False):
+        return _as_tensors(_window_numbers(lay), device)
+
+
+def _as_tensors(arrays: tuple[np.ndarray, ...], device: torch.device) -> tuple[Tensor, ...]:
+    return tuple(torch.from_numpy(a).to(device) for a in arrays)
 
 
 def _stack(x: Tensor, lay: WindowLayout) -> Tensor:
@@ -330,16 +329,23 @@ def subblock_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
 
     Every sub-block gets the sum, over the shifts, of the value of the window that contains it.
     """
-    sub = _subblock_layout(lay, edges)
-    _, inverse = _window_index(sub, t.device)
     s, w = t.shape[1], t.shape[2]
-    # Row of the (S W) per-window values for each shift and sub-block.
-    rows = inverse.long() // sub.window_voxels + torch.arange(s, device=t.device).view(s, 1) * w
+    rows = _subblock_rows(lay, tuple(edges), t.device)
     flat = t.reshape(t.shape[0], s * w, *t.shape[3:])
     out = flat.index_select(1, rows[0])
     for i in range(1, s):
         out = out.add_(flat.index_select(1, rows[i]))
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _subblock_rows(lay: WindowLayout, edges: tuple[int, ...], device: torch.device) -> Tensor:
+    """``(S, K)``: the row of the ``S W`` per-window values holding each shift's window of each sub-block."""
+    sub = _subblock_layout(lay, edges)
+    _, inverse = _window_numbers(sub)
+    rows = inverse.astype(np.int64) // sub.window_voxels + np.arange(len(lay.shifts)).reshape(-1, 1) * lay.num_windows
+    with torch.inference_mode(False):
+        return torch.from_numpy(rows).to(device)
 
 
 def matrices_view(stacked: Tensor, head_dim: int) -> Tensor:

@@ -165,6 +165,16 @@ def gram_pair(x: Tensor) -> tuple[Tensor, Tensor]:
     return g, g
 
 
+def grams_in_range(g: Tensor) -> bool:
+    """Whether the matrices of Gram matrices ``g (..., M, M)`` can be factorised as they are.
+
+    True when every Gram diagonal (a row's squared norm, at least the square of its largest entry) is
+    at most ``_RESCALE_ABOVE ** 2``: then no entry exceeds ``_RESCALE_ABOVE`` and :meth:`NMF.decompose`
+    would not rescale, and no pass over the matrices themselves is needed to know it.
+    """
+    return g.numel() == 0 or bool(g.detach().diagonal(dim1=-2, dim2=-1).amax() <= _RESCALE_ABOVE**2)
+
+
 class _Gram(torch.autograd.Function):
     """``G = X X^T`` of every matrix ``X (..., M, N)``, returned twice: ``G`` and ``G_left``.
 
@@ -413,7 +423,7 @@ class NMF(nn.Module):
             eps = eps_for(dtype)
             fused = warm_start is None and self.fusable and (nonnegative or _is_nonnegative(xc))
             if fused and not traced():  # the Gram matrices tell whether to rescale, at no extra pass over x
-                solved = self._solve_fused(xc, eps, in_range_only=True)
+                solved = self._solve_fused(xc, eps, check_range=True)
                 if solved is not None:
                     return solved[0].to(out_dtype), solved[1].to(out_dtype)
             # Huge matrices are factorised at unit scale (their Gram products would overflow); U takes the
@@ -423,7 +433,7 @@ class NMF(nn.Module):
             if scale is not None:
                 xc = xc / scale
             if fused:
-                solved = self._solve_fused(xc, eps, in_range_only=False)
+                solved = self._solve_fused(xc, eps, check_range=False)
                 assert solved is not None
                 u, v = solved
             else:
@@ -434,38 +444,41 @@ class NMF(nn.Module):
                 u = u * scale
         return u.to(out_dtype), v.to(out_dtype)
 
-    def _solve_fused(self, x: Tensor, eps: float, in_range_only: bool) -> tuple[Tensor, Tensor] | None:
+    def _solve_fused(self, x: Tensor, eps: float, check_range: bool) -> tuple[Tensor, Tensor] | None:
         """Rank-1 HALS through the Gram matrices (module docstring); same schedule as :meth:`_solve`.
 
-        ``None`` where :meth:`solve_grams` finds the Gram matrices out of range (``in_range_only``).
+        With ``check_range``, ``None`` where :func:`grams_in_range` says the matrices need rescaling.
         """
         g, g_left = gram_pair(x)
+        if check_range and not grams_in_range(g):
+            return None
         with torch.no_grad():
             u0 = self.initial_u(x)
-        solved = self.solve_grams(g, g_left, u0, eps, in_range_only)
-        if solved is None:
-            return None
-        u, a = solved
+        u, a = self.solve_grams(g, g_left, u0, eps)
         # v = a X^T u: scaling u first keeps v a view of the product's output.
         return u, _transpose_times(x, u * a[..., None, None])
 
-    def solve_grams(
-        self, g: Tensor, g_left: Tensor, u0: Tensor, eps: float, in_range_only: bool = False
-    ) -> tuple[Tensor, Tensor] | None:
+    @property
+    def _schedule(self) -> tuple[int, int]:
+        """Iterations ``(tracked, untracked)`` by autograd: the last ``backprop_iters``, or all."""
+        tracked = self.num_iters if self.backprop_iters is None else min(self.backprop_iters, self.num_iters)
+        return tracked, self.num_iters - tracked
+
+    @property
+    def needs_left_gram(self) -> bool:
+        """Whether :meth:`solve_grams` reads ``g_left`` (a truncated gradient); otherwise pass ``g`` twice."""
+        tracked, untracked = self._schedule
+        return tracked > 0 and untracked > 0
+
+    def solve_grams(self, g: Tensor, g_left: Tensor, u0: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         """Rank-1 HALS of matrices known only by their Gram matrices ``g (..., M, M)`` (see :func:`gram_pair`).
 
         Starts from ``u0 (..., M, 1)``. Returns ``u (..., M, 1)`` and ``a (...)`` with the matrices' ``v =
-        a X^T u``. With ``in_range_only``, returns ``None`` unless every Gram diagonal (a row's squared
-        norm, at least the square of its largest entry) is at most ``_RESCALE_ABOVE ** 2``: then no entry
-        exceeds ``_RESCALE_ABOVE`` and :meth:`decompose` would not rescale, and no full pass over the
-        matrices is needed to know it.
+        a X^T u``. The caller checks :func:`grams_in_range` first where the matrices may be huge.
         """
         if not self.fusable:
             raise ValueError("solve_grams needs the rank-1 HALS solver")
-        if in_range_only and g.numel() and not bool(g.detach().diagonal(dim1=-2, dim2=-1).amax() <= _RESCALE_ABOVE**2):
-            return None
-        tracked = self.num_iters if self.backprop_iters is None else min(self.backprop_iters, self.num_iters)
-        untracked = self.num_iters - tracked
+        tracked, untracked = self._schedule
         m, batch = self.rows, g.shape[:-2]
         g, g_left = (t.reshape(-1, m, m).permute(1, 2, 0).contiguous() for t in (g, g_left))  # (M, M, Bf)
         u = u0.reshape(-1, m).t().contiguous()  # (M, Bf)
@@ -479,8 +492,7 @@ class NMF(nn.Module):
     def _solve(self, x: Tensor, eps: float, start: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         update = _UPDATES[self.solver]
         xt = x.transpose(-1, -2)
-        tracked = self.num_iters if self.backprop_iters is None else min(self.backprop_iters, self.num_iters)
-        untracked = self.num_iters - tracked
+        tracked, untracked = self._schedule
         # With no iterations at all, the initial projection is the only path for gradients.
         if start is not None:
             u, v = start

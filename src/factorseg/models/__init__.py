@@ -9,7 +9,14 @@ from typing import Any
 from torch import nn
 
 from factorseg.models import baselines
-from factorseg.models.factorizer import PRESETS, Factorizer, build_factorizer, count_flops, count_parameters
+from factorseg.models.factorizer import (
+    PRESETS,
+    Factorizer,
+    build_factorizer,
+    count_flops,
+    count_parameters,
+    eval_mode,
+)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "swin_factorizer": partial(build_factorizer, "swin"),

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from factorseg.blocks import ConvBlock, Downsample, FactorizerBlock, NMFMixer, PositionalEmbedding, Upsample, conv_nd
+from factorseg.blocks import ConvBlock, Downsample, FactorizerBlock, PositionalEmbedding, Upsample, conv_nd, window_path
 from factorseg.nmf import Init, Solver
 
 Variant = Literal["swin", "local", "global"]
@@ -190,6 +191,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the duration; its training flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
     """Floating-point operations (a multiply-add counts 2) of one eval-mode forward pass on zeros.
 
@@ -199,18 +211,8 @@ def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    mixers = [m for m in model.modules() if isinstance(m, NMFMixer)]
-    model.eval()
-    try:
-        for m in mixers:
-            m.subblocks = False
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(*shape))
-    finally:
-        model.train(was_training)
-        for m in mixers:
-            m.subblocks = True
+    with window_path(model), eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(*shape))
     return int(counter.get_total_flops())
 
 
