@@ -26,14 +26,19 @@ def eps_of(dtype: torch.dtype) -> float:
 
 
 def effective_layout(
-    spatial: Sequence[int], window_size: Sequence[int] | None, shifts: Sequence[Sequence[int]]
+    spatial: Sequence[int], window_size: Sequence[int] | None, shifts: Sequence[Sequence[int]],
+    positional: bool = False,
 ) -> tuple[tuple[int, ...], tuple[int, ...], list[tuple[int, ...]]]:
-    """Window, grid and distinct effective shifts: windows shrink to the input, no-op shifts drop."""
+    """Window, grid and distinct effective shifts: windows shrink to the input, no-op shifts drop.
+
+    With ``positional`` (voxel order matters: the fixed_uv init) a shift of a single-window
+    dimension still rolls the voxels inside the window, so it is kept.
+    """
     window = tuple(spatial) if window_size is None else tuple(min(w, s) for w, s in zip(window_size, spatial))
     grid = tuple(math.ceil(s / w) for s, w in zip(spatial, window))
     used: list[tuple[int, ...]] = []
     for shift in shifts:
-        eff = tuple(0 if g == 1 else s % w for s, w, g in zip(shift, window, grid))
+        eff = tuple(0 if g == 1 and not positional else s % w for s, w, g in zip(shift, window, grid))
         if eff not in used:
             used.append(eff)
     return window, grid, used
@@ -86,20 +91,23 @@ def _mu_u(x: Tensor, u: Tensor, v: Tensor, eps: float) -> Tensor:
 
 
 def reference_nmf(
-    x: Tensor, u0: Tensor, num_iters: int, solver: str, backprop_iters: int | None, eps: float
+    x: Tensor, u0: Tensor, num_iters: int, solver: str, backprop_iters: int | None, eps: float,
+    v0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Factors of ``x (..., M, N)`` from ``u0 (..., M, R)``: least-squares ``v0``, then unrolled iterations.
+    """Factors of ``x (..., M, N)`` from ``u0 (..., M, R)``, then unrolled iterations (U first, then V).
 
-    With ``backprop_iters = k`` the initialisation and all but the last ``k`` iterations run without
-    gradient (the initialisation keeps its gradient when nothing else would carry one).
+    Without ``v0``: the least-squares ``v0`` of ``u0`` starts. With ``backprop_iters = k`` the
+    initialisation and all but the last ``k`` iterations run without gradient (the initialisation
+    keeps its gradient when nothing else would carry one). With ``v0 (..., N, R)`` (the fixed_uv
+    init) both factors start as the given constants.
     """
     update = {"hals": _hals_u, "mu": _mu_u}[solver]
     tracked = num_iters if backprop_iters is None else min(backprop_iters, num_iters)
     untracked = num_iters - tracked
     xt = x.transpose(-1, -2)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and (untracked == 0 or tracked == 0)):
+    with torch.set_grad_enabled(torch.is_grad_enabled() and (untracked == 0 or tracked == 0) and v0 is None):
         u = u0
-        v = (xt @ u) / ((u * u).sum(dim=-2, keepdim=True) + eps)
+        v = (xt @ u) / ((u * u).sum(dim=-2, keepdim=True) + eps) if v0 is None else v0
     for i in range(num_iters):
         with torch.set_grad_enabled(torch.is_grad_enabled() and i >= untracked):
             u = update(x, u, v, eps)
@@ -108,30 +116,37 @@ def reference_nmf(
 
 
 def reference_mixer(mixer: nn.Module, x: Tensor) -> Tensor:
-    """The output of a ``factorseg.blocks.NMFMixer`` (fixed or random init), computed the plain way.
+    """The output of a ``factorseg.blocks.NMFMixer`` (fixed_uv, fixed_u or random init), the plain way.
 
     For ``init="random"`` it draws ``torch.rand(B, S, H, W, head_dim, R)`` like the layer does, so
-    seed the generator identically before both calls.
+    seed the generator identically before both calls. For ``fixed_uv`` a window smaller than the
+    configured one takes the ``v0`` entries of its own positions (the corner sub-box).
     """
     nmf, mat = mixer.nmf, mixer.matricize
-    if nmf.init not in ("fixed", "random"):
-        raise ValueError("the reference covers the fixed and random initialisations")
+    if nmf.init not in ("fixed_uv", "fixed_u", "random"):
+        raise ValueError("the reference covers the fixed_uv, fixed_u and random initialisations")
     nd = x.dim() - 2
     conv = _CONV[nd]
     h = torch.relu(conv(x, mixer.in_proj.weight, mixer.in_proj.bias))
     spatial = tuple(x.shape[2:])
-    window, grid, shifts = effective_layout(spatial, mat.window_size, mat.shifts)
+    window, grid, shifts = effective_layout(spatial, mat.window_size, mat.shifts, positional=nmf.init == "fixed_uv")
     padded = tuple(g * w for g, w in zip(grid, window))
     pad = [p for s, q in zip(reversed(spatial), reversed(padded)) for p in (0, q - s)]
     hp = F.pad(h, pad)
     mats = torch.stack([to_windows(hp, mat.head_dim, window, s) for s in shifts], dim=1)
     dtype = torch.float32 if mats.dtype in (torch.float16, torch.bfloat16) else mats.dtype
     xm = mats.to(dtype)
-    if nmf.init == "fixed":
-        u0 = nmf.u0.to(dtype).expand(*xm.shape[:-2], nmf.rows, nmf.rank)
-    else:
+    v0 = None
+    if nmf.init == "random":
         u0 = torch.rand(*xm.shape[:-2], nmf.rows, nmf.rank, dtype=dtype, device=x.device)
-    u, v = reference_nmf(xm, u0, nmf.num_iters, nmf.solver, nmf.backprop_iters, eps_of(dtype))
+    else:
+        u0 = nmf.u0.to(dtype).expand(*xm.shape[:-2], nmf.rows, nmf.rank)
+    if nmf.init == "fixed_uv":
+        full = nmf.v0.to(dtype).reshape(*mat.window_size, nmf.rank)
+        box = full[tuple(slice(0, w) for w in window)].reshape(-1, nmf.rank)
+        v0 = box.expand(*xm.shape[:-2], *box.shape)
+    eps = eps_of(dtype) if nmf.eps is None else nmf.eps
+    u, v = reference_nmf(xm, u0, nmf.num_iters, nmf.solver, nmf.backprop_iters, eps, v0)
     rec = (u @ v.transpose(-1, -2)).to(mats.dtype)
     total = sum(from_windows(rec[:, i], padded, window, s) for i, s in enumerate(shifts)) / len(shifts)
     crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)

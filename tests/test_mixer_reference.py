@@ -2,7 +2,7 @@
 
 Values and gradients must agree to 1e-5 in float32 (the issue's tolerance) and to float64 rounding in
 float64, for every matricize variant (local, shifted, global, padded, 2D), both solvers, ranks 1 and
-2, full and last-k gradients, and fixed and random initialisation.
+2, full and last-k gradients, and the fixed_uv (the paper's), fixed_u and random initialisations.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ CASES = [
     ((9, 6, 7), 4, 4, [0, 2], 2, "hals", None, 4, "fixed"),  # rank 2: the plain solver path
     ((9, 6, 7), 4, 4, [0, 2], 1, "mu", 1, 4, "fixed"),  # multiplicative updates
     ((8, 6, 4), 4, 4, [0, 2], 2, "mu", None, 3, "random"),
+    # The paper's init: fixed u0 and v0, U updated first from v0 (v0 weights voxels by window position).
+    ((8, 8, 8), 4, 4, [0, 2], 1, "hals", None, 5, "fixed_uv"),  # Swin, divisible
+    ((9, 6, 7), 4, 4, [0, 2], 1, "hals", None, 5, "fixed_uv"),  # padded
+    ((9, 6, 7), 4, 4, [0, 2], 1, "hals", 1, 5, "fixed_uv"),  # one-step gradient
+    ((9, 6, 7), 4, 4, [0, (2, 1, 3)], 1, "hals", 4, 5, "fixed_uv"),  # last four: the first step untracked
+    ((4, 4, 4), 4, 4, [0, 2], 1, "hals", None, 5, "fixed_uv"),  # one window: the shift rolls inside it
+    ((3, 4, 2), 4, 4, [0, 2], 1, "hals", None, 5, "fixed_uv"),  # windows shrunk to the input: v0's corner
+    ((10, 12), 2, (4, 3), [0, (2, 1)], 1, "hals", None, 5, "fixed_uv"),  # 2D
+    ((6, 6, 6), 4, 4, [0], 1, "hals", None, 1, "fixed_uv"),  # one iteration: only the data step
+    ((6, 6, 6), 4, 4, [0], 1, "hals", None, 0, "fixed_uv"),  # no iterations: the constant u0 v0^T
+    ((9, 6, 7), 4, 4, [0, 2], 2, "hals", None, 4, "fixed_uv"),  # rank 2: the plain solver path
+    ((9, 6, 7), 4, 4, [0, 2], 1, "mu", 1, 4, "fixed_uv"),  # multiplicative updates
 ]
 
 
@@ -51,7 +63,8 @@ def _run(fn, x: torch.Tensor, params: list[torch.Tensor], weight: torch.Tensor, 
     torch.manual_seed(seed)  # the same random initialisation for both formulations
     xi = x.clone().requires_grad_()
     out = fn(xi)
-    grads = torch.autograd.grad((out * weight).sum(), [xi, *params])
+    # Zeros for inputs the output does not depend on (the fixed_uv init's u0 v0^T at zero iterations).
+    grads = torch.autograd.grad((out * weight).sum(), [xi, *params], materialize_grads=True)
     return out.detach(), grads
 
 
@@ -66,8 +79,10 @@ def test_mixer_matches_reference(case: tuple, dtype: torch.dtype, tol: float, su
     params = [p for p in mixer.parameters() if p.requires_grad]
     weight = torch.rand(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
     out, grads = _run(mixer, x, params, weight, seed=7)
-    # The sub-block path never forms the window matrices; it serves every rank-1 HALS case here.
-    assert len(calls) == (0 if subblocks and rank == 1 and solver == "hals" else 1)
+    # The sub-block path never forms the window matrices; it serves every rank-1 HALS case here
+    # except the fixed_uv init without iterations (the constant u0 v0^T is not a map of the input).
+    sub = subblocks and rank == 1 and solver == "hals" and not (case[8] == "fixed_uv" and case[7] == 0)
+    assert len(calls) == (0 if sub else 1)
     del mixer.nmf.decompose
     ref_out, ref_grads = _run(lambda t: reference_mixer(mixer, t), x, params, weight, seed=7)
     torch.testing.assert_close(out, ref_out, rtol=tol, atol=tol)
@@ -75,7 +90,7 @@ def test_mixer_matches_reference(case: tuple, dtype: torch.dtype, tol: float, su
         torch.testing.assert_close(g, r, rtol=tol, atol=tol * max(1.0, float(r.abs().max())))
 
 
-@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[7]], ids=["swin", "2d", "rank2"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[7], CASES[11]], ids=["swin", "2d", "rank2", "fixed_uv"])
 def test_block_matches_reference(case: tuple) -> None:
     spatial, head_dim, window, shifts, rank, solver, k, iters, init = case
     torch.manual_seed(0)

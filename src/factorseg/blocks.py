@@ -19,14 +19,16 @@ from factorseg.matricize import (
     from_subblocks,
     matrices_view,
     pad_channels_last,
+    shift_window_sums,
     subblock_edges,
     subblock_sums,
+    subblock_weights,
     to_subblocks,
     window_stack,
     window_sums,
     window_unstack,
 )
-from factorseg.nmf import NMF, Init, Solver, eps_for, gram_pair, grams_in_range, head_loadings_t, traced
+from factorseg.nmf import NMF, Init, Solver, gram_pair, grams_in_range, head_loadings_t, traced
 
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:
@@ -137,16 +139,18 @@ class NMFMixer(nn.Module):
         rank: int = 1,
         num_iters: int = 5,
         solver: Solver = "hals",
-        init: Init = "fixed",
+        init: Init = "fixed_uv",
         backprop_iters: int | None = None,
         seed: int = 0,
+        in_bias: bool = False,
+        eps: float | None = None,
     ) -> None:
         super().__init__()
         conv = conv_nd(spatial_dims)
-        self.in_proj = conv(channels, channels, 1)
+        self.in_proj = conv(channels, channels, 1, bias=in_bias)
         self.out_proj = conv(channels, channels, 1)
-        self.matricize = WindowMatricize(spatial_dims, head_dim, window_size, shifts)
-        self.nmf = NMF(head_dim, rank, num_iters, solver, init, backprop_iters, seed)
+        self.matricize = WindowMatricize(spatial_dims, head_dim, window_size, shifts, positional=init == "fixed_uv")
+        self.nmf = NMF(head_dim, rank, num_iters, solver, init, backprop_iters, seed, self.matricize.window_size, eps)
         #: Take the sub-block path where it applies; ``False`` forces the window path.
         self.subblocks = True
 
@@ -172,7 +176,7 @@ class NMFMixer(nn.Module):
         map is formed: worthwhile while it is not much larger than the sub-block.
         """
         return (
-            self.subblocks and self.nmf.fusable and self.nmf.init != "nndsvd" and not traced()
+            self.subblocks and self.nmf.fusable and not traced()
             and h.shape[-1] <= 4 * math.prod(edges) and h.dtype in (torch.float32, torch.float64)
         )
 
@@ -189,9 +193,12 @@ class NMFMixer(nn.Module):
             g_left = window_sums(g_sub_left[:, 0], lay, edges, dim=2).transpose(1, 2)
         else:
             g_left = g
-        with torch.no_grad():
-            u0 = self.nmf.initial_u(g)
-        u, a = self.nmf.solve_grams(g, g_left, u0, eps_for(h.dtype))  # (B, S, H, W, M, 1), (B, S, H, W)
+        eps = self.nmf.eps_for(h.dtype)
+        start = None
+        if self.nmf.init == "fixed_uv":
+            v0 = self.nmf.initial_v(lay.window).to(h.dtype)
+            start = self.nmf.first_u(self._times_v0(blocks, v0, lay, edges), v0, eps)
+        u, a = self.nmf.solve_grams(g, g_left, eps, start)  # (B, S, H, W, M, 1), (B, S, H, W)
         s = len(lay.shifts)
         w_out = _pointwise_weight(self.out_proj)
         left = head_loadings_t(u * a[..., None, None])  # (B S W, H, C): rows a_h u_h^T
@@ -203,12 +210,27 @@ class NMFMixer(nn.Module):
             rec = rec.add_(self.out_proj.bias)
         return from_subblocks(rec.view(blocks.shape), lay, edges)
 
+    def _times_v0(self, blocks: Tensor, v0: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+        """``X v0`` of every window of every shift, ``(B, S, H, W, M, 1)``, from sub-blocks ``(B, K, Q, C)``.
+
+        ``v0`` weights each voxel by its position in its window: a sub-block's voxels get the ``v0``
+        entries of the slot the sub-block fills in its window of each shift, so per shift one weighted
+        sum per sub-block, then the per-window sums (no window is gathered).
+        """
+        b, c = blocks.shape[0], blocks.shape[-1]
+        weights = subblock_weights(v0[:, 0], lay, edges)  # (S, K, Q)
+        per_block = torch.einsum("skq,bkqc->bskc", weights, blocks)
+        per_window = shift_window_sums(per_block, lay, edges)  # (B, S, W, C)
+        m = self.matricize.head_dim
+        return per_window.view(b, len(lay.shifts), lay.num_windows, c // m, m).transpose(2, 3).unsqueeze(-1)
+
     def _window_path(self, h: Tensor, lay: WindowLayout) -> Tensor:
         """Output ``(B, *padded, C)`` through the gathered windows and ``nmf.decompose``."""
         b, c = h.shape[0], h.shape[-1]
         heads = c // self.matricize.head_dim
         stacked = window_stack(h, lay)  # (B, S, W, N, C)
-        u, v = self.nmf.decompose(matrices_view(stacked, self.matricize.head_dim), nonnegative=True)
+        mats = matrices_view(stacked, self.matricize.head_dim)
+        u, v = self.nmf.decompose(mats, nonnegative=True, column_shape=lay.window)
         s, w, n, r = len(lay.shifts), lay.num_windows, lay.window_voxels, u.shape[-1]
         # V per window and all heads: (B S W, N, H R) (a view for the fused path); the loadings as
         # block-diagonal (B S W, H R, C) rows, with the out-projection and the shift average folded in.
@@ -351,7 +373,7 @@ def _conv_padded_input(conv: nn.Module, x: Tensor) -> Tensor:
 
 
 class ConvBlock(nn.Module):
-    """Two 3x3 conv -> instance norm -> LeakyReLU layers with a residual 1x1 path (the stem).
+    """Two 3x3 conv -> instance norm -> LeakyReLU layers with a residual 1x1 path (``stem="conv_block"``).
 
     Runs channels-last in memory (see :func:`channels_last`), as do the blocks that follow it.
     """
@@ -376,16 +398,28 @@ class ConvBlock(nn.Module):
         return F.leaky_relu(h + self.skip(x), 0.01)
 
 
-class Downsample(nn.Module):
-    """Strided 2x2 convolution halving every spatial size, with channel LayerNorm.
-
-    LayerNorm (not instance norm) so that a 1-voxel bottleneck on small inputs is still valid.
-    """
+class ConvStem(nn.Module):
+    """The paper's stem: one bias-free 3x3 convolution (channels-last, see :func:`channels_last`)."""
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int) -> None:
         super().__init__()
-        self.conv = conv_nd(spatial_dims)(in_channels, out_channels, 2, stride=2)
-        self.norm = ChannelLayerNorm(out_channels)
+        self.conv = conv_nd(spatial_dims)(in_channels, out_channels, 3, padding=1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _conv_padded_input(self.conv, channels_last(x))
+
+
+class Downsample(nn.Module):
+    """Strided 2x2 convolution halving every spatial size.
+
+    ``norm=False`` is the paper's bare bias-free convolution; ``norm=True`` adds a bias and a channel
+    LayerNorm (LayerNorm, not instance norm, so that a 1-voxel bottleneck on small inputs is valid).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, norm: bool = False) -> None:
+        super().__init__()
+        self.conv = conv_nd(spatial_dims)(in_channels, out_channels, 2, stride=2, bias=norm)
+        self.norm = ChannelLayerNorm(out_channels) if norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.conv(x))
@@ -403,16 +437,20 @@ class Upsample(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-    """Learnable additive positional embedding, resized (trilinear) to inputs of other sizes."""
+    """Learnable additive positional embedding (N(0, 1) init, as in the paper), then dropout.
 
-    def __init__(self, channels: int, size: Sequence[int]) -> None:
+    Sized for the training patch's bottleneck; resized (trilinear) for inputs of other sizes.
+    """
+
+    def __init__(self, channels: int, size: Sequence[int], dropout: float = 0.0) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1, channels, *size))
-        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.weight = nn.Parameter(torch.empty(1, channels, *size))
+        nn.init.normal_(self.weight, std=1.0)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight
         if tuple(w.shape[2:]) != tuple(x.shape[2:]):
             mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.dim() - 2]
             w = F.interpolate(w, size=x.shape[2:], mode=mode, align_corners=False)
-        return x + w.to(x.dtype)
+        return self.drop(x + w.to(x.dtype))

@@ -112,7 +112,10 @@ class WindowMatricize:
 
     ``S`` is the number of shifts, ``H = C // head_dim`` the number of heads and ``W`` the number of
     windows. ``window_size=None`` gives the global variant. ``shifts`` lists cyclic shifts (an int
-    for every dimension or one tuple per shift); ``(0,)`` is the local variant.
+    for every dimension or one tuple per shift); ``(0,)`` is the local variant. ``positional=True``
+    says the factorization depends on the order of a window's voxels (the ``fixed_uv`` NMF init
+    weights them by position): then a shift along a dimension with a single window is kept (it
+    rolls the voxels within the window) instead of being dropped as a mere column permutation.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class WindowMatricize:
         head_dim: int,
         window_size: int | Sequence[int] | None = None,
         shifts: Sequence[int | Sequence[int]] = (0,),
+        positional: bool = False,
     ) -> None:
         if spatial_dims not in (1, 2, 3):
             raise ValueError("spatial_dims must be 1, 2 or 3")
@@ -131,6 +135,7 @@ class WindowMatricize:
         if self.window_size is not None and min(self.window_size) < 1:
             raise ValueError("window_size must be >= 1")
         self.shifts = tuple(_as_tuple(s, spatial_dims, "shift") for s in shifts) or ((0,) * spatial_dims,)
+        self.positional = positional
 
     def layout(self, spatial: Sequence[int]) -> WindowLayout:
         """Effective windows, grid and shifts for an input of this spatial size."""
@@ -142,8 +147,9 @@ class WindowMatricize:
         grid = tuple(-(-s // w) for s, w in zip(spatial, window))
         shifts: list[tuple[int, ...]] = []
         for shift in self.shifts:
-            # A shift along a dimension with a single window only permutes columns: drop it.
-            eff = tuple(0 if g == 1 else s % w for s, w, g in zip(shift, window, grid))
+            # A shift along a dimension with a single window only permutes columns: drop it, unless
+            # the columns' order matters.
+            eff = tuple(0 if g == 1 and not self.positional else s % w for s, w, g in zip(shift, window, grid))
             if eff not in shifts:
                 shifts.append(eff)
         return WindowLayout(spatial, window, grid, tuple(shifts))
@@ -346,6 +352,55 @@ def _subblock_rows(lay: WindowLayout, edges: tuple[int, ...], device: torch.devi
     rows = inverse.astype(np.int64) // sub.window_voxels + np.arange(len(lay.shifts)).reshape(-1, 1) * lay.num_windows
     with torch.inference_mode(False):
         return torch.from_numpy(rows).to(device)
+
+
+def shift_window_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+    """Per-shift per-sub-block values ``(B, S, K, *rest)`` summed per window of their shift: ``(B, S, W, *rest)``.
+
+    Like :func:`window_sums`, but shift ``s``'s windows add up slot ``s`` of ``t`` (values that
+    depend on the shift, such as a position-in-window weighting).
+    """
+    b, s = t.shape[0], t.shape[1]
+    flat = t.reshape(b, s * t.shape[2], *t.shape[3:])
+    gathered = flat.index_select(1, _shift_window_index(lay, tuple(edges), t.device))
+    sub_voxels = math.prod(w // e for w, e in zip(lay.window, edges))
+    return gathered.view(b, s, lay.num_windows, sub_voxels, *t.shape[3:]).sum(3)
+
+
+@functools.lru_cache(maxsize=32)
+def _shift_window_index(lay: WindowLayout, edges: tuple[int, ...], device: torch.device) -> Tensor:
+    """Rows of ``(S K)`` per-shift sub-block values in the window-major order of every shift."""
+    sub = _subblock_layout(lay, edges)
+    index, _ = _window_numbers(sub)
+    k = math.prod(sub.spatial)
+    offsets = np.repeat(np.arange(len(lay.shifts), dtype=np.int64) * k, k)
+    with torch.inference_mode(False):
+        return torch.from_numpy(index.astype(np.int64) + offsets).to(device)
+
+
+def subblock_weights(weights: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+    """A per-position-in-window weighting ``(N,)`` (row-major window voxels) per shift and sub-block.
+
+    Returns ``(S, K, Q)``: the weights of the voxels of sub-block ``k`` at the positions they take in
+    their window of shift ``s`` (the slot that the sub-block fills there).
+    """
+    nd = len(edges)
+    slots = [w // e for w, e in zip(lay.window, edges)]
+    split = [v for p, e in zip(slots, edges) for v in (p, e)]
+    per_slot = weights.reshape(split).permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2)).reshape(
+        math.prod(slots), math.prod(edges)
+    )  # (P, Q)
+    index = _subblock_slots(lay, tuple(edges), weights.device)  # (S, K)
+    return per_slot.index_select(0, index.reshape(-1)).view(*index.shape, -1)
+
+
+@functools.lru_cache(maxsize=32)
+def _subblock_slots(lay: WindowLayout, edges: tuple[int, ...], device: torch.device) -> Tensor:
+    """``(S, K)``: the slot (row-major position among its window's sub-blocks) of each sub-block per shift."""
+    sub = _subblock_layout(lay, edges)
+    _, inverse = _window_numbers(sub)
+    with torch.inference_mode(False):
+        return torch.from_numpy(inverse.astype(np.int64) % sub.window_voxels).to(device)
 
 
 def matrices_view(stacked: Tensor, head_dim: int) -> Tensor:

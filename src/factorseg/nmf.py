@@ -6,9 +6,15 @@ multiplicative-update (MU) or HALS iterations and returns the reconstruction, wh
 either through every iteration or only through the last ``k`` (the one-step gradient of Geng et al.,
 ICLR 2021, for ``k = 1``), trading gradient fidelity for memory.
 
-An iteration updates ``U`` given ``V``, then ``V`` given ``U``. Initialisation gives ``U0`` and then
-``V0 = argmin_V ||X - U0 V^T||`` column-wise (exact for rank 1), so zero iterations already yields a
-meaningful rank-R approximation: this is the far end of the test-time speed/accuracy trade-off.
+An iteration updates ``U`` given ``V``, then ``V`` given ``U``. Initialisations:
+
+* ``"fixed_uv"`` (the paper's, the authors' "uniform"): fixed buffers ``u0 (M, R)`` and ``v0 (N, R)``
+  drawn once; the first iteration updates ``U`` from ``v0``, so ``v0`` (a fixed weighting of each
+  window's voxels) is what matters. The initialisation is not differentiated; zero iterations give
+  the constant ``u0 v0^T``.
+* ``"fixed_u"`` (``"fixed"`` in older configs): a fixed buffer ``U0`` and ``V0 = argmin_V ||X - U0 V^T||``
+  column-wise (exact for rank 1), so zero iterations already yield a meaningful rank-R approximation.
+* ``"random"`` (a fresh uniform ``U0`` per call, then ``V0`` as above) and ``"nndsvd"``.
 
 Fused rank-1 HALS (the presets' solver). For ``X >= 0`` and ``U0 >= 0`` every ``X^T u`` is already
 nonnegative, so ``v = X^T u / (u.u + eps)`` exactly, and one iteration only needs the Gram matrix
@@ -27,7 +33,8 @@ zeroes (as in the mixer). Matrices that are strided views of a channels-last win
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -35,7 +42,10 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 Solver = Literal["hals", "mu"]
-Init = Literal["fixed", "random", "nndsvd"]
+Init = Literal["fixed_uv", "fixed_u", "random", "nndsvd"]
+INITS: tuple[str, ...] = ("fixed_uv", "fixed_u", "random", "nndsvd")
+#: Names written by earlier factorseg versions.
+_INIT_ALIASES = {"fixed": "fixed_u"}
 
 _EPS = {
     torch.float64: 1e-12,
@@ -244,16 +254,20 @@ def _rank1_hals_step(g_xv: Tensor, g_vv: Tensor, u: Tensor, a: Tensor, eps: floa
 
 
 def _gram_loop(
-    g: Tensor, g_left: Tensor, u: Tensor, tracked: int, untracked: int, eps: float
+    g: Tensor, g_left: Tensor, u: Tensor, tracked: int, untracked: int, eps: float, detached_start: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """Rank-1 HALS in Gram form from ``u (M, Bf)``: ``untracked`` steps without gradient, then ``tracked``."""
+    """Rank-1 HALS in Gram form from ``u (M, Bf)``: ``untracked`` steps without gradient, then ``tracked``.
+
+    The start stands for ``v = X^T u / (u.u + eps)``; ``detached_start`` says that this ``v`` is a
+    constant for autograd (it came from untracked work), as the untracked steps' last ``v`` is.
+    """
+    a = 1.0 / ((u * u).sum(dim=0) + eps)
     with torch.no_grad():
-        a = 1.0 / ((u * u).sum(dim=0) + eps)
         g_const = g.detach()
         for _ in range(untracked):
             u, a = _rank1_hals_step(g_const, g_const, u, a, eps)
     for i in range(tracked):
-        if i == 0 and untracked > 0:  # v from the untracked part is a constant here
+        if i == 0 and (untracked > 0 or detached_start):  # the previous v is a constant here
             u, a = _rank1_hals_step(g_left, g_const, u, a, eps)
         else:
             u, a = _rank1_hals_step(g, g, u, a, eps)
@@ -289,11 +303,13 @@ class _GramLoop(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, g: Tensor, g_left: Tensor, u: Tensor, tracked: int, untracked: int, eps: float):
+    def forward(
+        ctx: Any, g: Tensor, g_left: Tensor, u: Tensor, tracked: int, untracked: int, eps: float, detached: bool
+    ):
         ctx.save_for_backward(g, g_left, u)
-        ctx.schedule = (tracked, untracked, eps)
+        ctx.schedule = (tracked, untracked, eps, detached)
         with _one_cpu_thread(g.device):
-            return _gram_loop(g, g_left, u, tracked, untracked, eps)
+            return _gram_loop(g, g_left, u, tracked, untracked, eps, detached)
 
     @staticmethod
     @once_differentiable
@@ -301,10 +317,13 @@ class _GramLoop(torch.autograd.Function):
         g, g_left, u0 = ctx.saved_tensors
         with _one_cpu_thread(g.device), torch.enable_grad():
             leaves = [g.detach().requires_grad_(), g_left.detach().requires_grad_()]
-            u, a = _gram_loop(leaves[0], leaves[1], u0, *ctx.schedule)
+            if ctx.needs_input_grad[2]:  # a start computed from the data (the fixed_uv init's first step)
+                leaves.append(u0.detach().requires_grad_())
+            u, a = _gram_loop(leaves[0], leaves[1], leaves[2] if len(leaves) > 2 else u0, *ctx.schedule)
             pairs = [(t, d) for t, d in ((u, du), (a, da)) if d is not None]
             grads = torch.autograd.grad([t for t, _ in pairs], leaves, [d for _, d in pairs], allow_unused=True)
-        return grads[0], grads[1], None, None, None, None
+        du0 = grads[2] if len(grads) > 2 else None
+        return grads[0], grads[1], du0, None, None, None, None
 
 
 def nndsvd(x: Tensor, rank: int, fill: float | None = None) -> tuple[Tensor, Tensor]:
@@ -345,15 +364,19 @@ class NMF(nn.Module):
     """Rank-R NMF of batched nonnegative matrices ``(..., M, N)`` returning ``U V^T``.
 
     Args:
-        rows: M, the number of rows (needed for the fixed initialisation buffer).
+        rows: M, the number of rows (needed for the fixed initialisation buffers).
         rank: R.
         num_iters: iterations per forward pass; change it on a trained model with ``set_nmf_iters``.
         solver: ``"hals"`` (projected coordinate descent) or ``"mu"`` (multiplicative updates).
-        init: ``"fixed"`` (a uniform ``U0`` drawn once from ``seed`` and saved in the state dict,
-            the paper's choice), ``"random"`` (fresh uniform ``U0`` per call) or ``"nndsvd"``.
+        init: ``"fixed_uv"`` (the paper's: fixed buffers ``u0 (M, R)`` and ``v0 (N, R)``, ``U`` updated
+            first from ``v0``), ``"fixed_u"`` (a fixed ``U0`` and its least-squares ``V0``), ``"random"``
+            (fresh uniform ``U0`` per call) or ``"nndsvd"``. Buffers are drawn once from ``seed`` and
+            saved in the state dict.
         backprop_iters: backpropagate through only the last k iterations (1 = one-step gradient);
             ``None`` unrolls all of them.
         seed: seed of the fixed initialisation.
+        columns: N for ``"fixed_uv"``: an int, or the window shape whose voxels (row-major) are the columns.
+        eps: denominator guard; ``None`` picks one per compute dtype (:func:`eps_for`), the paper uses 1e-8.
     """
 
     def __init__(
@@ -362,25 +385,39 @@ class NMF(nn.Module):
         rank: int = 1,
         num_iters: int = 5,
         solver: Solver = "hals",
-        init: Init = "fixed",
+        init: Init = "fixed_u",
         backprop_iters: int | None = None,
         seed: int = 0,
+        columns: int | Sequence[int] | None = None,
+        eps: float | None = None,
     ) -> None:
         super().__init__()
+        init = _INIT_ALIASES.get(init, init)  # type: ignore[assignment]
         if solver not in _UPDATES:
             raise ValueError(f"unknown NMF solver {solver!r}; choose one of {sorted(_UPDATES)}")
-        if init not in ("fixed", "random", "nndsvd"):
-            raise ValueError(f"unknown NMF init {init!r}; choose fixed, random or nndsvd")
+        if init not in INITS:
+            raise ValueError(f"unknown NMF init {init!r}; choose one of {', '.join(INITS)}")
         if rank < 1 or rows < 1 or num_iters < 0:
             raise ValueError("NMF needs rows >= 1, rank >= 1 and num_iters >= 0")
         if backprop_iters is not None and backprop_iters < 1:
             raise ValueError("backprop_iters must be >= 1 or None (full unrolling)")
+        if eps is not None and not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"NMF eps must be a positive number, got {eps!r}")
         self.rows, self.rank, self.num_iters = rows, rank, num_iters
-        self.solver, self.init, self.backprop_iters = solver, init, backprop_iters
+        self.solver, self.init, self.backprop_iters, self.eps = solver, init, backprop_iters, eps
         #: Use the fused rank-1 HALS path where it applies; ``False`` forces the plain iterations.
         self.fused = True
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("u0", torch.rand(rows, rank, generator=generator))
+        self.column_shape: tuple[int, ...] | None = None
+        if init == "fixed_uv":
+            if columns is None:
+                raise ValueError("the fixed_uv init needs the number of columns (window voxels); "
+                                 "the global variant has no fixed window")
+            self.column_shape = (columns,) if isinstance(columns, int) else tuple(int(c) for c in columns)
+            if min(self.column_shape) < 1:
+                raise ValueError(f"NMF columns must be >= 1, got {columns!r}")
+            self.register_buffer("v0", torch.rand(math.prod(self.column_shape), rank, generator=generator))
 
     def extra_repr(self) -> str:
         grad = "full" if self.backprop_iters is None else f"last {self.backprop_iters}"
@@ -389,41 +426,75 @@ class NMF(nn.Module):
             f"init={self.init}, grad={grad}"
         )
 
+    def eps_for(self, dtype: torch.dtype) -> float:
+        """The denominator guard for computations in ``dtype``."""
+        return eps_for(dtype) if self.eps is None else self.eps
+
     def initial_u(self, x: Tensor) -> Tensor:
         """Starting ``U (..., M, R)`` for matrices ``x (..., M, N)`` (only their batch shape unless ``nndsvd``)."""
         batch = x.shape[:-2]
-        if self.init == "fixed":
+        if self.init in ("fixed_u", "fixed_uv"):
             return self.u0.to(x.dtype).expand(*batch, self.rows, self.rank)
         if self.init == "random":
             return torch.rand(*batch, self.rows, self.rank, dtype=x.dtype, device=x.device)
         fill = 1e-2 if self.solver == "mu" else None
         return nndsvd(x.detach(), self.rank, fill=fill)[0]
 
+    def initial_v(self, shape: Sequence[int] | None = None) -> Tensor:
+        """The ``fixed_uv`` buffer ``v0 (N, R)`` for columns of ``shape`` (default: the configured one).
+
+        A smaller window (an input smaller than the window) takes the entries of its own positions,
+        the corner sub-box of the configured window.
+        """
+        if self.column_shape is None:
+            raise ValueError(f"NMF init {self.init!r} has no v0")
+        shape = self.column_shape if shape is None else tuple(int(s) for s in shape)
+        if shape == self.column_shape:
+            return self.v0
+        if len(shape) != len(self.column_shape) or any(s > c for s, c in zip(shape, self.column_shape)):
+            raise ValueError(f"NMF built for {self.column_shape} columns got windows of {shape}")
+        box = self.v0.view(*self.column_shape, self.rank)[tuple(slice(0, s) for s in shape)]
+        return box.reshape(-1, self.rank)
+
     @property
     def fusable(self) -> bool:
         """Whether :meth:`decompose` can take the fused rank-1 HALS path (for nonnegative input)."""
-        return self.fused and self.solver == "hals" and self.rank == 1
+        return (
+            self.fused and self.solver == "hals" and self.rank == 1 and self.init != "nndsvd"
+            and not (self.init == "fixed_uv" and self.num_iters == 0)
+        )
 
     def decompose(
-        self, x: Tensor, warm_start: tuple[Tensor, Tensor] | None = None, *, nonnegative: bool = False
+        self,
+        x: Tensor,
+        warm_start: tuple[Tensor, Tensor] | None = None,
+        *,
+        nonnegative: bool = False,
+        column_shape: Sequence[int] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Factors ``U (..., M, R)`` and ``V (..., N, R)`` of ``x (..., M, N)``, in ``x``'s dtype.
 
         ``warm_start`` replaces the initialisation with given factors (then every iteration is
         tracked by autograd unless ``backprop_iters`` says otherwise). ``nonnegative=True`` is the
         caller's promise that ``x >= 0`` (e.g. after a ReLU), which skips the check that guards the
-        fused rank-1 path. Factors may be strided views (of a channels-last window buffer).
+        fused rank-1 path. ``column_shape`` is the window the columns come from (``fixed_uv``).
+        Factors may be strided views (of a channels-last window buffer).
         """
         if x.shape[-2] != self.rows:
             raise ValueError(f"NMF built for {self.rows} rows got matrices of shape {tuple(x.shape[-2:])}")
         out_dtype = x.dtype
         dtype = _compute_dtype(x.dtype)
+        v0 = None
+        if self.init == "fixed_uv" and warm_start is None:
+            v0 = self.initial_v(column_shape).to(dtype)
+            if v0.shape[0] != x.shape[-1]:
+                raise ValueError(f"NMF built for {v0.shape[0]} columns got matrices of shape {tuple(x.shape[-2:])}")
         with torch.autocast(device_type=x.device.type, enabled=False):
             xc = x.to(dtype)
-            eps = eps_for(dtype)
+            eps = self.eps_for(dtype)
             fused = warm_start is None and self.fusable and (nonnegative or _is_nonnegative(xc))
             if fused and not traced():  # the Gram matrices tell whether to rescale, at no extra pass over x
-                solved = self._solve_fused(xc, eps, check_range=True)
+                solved = self._solve_fused(xc, eps, v0, check_range=True)
                 if solved is not None:
                     return solved[0].to(out_dtype), solved[1].to(out_dtype)
             # Huge matrices are factorised at unit scale (their Gram products would overflow); U takes the
@@ -433,18 +504,20 @@ class NMF(nn.Module):
             if scale is not None:
                 xc = xc / scale
             if fused:
-                solved = self._solve_fused(xc, eps, check_range=False)
+                solved = self._solve_fused(xc, eps, v0, check_range=False)
                 assert solved is not None
                 u, v = solved
             else:
                 start = None if warm_start is None else (warm_start[0].to(dtype) / (scale if scale is not None else 1),
                                                          warm_start[1].to(dtype))
-                u, v = self._solve(xc.contiguous(), eps, start)
+                u, v = self._solve(xc.contiguous(), eps, start, v0)
             if scale is not None:
                 u = u * scale
         return u.to(out_dtype), v.to(out_dtype)
 
-    def _solve_fused(self, x: Tensor, eps: float, check_range: bool) -> tuple[Tensor, Tensor] | None:
+    def _solve_fused(
+        self, x: Tensor, eps: float, v0: Tensor | None, check_range: bool
+    ) -> tuple[Tensor, Tensor] | None:
         """Rank-1 HALS through the Gram matrices (module docstring); same schedule as :meth:`_solve`.
 
         With ``check_range``, ``None`` where :func:`grams_in_range` says the matrices need rescaling.
@@ -452,11 +525,18 @@ class NMF(nn.Module):
         g, g_left = gram_pair(x)
         if check_range and not grams_in_range(g):
             return None
-        with torch.no_grad():
-            u0 = self.initial_u(x)
-        u, a = self.solve_grams(g, g_left, u0, eps)
+        start = self.first_u(x @ v0, v0, eps) if v0 is not None else None
+        u, a = self.solve_grams(g, g_left, eps, start)
         # v = a X^T u: scaling u first keeps v a view of the product's output.
         return u, _transpose_times(x, u * a[..., None, None])
+
+    def first_u(self, xv0: Tensor, v0: Tensor, eps: float) -> Tensor:
+        """The ``fixed_uv`` init's first ``U`` step ``relu(X v0) / (v0.v0 + eps)`` from ``xv0 = X v0 (..., M, 1)``.
+
+        Tracked by autograd only when every iteration is (:attr:`tracked_first_step`).
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.tracked_first_step):
+            return torch.relu(xv0) / ((v0 * v0).sum() + eps)
 
     @property
     def _schedule(self) -> tuple[int, int]:
@@ -465,38 +545,60 @@ class NMF(nn.Module):
         return tracked, self.num_iters - tracked
 
     @property
+    def tracked_first_step(self) -> bool:
+        """Whether autograd tracks the first iteration (all of them are tracked)."""
+        return self._schedule[1] == 0
+
+    @property
     def needs_left_gram(self) -> bool:
         """Whether :meth:`solve_grams` reads ``g_left`` (a truncated gradient); otherwise pass ``g`` twice."""
         tracked, untracked = self._schedule
         return tracked > 0 and untracked > 0
 
-    def solve_grams(self, g: Tensor, g_left: Tensor, u0: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    def solve_grams(
+        self, g: Tensor, g_left: Tensor, eps: float, start: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Rank-1 HALS of matrices known only by their Gram matrices ``g (..., M, M)`` (see :func:`gram_pair`).
 
-        Starts from ``u0 (..., M, 1)``. Returns ``u (..., M, 1)`` and ``a (...)`` with the matrices' ``v =
-        a X^T u``. The caller checks :func:`grams_in_range` first where the matrices may be huge.
+        Returns ``u (..., M, 1)`` and ``a (...)`` with the matrices' ``v = a X^T u``. ``start`` is the
+        ``fixed_uv`` init's first ``U`` step (:meth:`first_u`), which counts as the first iteration;
+        other inits start from :meth:`initial_u`. The caller checks :func:`grams_in_range` first where
+        the matrices may be huge.
         """
         if not self.fusable:
-            raise ValueError("solve_grams needs the rank-1 HALS solver")
+            raise ValueError("solve_grams needs the rank-1 HALS solver and an init other than nndsvd")
+        if (start is None) == (self.init == "fixed_uv"):
+            raise ValueError("solve_grams needs the first U step exactly for the fixed_uv init")
         tracked, untracked = self._schedule
         m, batch = self.rows, g.shape[:-2]
+        if start is None:
+            with torch.no_grad():
+                start = self.initial_u(g)
+            detached = False
+        else:  # the first iteration is done: the loop runs the rest
+            detached, untracked = untracked > 0, max(0, untracked - 1)
+            tracked = self.num_iters - 1 - untracked
         g, g_left = (t.reshape(-1, m, m).permute(1, 2, 0).contiguous() for t in (g, g_left))  # (M, M, Bf)
-        u = u0.reshape(-1, m).t().contiguous()  # (M, Bf)
-        if tracked > 0 and torch.is_grad_enabled() and g.requires_grad:
-            u, a = _GramLoop.apply(g, g_left, u, tracked, untracked, eps)
+        u = start.reshape(-1, m).t().contiguous()  # (M, Bf)
+        if tracked > 0 and torch.is_grad_enabled() and (g.requires_grad or u.requires_grad):
+            u, a = _GramLoop.apply(g, g_left, u, tracked, untracked, eps, detached)
         else:
             with _one_cpu_thread(g.device):
-                u, a = _gram_loop(g, g_left, u, tracked, untracked, eps)
+                u, a = _gram_loop(g, g_left, u, tracked, untracked, eps, detached)
         return u.t().reshape(*batch, m, 1), a.reshape(batch)
 
-    def _solve(self, x: Tensor, eps: float, start: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    def _solve(
+        self, x: Tensor, eps: float, start: tuple[Tensor, Tensor] | None, v0: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         update = _UPDATES[self.solver]
         xt = x.transpose(-1, -2)
         tracked, untracked = self._schedule
-        # With no iterations at all, the initial projection is the only path for gradients.
         if start is not None:
             u, v = start
-        else:
+        elif v0 is not None:  # fixed_uv: both factors are constants, U is updated first
+            u = self.initial_u(x)
+            v = v0.expand(*x.shape[:-2], *v0.shape)
+        else:  # with no iterations at all, the initial projection is the only path for gradients
             with torch.set_grad_enabled(torch.is_grad_enabled() and (untracked == 0 or tracked == 0)):
                 u = self.initial_u(x)
                 v = _solve_factor(xt, u, eps)

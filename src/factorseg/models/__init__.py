@@ -46,8 +46,4 @@ def create(name: str, **overrides: Any) -> nn.Module:
     return _REGISTRY[name](**overrides)
 
 
-def is_factorizer(model: nn.Module) -> bool:
-    return isinstance(model, Factorizer)
-
-
-__all__ = ["PRESETS", "Factorizer", "available", "count_flops", "count_parameters", "create", "is_factorizer"]
+__all__ = ["PRESETS", "Factorizer", "available", "count_flops", "count_parameters", "create"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -11,32 +10,65 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from factorseg.blocks import ConvBlock, Downsample, FactorizerBlock, PositionalEmbedding, Upsample, conv_nd, window_path
+from factorseg.blocks import (
+    ConvBlock,
+    ConvStem,
+    Downsample,
+    Dropout,
+    FactorizerBlock,
+    PositionalEmbedding,
+    Upsample,
+    conv_nd,
+    window_path,
+)
 from factorseg.nmf import Init, Solver
 
 Variant = Literal["swin", "local", "global"]
 
-# Paper presets (Ashtari et al., MedIA 2023). ``crop`` is the training patch size the preset was
-# designed for; the model itself runs on any size divisible by its total stride.
+Stem = Literal["conv", "conv_block"]
+
+# The paper's networks (Ashtari et al., MedIA 2023; the authors' configs
+# ``bin/configs/{brats,isles}/config_*_swin-factorizer.yaml``). ``crop`` is the training patch edge the
+# preset was designed for (its positional embedding is sized for it); the model itself runs on any
+# size divisible by its total stride. Every architectural choice not listed is the class default,
+# which is the paper's (see :class:`Factorizer`).
 PRESETS: dict[str, dict[str, Any]] = {
     "brats": dict(
         in_channels=4, out_channels=3, widths=(32, 64, 128, 256, 512), head_dim=8, window_size=8, rank=1,
-        nmf_iters=5, solver="hals", mlp_ratio=2.0, dropout=0.1, deep_supervision=True, ds_heads=3, crop=128,
+        nmf_iters=5, solver="hals", mlp_ratio=2.0, dropout=0.1, deep_supervision=True, ds_heads=3,
+        pos_embed=True, crop=128,
     ),
     "isles22": dict(
-        in_channels=2, out_channels=2, widths=(32, 64, 128, 256, 512), head_dim=4, window_size=4, rank=1,
-        nmf_iters=5, solver="hals", mlp_ratio=4.0, dropout=0.1, deep_supervision=True, ds_heads=3, crop=64,
+        in_channels=2, out_channels=1, widths=(32, 64, 128, 256, 512), head_dim=4, window_size=4, rank=1,
+        nmf_iters=5, solver="hals", mlp_ratio=4.0, dropout=0.1, deep_supervision=True, ds_heads=3,
+        pos_embed=True, crop=64,
     ),
 }
 
+#: Architecture of factorseg models made before the paper-faithful defaults (configs without ``stem``).
+LEGACY_ARCHITECTURE: dict[str, Any] = dict(
+    stem="conv_block", down_norm=True, init="fixed_u", proj_bias=True, fuse_dropout=False, pos_embed=False,
+)
+#: Outputs of the legacy presets that the paper's differ from (ISLES'22: 2 softmax classes).
+LEGACY_PRESET_OUTPUTS: dict[str, int] = {"isles22": 2}
+
 
 class Factorizer(nn.Module):
-    """U-shaped network with Factorizer blocks at every encoder and decoder stage.
+    """U-shaped network with Factorizer blocks at every encoder and decoder stage (the paper's network).
 
-    Conv stem -> [strided-conv down -> Factorizer blocks] per stage -> [transposed-conv up ->
-    skip concatenation -> 1x1 fuse -> Factorizer blocks] per stage -> 1x1 head. In training mode
-    with ``deep_supervision`` it returns ``[full-res, 1/2-res, ...]`` logits (``ds_heads`` in all);
-    otherwise one tensor.
+    Stem -> Factorizer blocks -> [2x2 strided conv down -> Factorizer blocks] per stage (a positional
+    embedding before the bottleneck's) -> [2x2 transposed conv up -> concatenation with the skip ->
+    1x1 fuse -> dropout -> Factorizer blocks] per stage -> 1x1 heads. In training mode with
+    ``deep_supervision`` it returns ``[full-res, 1/2-res, ...]`` logits (``ds_heads`` in all);
+    otherwise the full-resolution tensor; :meth:`forward_all` returns every head in any mode.
+
+    The defaults are the paper's choices; the alternatives are options:
+    ``stem="conv"`` (one bias-free 3x3 conv) or ``"conv_block"`` (two conv + instance norm + LeakyReLU
+    with a residual); ``down_norm`` adds a bias and a LayerNorm to the downsampling conv; ``init``
+    (default ``"fixed_uv"``, the paper's, or ``"fixed_u"`` (the default of the global variant, which has
+    no fixed window), ``"random"``, ``"nndsvd"``; see :class:`factorseg.nmf.NMF`); ``proj_bias`` gives the mixers' in-projections and the skip fusions
+    a bias; ``fuse_dropout`` is the dropout after the fusion; ``pos_embed_size`` the bottleneck's
+    positional embedding (``None``: none); ``eps`` the NMF's denominator guard (the paper's 1e-8).
 
     ``variant`` picks the matricize: ``"swin"`` (windows at shifts 0 and window/2, averaged),
     ``"local"`` (windows, no shift) or ``"global"`` (the whole map is one window).
@@ -59,13 +91,18 @@ class Factorizer(nn.Module):
         rank: int = 1,
         nmf_iters: int = 5,
         solver: Solver = "hals",
-        init: Init = "fixed",
+        init: Init | None = None,
         backprop_iters: int | None = None,
         mlp_ratio: float = 2.0,
         dropout: float = 0.1,
         deep_supervision: bool = False,
         ds_heads: int = 3,
         pos_embed_size: Sequence[int] | None = None,
+        stem: Stem = "conv",
+        down_norm: bool = False,
+        proj_bias: bool = False,
+        fuse_dropout: bool = True,
+        eps: float | None = 1e-8,
         checkpoint_blocks: bool = False,
         seed: int = 0,
     ) -> None:
@@ -80,8 +117,12 @@ class Factorizer(nn.Module):
             raise ValueError(f"every width {widths} must be divisible by head_dim {head_dim}")
         if variant not in ("swin", "local", "global"):
             raise ValueError(f"unknown Factorizer variant {variant!r}")
+        if stem not in ("conv", "conv_block"):
+            raise ValueError(f"unknown stem {stem!r}; choose conv (the paper's) or conv_block")
         if deep_supervision and not 1 <= ds_heads <= levels - 1:
             raise ValueError(f"ds_heads must be between 1 and {levels - 1}")
+        if init is None:  # the paper's; the global variant has no fixed window for a v0
+            init = "fixed_u" if variant == "global" else "fixed_uv"
         if variant == "global":
             window, shift_list = None, [0]
         else:
@@ -105,19 +146,22 @@ class Factorizer(nn.Module):
                     FactorizerBlock(
                         channels, spatial_dims, mlp_ratio, dropout, head_dim=head_dim, window_size=window,
                         shifts=shift_list, rank=rank, num_iters=nmf_iters, solver=solver, init=init,
-                        backprop_iters=backprop_iters, seed=self._seed,
+                        backprop_iters=backprop_iters, seed=self._seed, in_bias=proj_bias, eps=eps,
                     )
                 )
                 self._seed += 1
             return nn.Sequential(*made)
 
-        self.stem = ConvBlock(in_channels, widths[0], spatial_dims)
-        self.down = nn.ModuleList([Downsample(widths[i - 1], widths[i], spatial_dims) for i in range(1, levels)])
+        self.stem = (ConvStem if stem == "conv" else ConvBlock)(in_channels, widths[0], spatial_dims)
+        self.down = nn.ModuleList(
+            [Downsample(widths[i - 1], widths[i], spatial_dims, norm=down_norm) for i in range(1, levels)]
+        )
         self.encoder = nn.ModuleList([blocks(w, d) for w, d in zip(widths, encoder_depths)])
-        self.pos_embed = PositionalEmbedding(widths[-1], pos_embed_size) if pos_embed_size else None
+        self.pos_embed = PositionalEmbedding(widths[-1], pos_embed_size, dropout) if pos_embed_size else None
         conv = conv_nd(spatial_dims)
         self.up = nn.ModuleList([Upsample(widths[i + 1], widths[i], spatial_dims) for i in range(levels - 1)])
-        self.fuse = nn.ModuleList([conv(2 * widths[i], widths[i], 1) for i in range(levels - 1)])
+        self.fuse = nn.ModuleList([conv(2 * widths[i], widths[i], 1, bias=proj_bias) for i in range(levels - 1)])
+        self.fuse_drop = Dropout(dropout if fuse_dropout else 0.0)
         self.decoder = nn.ModuleList([blocks(widths[i], decoder_depths[i]) for i in range(levels - 1)])
         self.head = conv(widths[0], out_channels, 1)
         n_aux = ds_heads - 1 if deep_supervision else 0
@@ -141,6 +185,11 @@ class Factorizer(nn.Module):
         return h
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        outputs = self.forward_all(x, heads=self.training and self.deep_supervision)
+        return outputs if self.training and self.deep_supervision else outputs[0]
+
+    def forward_all(self, x: Tensor, heads: bool = True) -> list[Tensor]:
+        """Logits of every head, ``[full-res, 1/2-res, ...]``, in any mode (only the first without ``heads``)."""
         self.check_size(x.shape[2:])
         skips = []
         h = self._stage(self.encoder[0], self.stem(x))
@@ -153,19 +202,23 @@ class Factorizer(nn.Module):
         decoded: list[Tensor] = []
         for i in reversed(range(len(self.up))):
             h = self.up[i](h)
-            h = self.fuse[i](torch.cat([h, skips[i]], dim=1))
+            h = self.fuse_drop(self.fuse[i](torch.cat([h, skips[i]], dim=1)))
             h = self._stage(self.decoder[i], h)
             decoded.append(h)
         out = self.head(h)
-        if not (self.training and self.deep_supervision):
-            return out
+        if not heads:
+            return [out]
         # decoded[-1] is full resolution; decoded[-1 - k] is 1 / 2**k.
-        aux = [head(decoded[-1 - k]) for k, head in enumerate(self.aux_heads, start=1)]
-        return [out, *aux]
+        return [out, *(head(decoded[-1 - k]) for k, head in enumerate(self.aux_heads, start=1))]
 
 
 def build_factorizer(variant: Variant, preset: str | None = None, **overrides: Any) -> Factorizer:
-    """A Factorizer of ``variant``, starting from ``preset`` (``brats``, ``isles22``) and ``overrides``."""
+    """A Factorizer of ``variant``, starting from ``preset`` (``brats``, ``isles22``) and ``overrides``.
+
+    ``pos_embed=True`` sizes the positional embedding for ``crop`` (the training patch edge) unless
+    ``pos_embed_size`` is given; ``pos_embed=False`` removes a preset's; without ``pos_embed``,
+    ``pos_embed_size`` (default none) decides.
+    """
     params: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -173,18 +226,18 @@ def build_factorizer(variant: Variant, preset: str | None = None, **overrides: A
         params.update(PRESETS[preset])
     params.update(overrides)
     crop = params.pop("crop", None)
-    if params.pop("pos_embed", False):
-        if crop is None and "pos_embed_size" not in params:
-            raise ValueError("pos_embed=True needs crop (the training patch size) or pos_embed_size")
-        levels = len(params.get("widths", (32, 64, 128, 256, 512)))
-        dims = params.get("spatial_dims", 3)
-        params.setdefault("pos_embed_size", [max(1, crop // 2 ** (levels - 1))] * dims)
+    pos_embed = params.pop("pos_embed", None)
+    if pos_embed:
+        if params.get("pos_embed_size") is None:
+            if crop is None:
+                raise ValueError("pos_embed=True needs crop (the training patch edge) or pos_embed_size")
+            levels = len(params.get("widths", (32, 64, 128, 256, 512)))
+            dims = params.get("spatial_dims", 3)
+            edges = [crop] * dims if isinstance(crop, int) else list(crop)
+            params["pos_embed_size"] = [max(1, int(e) // 2 ** (levels - 1)) for e in edges]
+    elif pos_embed is not None:
+        params["pos_embed_size"] = None
     return Factorizer(variant=variant, **params)
-
-
-def preset_crop(preset: str) -> int:
-    """Training patch edge length of a preset."""
-    return int(PRESETS[preset]["crop"])
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -214,9 +267,3 @@ def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
     with window_path(model), eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(*shape))
     return int(counter.get_total_flops())
-
-
-def receptive_sizes(model: Factorizer, size: int) -> list[int]:
-    """Spatial edge length at each level for an input edge of ``size``."""
-    levels = int(math.log2(model.total_stride)) + 1
-    return [size // 2**i for i in range(levels)]
