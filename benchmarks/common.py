@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the reference oracle lives with the t
 
 from factorseg.blocks import FactorizerBlock, NMFMixer  # noqa: E402
 from factorseg.models import create  # noqa: E402
+from factorseg.models.factorizer import LEGACY_ARCHITECTURE  # noqa: E402
 
 IN_CHANNELS, OUT_CHANNELS = 4, 3
 
@@ -54,8 +55,12 @@ MODELS: dict[str, tuple[str, dict[str, Any], int]] = {
     # and with its blocks recomputed in the backward pass (less memory, more time).
     "swin_factorizer_no_dropout": ("swin_factorizer", {"preset": "brats", "dropout": 0.0}, 16),
     "swin_factorizer_checkpointed": ("swin_factorizer", {"preset": "brats", "checkpoint_blocks": True}, 16),
+    # The BraTS preset as factorseg built it before it became the paper's network (conv-block stem,
+    # normalised downsampling, fixed_u init, biases, no positional embedding): the "before".
+    "swin_factorizer_legacy": ("swin_factorizer", {"preset": "brats", **LEGACY_ARCHITECTURE}, 16),
 }
-DEFAULT_MODELS = [name for name in MODELS if name not in ("swin_factorizer_no_dropout", "swin_factorizer_checkpointed")]
+DEFAULT_MODELS = [name for name in MODELS if name not in (
+    "swin_factorizer_no_dropout", "swin_factorizer_checkpointed", "swin_factorizer_legacy")]
 
 
 def build(name: str, size: int, **overrides: Any) -> nn.Module:

@@ -1,7 +1,8 @@
 """Micro-benchmark: our NMF mixer against the plain reference formulation, one optimisation at a time.
 
 The mixer is the BraTS preset's full-resolution one (32 channels, head_dim 8, 8^3 windows at shifts 0
-and 4, rank 1, 5 HALS iterations) on a ``(1, 32, S, S, S)`` input. Rows, each timed interleaved with
+and 4, rank 1, 5 HALS iterations, the paper's fixed_uv init) on a ``(1, 32, S, S, S)`` input; the
+same mixer with the fixed_u init (factorseg's earlier default) is timed beside it. Rows, each timed interleaved with
 the others in one process (minimum and median of ``--repeats``):
 
 * training (forward + backward, gradients for the input and all parameters):
@@ -31,10 +32,12 @@ from benchmarks.common import common_arguments, fmt_seconds, markdown_table, sav
 from factorseg.blocks import NMFMixer
 
 
-def make_mixer(channels: int, fused: bool = True, backprop_iters: int | None = None, subblocks: bool = True) -> NMFMixer:
+def make_mixer(
+    channels: int, fused: bool = True, backprop_iters: int | None = None, subblocks: bool = True, init: str = "fixed_uv"
+) -> NMFMixer:
     torch.manual_seed(0)
     mixer = NMFMixer(channels, 3, head_dim=8, window_size=8, shifts=[0, 4], rank=1, num_iters=5,
-                     solver="hals", backprop_iters=backprop_iters)
+                     solver="hals", init=init, backprop_iters=backprop_iters)
     mixer.nmf.fused = fused
     mixer.subblocks = subblocks
     return mixer
@@ -88,9 +91,10 @@ def main() -> None:
     x = torch.randn(1, args.channels, args.size, args.size, args.size, device=device)
     ours, plain, onestep, windowed = (make_mixer(args.channels, fused, k, sub).to(device) for fused, k, sub in
                                       ((True, None, True), (False, None, False), (True, 1, True), (True, None, False)))
+    fixed_u = make_mixer(args.channels, init="fixed_u").to(device)
     crop = x[..., :16, :16, :16]
     errors = check_equal(ours, crop)
-    for label, mixer in (("window path", windowed), ("plain iterations", plain)):
+    for label, mixer in (("window path", windowed), ("plain iterations", plain), ("fixed_u init", fixed_u)):
         errors.update({f"{label}, {k}": v for k, v in check_equal(mixer, crop).items()})
     worst = max(errors.values())
     print(f"ours vs reference (16^3 crop): worst relative difference {worst:.2e}")
@@ -104,6 +108,7 @@ def main() -> None:
         "+ fused rank-1 HALS": training_step(windowed, x, list(windowed.parameters())),
         "+ sub-blocks (ours)": training_step(ours, x, params),
         "+ one-step gradient": training_step(onestep, x, list(onestep.parameters())),
+        "sub-blocks, fixed_u init": training_step(fixed_u, x, list(fixed_u.parameters())),
     }, args.repeats, device)
 
     def under(ctx: Callable[[], contextlib.AbstractContextManager], fn: Callable[[Tensor], Tensor]) -> Callable[[], object]:
@@ -119,6 +124,7 @@ def main() -> None:
         "window path (fused HALS), inference_mode": under(torch.inference_mode, windowed),
         "ours, no_grad": under(torch.no_grad, ours),
         "ours, inference_mode": under(torch.inference_mode, ours),
+        "ours with the fixed_u init, inference_mode": under(torch.inference_mode, fixed_u),
         "ours, inference_mode + bf16 autocast": under(lambda: _both(torch.inference_mode(), bf16()), ours),
     }
     if args.compile:

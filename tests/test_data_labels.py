@@ -91,7 +91,7 @@ def test_classes_target_is_index_map_for_dice_ce_with_non_contiguous_values() ->
 
 
 def test_to_label_accepts_logits_and_index_maps() -> None:
-    spec = LABEL_SPECS["isles22"]
+    spec = LabelSpec.classes_from_values([0, 1], ["background", "lesion"])
     logits = torch.tensor([[[[2.0, -1.0]]], [[[0.5, 3.0]]]])  # (2, 1, 1, 2)
     np.testing.assert_array_equal(spec.to_label(logits), [[[0, 1]]])
     np.testing.assert_array_equal(spec.to_label(np.array([[[[1, 0]]]])), [[[1, 0]]])
@@ -99,6 +99,16 @@ def test_to_label_accepts_logits_and_index_maps() -> None:
         spec.to_label(torch.zeros(3, 2, 2, 2))
     with pytest.raises(InputError, match="class indices"):
         spec.to_label(np.full((1, 2, 2, 2), 2))
+
+
+def test_isles22_is_one_sigmoid_channel() -> None:
+    """The paper's ISLES'22 head: one sigmoid lesion channel, thresholded at 0.5."""
+    spec = LABEL_SPECS["isles22"]
+    assert spec.mode == "regions" and spec.num_outputs == 1
+    label = np.array([[[0, 1], [1, 0]]])
+    np.testing.assert_array_equal(spec.to_target(label).numpy()[0], label)
+    probabilities = torch.sigmoid(torch.tensor([[[[-2.0, 0.3], [1.0, -0.1]]]]))  # (1, 1, 2, 2)
+    np.testing.assert_array_equal(spec.to_label(probabilities), [[[0, 1], [1, 0]]])
 
 
 def test_regions_paint_inner_regions_over_outer() -> None:

@@ -33,7 +33,6 @@ def identity_mixer(channels: int, dims: int, head_dim: int, window, shifts, **nm
     with torch.no_grad():
         eye = torch.eye(channels).reshape(channels, channels, *([1] * dims))
         mixer.in_proj.weight.copy_(eye)
-        mixer.in_proj.bias.zero_()
     return nn.Sequential(mixer)
 
 

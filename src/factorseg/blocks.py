@@ -139,13 +139,15 @@ class NMFMixer(nn.Module):
         rank: int = 1,
         num_iters: int = 5,
         solver: Solver = "hals",
-        init: Init = "fixed_uv",
+        init: Init | None = None,
         backprop_iters: int | None = None,
         seed: int = 0,
         in_bias: bool = False,
         eps: float | None = None,
     ) -> None:
         super().__init__()
+        if init is None:  # the paper's; global windows have no fixed size for a v0
+            init = "fixed_u" if window_size is None else "fixed_uv"
         conv = conv_nd(spatial_dims)
         self.in_proj = conv(channels, channels, 1, bias=in_bias)
         self.out_proj = conv(channels, channels, 1)
@@ -362,9 +364,10 @@ def _conv_padded_input(conv: nn.Module, x: Tensor) -> Tensor:
 
     oneDNN has no fast kernel for 3D convolutions on few input channels (4 MRI modalities): padding
     to 8 makes the stem's first convolution about 3x faster; the zeros add nothing to the result.
+    Not under graph capture: the ONNX exporter mis-shapes the absent bias of a functional conv.
     """
     c = x.shape[1]
-    if x.dim() != 5 or c % 8 == 0 or x.device.type != "cpu":
+    if x.dim() != 5 or c % 8 == 0 or x.device.type != "cpu" or traced():
         return conv(x)
     extra = -c % 8
     xp = channels_last(F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra)))

@@ -61,8 +61,10 @@ class LoadedModel:
 
 
 def bundle_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a resolved training config that a bundle keeps."""
-    return {key: config[key] for key in BUNDLE_KEYS}
+    """The part of a resolved training config that a bundle keeps, the architecture spelt out."""
+    kept = {key: config[key] for key in BUNDLE_KEYS}
+    kept["model"] = models.explicit_architecture(kept["model"])
+    return kept
 
 
 def save_bundle(config: dict[str, Any], model: nn.Module, path: Path, overwrite: bool = True) -> Path:
@@ -128,6 +130,7 @@ def load_bundle(path: str | Path) -> LoadedModel:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: not a factorseg model bundle (no weights)")
     _check_config(config, path)
+    config = {**config, "model": models.upgrade_legacy(config["model"])}
     model = build_model(config["model"])
     try:
         model.load_state_dict(state)

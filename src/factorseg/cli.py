@@ -271,6 +271,44 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_import_checkpoint(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-checkpoint", help="convert a checkpoint of the authors' Factorizer code into a bundle",
+        description="Read a Lightning checkpoint of the authors' Factorizer code (SegmentationFactorizer) without "
+        "running anything in it and write a factorseg model bundle. The architecture is read from the weights; "
+        "what they cannot tell comes from the checkpoint's plain hyper-parameters, the options below, or the "
+        "paper's values.",
+        epilog="Example: factorseg import-checkpoint brats_fold0.ckpt -o brats_fold0.pt",
+    )
+    p.add_argument("checkpoint", type=Path, help="the authors' Lightning checkpoint (.ckpt)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="bundle to write (.pt)")
+    p.add_argument("--variant", choices=["swin", "local"], help="windows: shifted (swin) or not (local); "
+                   "default: from the checkpoint")
+    p.add_argument("--window-size", type=int, nargs="+", metavar="N", help="window edge(s), where v0 is not a cube")
+    p.add_argument("--nmf-iters", type=int, help="NMF iterations (default: the checkpoint's, else 5)")
+    p.add_argument("--labels", help="label convention (default: msd_task01 for 3 outputs, isles22 for 1)")
+    p.add_argument("--channels", nargs="+", help="input channel names (default: FLAIR T1w t1gd T2w for 4, "
+                   "DWI ADC for 2)")
+    p.add_argument("--crop", type=int, help="training patch edge (default: positional embedding size x total stride)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar="MM", help="voxel spacing to resample to "
+                   "(default: 1 mm for BraTS labels, the images' own otherwise)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=_cmd_import_checkpoint)
+
+
+def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from factorseg.official import import_official_checkpoint
+
+    window = args.window_size[0] if args.window_size and len(args.window_size) == 1 else args.window_size
+    path = import_official_checkpoint(
+        args.checkpoint, args.output, overwrite=args.overwrite, variant=args.variant, nmf_iters=args.nmf_iters,
+        window_size=window, labels=args.labels, channels=args.channels, crop=args.crop,
+        spacing=args.spacing if args.spacing is not None else "auto",
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the whole idea in minutes on synthetic data",
@@ -326,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"factorseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_predict, _add_evaluate, _add_explain, _add_export, _add_demo, _add_recipes):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_explain, _add_export, _add_import_checkpoint,
+                _add_demo, _add_recipes):
         add(sub)
     return parser
 

@@ -165,14 +165,14 @@ class _Recorder:
         """
         if self.input is None:
             raise RuntimeError(f"block {self.name} did not run in the forward pass")
-        mats, _ = self.mixer.matrices(self.input)
+        mats, lay = self.mixer.matrices(self.input)
         cpu_state, cuda_state = self.rng
         devices = [self.input.device] if cuda_state is not None else []
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(cpu_state)
             if cuda_state is not None:
                 torch.cuda.set_rng_state(cuda_state, self.input.device)
-            u, v = self.mixer.nmf.decompose(mats, nonnegative=True)
+            u, v = self.mixer.nmf.decompose(mats, nonnegative=True, column_shape=lay.window)
         self.input = None
         self.record(mats, u, v)
 

@@ -58,7 +58,24 @@ def _on_cpu(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu()
 
 
+def _with_zero_biases(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose bias-free convolutions have a zero bias (same outputs).
+
+    The dynamo ONNX exporter (torch 2.13) writes a wrongly shaped bias for convolutions without one,
+    which onnxruntime refuses; the paper's stem, downsampling and fusion convolutions have none.
+    """
+    if not any(isinstance(m, nn.modules.conv._ConvNd) and m.bias is None for m in model.modules()):
+        return model
+    copied = copy.deepcopy(model)
+    for module in copied.modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and module.bias is None:
+            channels = module.out_channels
+            module.bias = nn.Parameter(module.weight.new_zeros(channels), requires_grad=False)
+    return copied
+
+
 def _export_onnx(model: nn.Module, example: Tensor, target: Path) -> None:
+    model = _with_zero_biases(model)
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401

@@ -321,8 +321,8 @@ LABEL_SPECS: dict[str, LabelSpec] = {
     "brats2015": LabelSpec(
         "regions", _REGION_NAMES, (0, 1, 2, 3, 4), ((1, 3, 4), (1, 2, 3, 4), (4,)), (1, 2, 4), "brats2015"
     ),
-    # ISLES'22: binary ischemic stroke lesion.
-    "isles22": LabelSpec("classes", ("background", "lesion"), (0, 1), convention="isles22"),
+    # ISLES'22: binary ischemic stroke lesion, one sigmoid channel as in the paper.
+    "isles22": LabelSpec("regions", ("lesion",), (0, 1), ((1,),), (1,), "isles22"),
 }
 
 

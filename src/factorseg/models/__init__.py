@@ -10,12 +10,15 @@ from torch import nn
 
 from factorseg.models import baselines
 from factorseg.models.factorizer import (
+    FACTORIZERS,
     PRESETS,
     Factorizer,
     build_factorizer,
     count_flops,
     count_parameters,
     eval_mode,
+    explicit_architecture,
+    upgrade_legacy,
 )
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -46,4 +49,7 @@ def create(name: str, **overrides: Any) -> nn.Module:
     return _REGISTRY[name](**overrides)
 
 
-__all__ = ["PRESETS", "Factorizer", "available", "count_flops", "count_parameters", "create"]
+__all__ = [
+    "FACTORIZERS", "PRESETS", "Factorizer", "available", "count_flops", "count_parameters", "create", "explicit_architecture",
+    "upgrade_legacy",
+]

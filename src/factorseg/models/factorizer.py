@@ -45,12 +45,30 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-#: Architecture of factorseg models made before the paper-faithful defaults (configs without ``stem``).
+#: The architectural choices a trained model's config records explicitly (:func:`explicit_architecture`).
+ARCHITECTURE: dict[str, Any] = dict(stem="conv", down_norm=False, proj_bias=False, fuse_dropout=True)
+#: Those choices in factorseg models made before the paper-faithful defaults (configs without ``stem``).
 LEGACY_ARCHITECTURE: dict[str, Any] = dict(
     stem="conv_block", down_norm=True, init="fixed_u", proj_bias=True, fuse_dropout=False, pos_embed=False,
 )
-#: Outputs of the legacy presets that the paper's differ from (ISLES'22: 2 softmax classes).
-LEGACY_PRESET_OUTPUTS: dict[str, int] = {"isles22": 2}
+FACTORIZERS = ("swin_factorizer", "local_factorizer", "global_factorizer")
+
+
+def explicit_architecture(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """``model_cfg`` with the architectural choices spelt out (defaults filled in) for a Factorizer.
+
+    Training records them, so that a saved model keeps meaning the same network when defaults change.
+    """
+    if model_cfg.get("name") not in FACTORIZERS:
+        return dict(model_cfg)
+    return {**ARCHITECTURE, **model_cfg}
+
+
+def upgrade_legacy(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A saved Factorizer config without ``stem`` predates the paper's defaults: give it its own choices."""
+    if model_cfg.get("name") not in FACTORIZERS or "stem" in model_cfg:
+        return dict(model_cfg)
+    return {**LEGACY_ARCHITECTURE, **model_cfg}
 
 
 class Factorizer(nn.Module):
@@ -121,8 +139,6 @@ class Factorizer(nn.Module):
             raise ValueError(f"unknown stem {stem!r}; choose conv (the paper's) or conv_block")
         if deep_supervision and not 1 <= ds_heads <= levels - 1:
             raise ValueError(f"ds_heads must be between 1 and {levels - 1}")
-        if init is None:  # the paper's; the global variant has no fixed window for a v0
-            init = "fixed_u" if variant == "global" else "fixed_uv"
         if variant == "global":
             window, shift_list = None, [0]
         else:

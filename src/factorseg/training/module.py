@@ -23,12 +23,16 @@ def _plain(x: Any) -> Tensor:
     return convert_to_tensor(x, track_meta=False)
 
 
-def make_loss(labels: LabelSpec, ds_weights: list[float] | None) -> torch.nn.Module:
-    """Dice + cross-entropy (softmax classes) or Dice + binary cross-entropy (sigmoid regions)."""
+def make_loss(labels: LabelSpec, ds_weights: list[float] | None, squared_pred: bool = False) -> torch.nn.Module:
+    """Dice + cross-entropy (softmax classes) or Dice + binary cross-entropy (sigmoid regions, every channel).
+
+    ``squared_pred`` squares the predictions in the Dice denominator (the paper's BraTS and ISLES'22 loss).
+    """
+    common = dict(smooth_nr=1e-5, smooth_dr=1e-5, squared_pred=squared_pred)
     if labels.mode == "regions":
-        base = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        base = DiceCELoss(sigmoid=True, include_background=True, **common)
     else:
-        base = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1e-5, smooth_dr=1e-5)
+        base = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, **common)
     return DeepSupervisionLoss(base, weight_mode="exp", weights=ds_weights)
 
 
@@ -57,7 +61,8 @@ class SegmentationModule(pl.LightningModule):
         self.config = config
         self.labels = LabelSpec.from_dict(config["labels"])
         self.model = build_model(config["model"])
-        self.loss = make_loss(self.labels, config["train"].get("deep_supervision_weights"))
+        train = config["train"]
+        self.loss = make_loss(self.labels, train.get("deep_supervision_weights"), train.get("squared_pred", False))
         self.dice = DiceMetric(include_background=self.labels.mode == "regions", reduction="mean_batch")
 
     def forward(self, x: Tensor) -> Tensor:

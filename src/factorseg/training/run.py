@@ -21,6 +21,7 @@ from monai.data import list_data_collate
 from rich.progress import track
 from torch.utils.data import DataLoader
 
+from factorseg import models
 from factorseg.bundle import save_bundle
 from factorseg.config import SECTIONS, save_config
 from factorseg.data.formats import DatasetInfo, load_dataset
@@ -87,7 +88,7 @@ def resolve_config(cfg: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
     labels = info.labels
     cfg["labels"] = labels.to_dict()
     cfg["channels"] = list(info.channels)
-    model = cfg["model"]
+    model = cfg["model"] = models.explicit_architecture(cfg["model"])
     for key, value in (("in_channels", len(info.channels)), ("out_channels", labels.num_outputs)):
         if model.get(key) is None:
             model[key] = value
@@ -95,6 +96,8 @@ def resolve_config(cfg: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
             raise InputError(f"recipe sets model.{key}={model[key]} but the dataset needs {value}")
     tcfg = TransformConfig.from_dict(cfg["transforms"])
     cfg["transforms"] = tcfg.to_dict()
+    if model["name"] in models.FACTORIZERS and "pos_embed_size" not in model:
+        model["crop"] = list(tcfg.roi_size)  # a positional embedding is sized for the training patch
     _check_train_settings(cfg["train"])
     InferenceOptions().resolved(cfg["inference"])  # the bundles carry these: refuse bad ones before training
     return cfg
@@ -118,6 +121,8 @@ def _check_train_settings(train: dict[str, Any]) -> None:
         value = train.get(key)
         if value is not None and (not number(value) or value < 0):
             raise InputError(f"train.{key} must be a number >= 0, got {value!r}")
+    if not isinstance(train.get("squared_pred", False), bool):
+        raise InputError(f"train.squared_pred must be true or false, got {train['squared_pred']!r}")
 
 
 def _precision(setting: str) -> str:
