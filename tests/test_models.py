@@ -124,3 +124,66 @@ def test_checkpointed_blocks_give_the_same_values_and_gradients() -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_defaults_are_the_papers_and_the_earlier_choices_are_options() -> None:
+    """The class defaults build the paper's blocks; each earlier factorseg choice is one named option."""
+    from factorseg.blocks import ConvBlock, ConvStem
+    from factorseg.models.factorizer import LEGACY_ARCHITECTURE
+
+    paper = create("swin_factorizer", in_channels=2, out_channels=3, **SMALL)
+    assert isinstance(paper.stem, ConvStem) and paper.stem.conv.bias is None
+    assert all(d.conv.bias is None and isinstance(d.norm, torch.nn.Identity) for d in paper.down)
+    assert all(f.bias is None for f in paper.fuse) and paper.fuse_drop.p == SMALL["dropout"]
+    mixers = [b.mixer for b in paper.modules() if isinstance(b, FactorizerBlock)]
+    assert all(m.in_proj.bias is None and m.nmf.init == "fixed_uv" and m.nmf.v0.shape == (64, 1) for m in mixers)
+    assert all(m.nmf.eps == 1e-8 for m in mixers)
+    legacy = create("swin_factorizer", in_channels=2, out_channels=3, **SMALL, **LEGACY_ARCHITECTURE)
+    assert isinstance(legacy.stem, ConvBlock) and legacy.pos_embed is None
+    assert all(d.conv.bias is not None for d in legacy.down) and all(f.bias is not None for f in legacy.fuse)
+    mixers = [b.mixer for b in legacy.modules() if isinstance(b, FactorizerBlock)]
+    assert all(m.in_proj.bias is not None and m.nmf.init == "fixed_u" and not hasattr(m.nmf, "v0") for m in mixers)
+    # The global variant has no fixed window for a v0: its default is fixed_u.
+    glob = create("global_factorizer", in_channels=2, out_channels=3, **SMALL)
+    assert {b.mixer.nmf.init for b in glob.modules() if isinstance(b, FactorizerBlock)} == {"fixed_u"}
+
+
+def test_presets_are_the_papers_heads_and_embeddings() -> None:
+    brats = create("swin_factorizer", preset="brats")
+    isles = create("swin_factorizer", preset="isles22")
+    assert brats.head.out_channels == 3 and isles.head.out_channels == 1  # ISLES'22: one sigmoid channel
+    assert tuple(brats.pos_embed.weight.shape) == (1, 512, 8, 8, 8)  # 128^3 crop / 16
+    assert tuple(isles.pos_embed.weight.shape) == (1, 512, 4, 4, 4)  # 64^3 crop / 16
+    assert create("swin_factorizer", preset="brats", pos_embed=False).pos_embed is None
+    # Built for a 96^3 patch, the embedding is sized for it.
+    assert tuple(create("swin_factorizer", preset="brats", crop=96).pos_embed.weight.shape[2:]) == (6, 6, 6)
+
+
+def test_forward_all_returns_every_head_in_eval_mode() -> None:
+    model = create("swin_factorizer", in_channels=1, out_channels=2, deep_supervision=True, ds_heads=2, **SMALL)
+    model.eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        outs = model.forward_all(x)
+        assert [tuple(o.shape) for o in outs] == [(1, 2, 16, 16, 16), (1, 2, 8, 8, 8)]
+        torch.testing.assert_close(outs[0], model(x), rtol=0, atol=0)
+
+
+def test_saved_configs_spell_out_the_architecture_and_old_ones_load_as_they_were(tmp_path) -> None:
+    """Bundles record the architectural choices; a config without them (older factorseg) gets the earlier ones."""
+    from factorseg.bundle import bundle_config, load_bundle
+    from factorseg.io import save_checkpoint
+    from factorseg.models.factorizer import LEGACY_ARCHITECTURE
+
+    base = {"name": "swin_factorizer", "in_channels": 1, "out_channels": 2, **SMALL}
+    rest = {"labels": {"mode": "classes", "names": ["background", "fg"], "values": [0, 1]},
+            "transforms": {}, "channels": ["t1"], "inference": {}}
+    explicit = bundle_config({"model": base, **rest})["model"]
+    assert explicit["stem"] == "conv" and explicit["down_norm"] is False and explicit["proj_bias"] is False
+    old_model = create("swin_factorizer", **{k: v for k, v in base.items() if k != "name"}, **LEGACY_ARCHITECTURE)
+    path = tmp_path / "old.pt"
+    save_checkpoint({"config": {"model": base, **rest}, "state_dict": old_model.state_dict()}, path)
+    loaded = load_bundle(path)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), old_model.eval()(x), rtol=0, atol=0)
