@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python -m benchmarks.models --sizes 64 96 128 --repeats 3
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info src/*.egg-info

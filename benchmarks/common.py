@@ -14,7 +14,6 @@ can be told apart from activations.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import json
 import os
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the reference oracle lives with the tests
 
+from factorseg import allocator  # noqa: E402
 from factorseg.blocks import FactorizerBlock, NMFMixer  # noqa: E402
 from factorseg.models import create  # noqa: E402
 from factorseg.models.factorizer import LEGACY_ARCHITECTURE  # noqa: E402
@@ -104,24 +104,11 @@ class reference_blocks:  # noqa: N801 - used as a context manager, reads like a 
 
 
 def tune_allocator() -> bool:
-    """Keep freed memory in glibc's heap (no ``mmap`` per large tensor, no trimming).
+    """Keep freed memory in glibc's heap (:func:`factorseg.allocator.tune`, what the CLI applies).
 
-    PyTorch's CPU allocator hands every large tensor back to the OS; the next one is then
-    page-faulted in again, which on this VM costs about as much as the work on it. Returns whether
-    the settings were applied (glibc only). Applies to every model in the process alike.
+    Returns whether the settings were applied (glibc only). Applies to every model in the process alike.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-    # One arena: autograd's backward thread would otherwise allocate from a secondary arena, whose
-    # heaps glibc does shrink (returning pages to the OS) whatever the trim threshold.
-    return (
-        bool(libc.mallopt(m_mmap_max, 0))
-        and bool(libc.mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)))
-        and bool(libc.mallopt(m_arena_max, 1))
-    )
+    return allocator.tune()
 
 
 def environment(threads: int, tuned: bool) -> dict[str, Any]:

@@ -279,7 +279,7 @@ class MLP(nn.Module):
         first, act, drop1, second, drop2 = self.net
         h = F.linear(x, _pointwise_weight(first), first.bias)
         if _can_modify_inplace(h):
-            h = torch._C._nn.gelu_(h, approximate=act.approximate)
+            h = torch.ops.aten.gelu_(h, approximate=act.approximate)
         else:
             h = F.gelu(h, approximate=act.approximate)
         return drop2(F.linear(drop1(h), _pointwise_weight(second), second.bias))
@@ -290,7 +290,7 @@ class MLP(nn.Module):
         The second product accumulates straight into ``y`` (no separate output and sum).
         """
         first, act, drop1, second, drop2 = self.net
-        h = torch._C._nn.gelu_(F.linear(x, _pointwise_weight(first), first.bias), approximate=act.approximate)
+        h = torch.ops.aten.gelu_(F.linear(x, _pointwise_weight(first), first.bias), approximate=act.approximate)
         h = drop1(h)
         if (drop2.p > 0 and drop2.training) or h.dtype != y.dtype or second.weight.dtype != y.dtype:
             # Dropout or autocast (e.g. bf16 products): no fused accumulation.

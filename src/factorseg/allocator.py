@@ -1,0 +1,73 @@
+"""glibc malloc settings that stop the page-fault storm of large CPU tensors (applied by the CLI only).
+
+PyTorch's CPU allocator returns every freed block to glibc, and glibc serves blocks above its mmap
+threshold (128 KiB to 32 MiB, adapting) with a fresh ``mmap`` and unmaps them on ``free``. A training
+step allocates and frees hundreds of large activations, so every step page-faults them all in again:
+on the 2-core VM this project is developed on, half of a Factorizer training step was the kernel
+zeroing pages (docs/performance.md). Keeping freed memory in the heap removes that cost:
+
+* ``M_MMAP_MAX = 0``: no block is served by ``mmap``; everything comes from the heap, which is reused;
+* ``M_TRIM_THRESHOLD`` = max: the heap top is never given back (it is reused by the next step);
+* ``M_TOP_PAD`` = 256 MiB: the heap grows in large steps (fewer ``brk`` calls);
+* ``M_ARENA_MAX = 1``: one arena, so that autograd's backward thread does not allocate from a
+  secondary arena, whose heaps glibc shrinks whatever the trim threshold.
+
+The process then keeps its peak working set (it does not grow beyond it: freed blocks are reused).
+
+Library code does not change process-wide state behind its caller, so :func:`tune` is called by the
+``factorseg`` command (every sub-command, ``python -m factorseg``, and the DDP workers, which run the
+same command) and by the benchmarks, never on import. Python API users who want the same can call
+``factorseg.allocator.tune()`` at the start of their program, or start Python with
+``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:glibc.malloc.top_pad=268435456:glibc.malloc.arena_max=1``.
+``FACTORSEG_ALLOCATOR=default`` (or any ``GLIBC_TUNABLES`` of the user's own that sets malloc
+parameters) leaves glibc as it is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+from collections.abc import Mapping
+
+#: Environment variable: ``default`` keeps glibc's own allocator behaviour.
+OPT_OUT = "FACTORSEG_ALLOCATOR"
+
+# mallopt parameter numbers (glibc malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
+_TOP_PAD = 256 << 20
+_INT_MAX = 2**31 - 1
+
+
+def wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether :func:`tune` should act: Linux, no opt-out, no malloc tunables set by the user."""
+    env = os.environ if environ is None else environ
+    if platform.system() != "Linux":
+        return False
+    if env.get(OPT_OUT, "").strip().lower() in ("default", "off", "0", "no", "false"):
+        return False
+    return "glibc.malloc." not in env.get("GLIBC_TUNABLES", "")
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library if it is glibc (``mallopt`` with glibc's parameter numbers), else None."""
+    name = ctypes.util.find_library("c") or "libc.so.6"
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version()
+    except (OSError, AttributeError):  # not glibc (musl, macOS) or no C library found
+        return None
+    return libc
+
+
+def tune(environ: Mapping[str, str] | None = None) -> bool:
+    """Apply the settings of the module docstring to this process; returns whether they were applied."""
+    if not wanted(environ):
+        return False
+    libc = _glibc()
+    if libc is None:
+        return False
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX), (_M_TOP_PAD, _TOP_PAD))
+    return all(bool(libc.mallopt(param, ctypes.c_int(value))) for param, value in settings)
