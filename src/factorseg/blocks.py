@@ -73,11 +73,25 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         if self.p == 1:
             return x * 0.0
-        threshold = round(self.p * 65536)
-        n = x.numel()
-        words = torch.empty(-(-n // 4), dtype=torch.int64).random_(-(2**63), None)
-        keep = (words.view(torch.int16)[:n] >= threshold - 32768).view(x.shape)
-        return _KeepScale.apply(x, keep, 65536 / (65536 - threshold))
+        keep, scale = keep_mask(x.shape, self.p, x.device)
+        return _KeepScale.apply(x, keep, scale)
+
+
+def keep_mask(
+    shape: Sequence[int], p: float, device: torch.device, generator: torch.Generator | None = None
+) -> tuple[Tensor, float]:
+    """A dropout keep-mask (``bool``) of ``shape`` and the scale of kept values, for ``0 < p < 1``.
+
+    CPU: from 64-bit random words (see :class:`Dropout`; ``p`` rounded to a multiple of ``2^-16``);
+    other devices: ``bernoulli_``. ``generator`` (on ``device``) makes the mask reproducible.
+    """
+    n = math.prod(shape)
+    if device.type == "cpu":
+        threshold = round(p * 65536)
+        words = torch.empty(-(-n // 4), dtype=torch.int64).random_(-(2**63), None, generator=generator)
+        return (words.view(torch.int16)[:n] >= threshold - 32768).view(*shape), 65536 / (65536 - threshold)
+    keep = torch.empty(*shape, device=device).bernoulli_(1.0 - p, generator=generator).bool()
+    return keep, 1.0 / (1.0 - p)
 
 
 class _KeepScale(torch.autograd.Function):
@@ -303,6 +317,94 @@ class MLP(nn.Module):
         return y
 
 
+class _MLPResidual(torch.autograd.Function):
+    """``y + drop(W2 drop(gelu(W1 LN(y) + b1)) + b2)`` on channels-last rows ``(V, C)``, saving little.
+
+    The plain formulation keeps, per voxel, the LayerNorm input and output, the GELU input and output,
+    both dropout masks and the LayerNorm statistics: about 6.75 C values. This function keeps the
+    input ``y``, the LayerNorm statistics and the GELU input ``h`` (3 C + 2) and recomputes the cheap
+    per-voxel rest in the backward pass: the normalisation, the GELU and the dropout masks (drawn
+    again from a saved seed). No matrix product is recomputed. Same values and gradients as the
+    plain formulation with the same masks (tests/test_memory_diet.py).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, rows: Tensor, ln_w: Tensor | None, ln_b: Tensor | None, w1: Tensor, b1: Tensor | None,
+        w2: Tensor, b2: Tensor | None, eps: float, approximate: str, p: float, seed: int | None,
+    ) -> Tensor:
+        c = rows.shape[-1]
+        normed, mean, rstd = torch.ops.aten.native_layer_norm(rows, [c], ln_w, ln_b, eps)
+        h = F.linear(normed, w1, b1)
+        del normed
+        keep = _dropout_masks(h.shape, rows.shape, p, seed, rows.device)
+        z = F.linear(_masked(F.gelu(h, approximate=approximate), keep[0]), w2, b2)
+        ctx.save_for_backward(rows, mean, rstd, h, ln_w, ln_b, w1, b1, w2)
+        ctx.settings = (eps, approximate, p, seed)
+        return rows + _masked(z, keep[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        rows, mean, rstd, h, ln_w, ln_b, w1, b1, w2 = ctx.saved_tensors
+        eps, approximate, p, seed = ctx.settings
+        c = rows.shape[-1]
+        keep = _dropout_masks(h.shape, rows.shape, p, seed, rows.device)
+        need = ctx.needs_input_grad
+        dz = _masked(dout, keep[1])
+        g = _masked(F.gelu(h, approximate=approximate), keep[0])
+        dw2 = dz.t() @ g if need[5] else None
+        db2 = dz.sum(0) if need[6] else None
+        del g
+        dh = torch.ops.aten.gelu_backward(_masked(dz @ w2, keep[0]), h, approximate=approximate)
+        normed = torch.ops.aten.native_layer_norm(rows, [c], ln_w, ln_b, eps)[0]
+        dw1 = dh.t() @ normed if need[3] else None
+        db1 = dh.sum(0) if need[4] else None
+        del normed
+        dn = dh @ w1
+        del dh
+        mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
+        dy, dlw, dlb = torch.ops.aten.native_layer_norm_backward(dn, rows, [c], mean, rstd, ln_w, ln_b, mask)
+        dy = dout + dy if dy is not None else None
+        return dy, dlw, dlb, dw1, db1, dw2, db2, None, None, None, None
+
+
+def _dropout_masks(hidden: torch.Size, out: torch.Size, p: float, seed: int | None, device: torch.device) -> list:
+    """The keep-masks (and scales) of the MLP's two dropouts from ``seed``; ``None`` without dropout."""
+    if seed is None:
+        return [None, None]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return [keep_mask(hidden, p, device, generator), keep_mask(out, p, device, generator)]
+
+
+def _masked(x: Tensor, keep: tuple[Tensor, float] | None) -> Tensor:
+    """``where(keep, x, 0) * scale`` (dropout with a given mask), or ``x`` without one."""
+    if keep is None:
+        return x
+    return torch.where(keep[0], x, x.new_zeros(())).mul_(keep[1])
+
+
+def mlp_residual(y: Tensor, norm: nn.LayerNorm, mlp: MLP) -> Tensor:
+    """``y + mlp(norm(y))`` for training, on channels-last ``y``, with :class:`_MLPResidual`'s memory diet.
+
+    The dropout masks come from a seed drawn from PyTorch's default generator (``torch.manual_seed``
+    makes them reproducible, and ``checkpoint_blocks`` recomputes the same ones).
+    """
+    first, act, drop1, second, drop2 = mlp.net
+    p = drop1.p if drop1.training else 0.0
+    if drop2.p != drop1.p or drop2.training != drop1.training:
+        raise ValueError("the MLP's two dropouts must agree")
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if 0 < p < 1 else None
+    if p >= 1:  # everything dropped: the branch adds nothing
+        return y + 0.0 * mlp.forward_channels_last(norm(y))
+    c = y.shape[-1]
+    out = _MLPResidual.apply(
+        y.reshape(-1, c), norm.weight, norm.bias, _pointwise_weight(first), first.bias, _pointwise_weight(second),
+        second.bias, norm.eps, act.approximate, p, seed,
+    )
+    return out.view(y.shape)
+
+
 class FactorizerBlock(nn.Module):
     """Pre-norm residual block: ``x + mixer(norm(x))`` then ``x + mlp(norm(x))``.
 
@@ -323,10 +425,19 @@ class FactorizerBlock(nn.Module):
         xc = x.movedim(1, -1).contiguous()
         # Out of place: the input may be a skip connection and the mixer's output seen by hooks.
         y = xc + self.drop(self.mixer(self.norm1.norm(xc).movedim(-1, 1)).movedim(1, -1))
+        if self._diet(y):
+            return mlp_residual(y, self.norm2.norm, self.mlp).movedim(-1, 1)
         normed = self.norm2.norm(y)
         if _can_modify_inplace(y, normed) and y.is_contiguous():
             return self.mlp.add_to_(y, normed).movedim(-1, 1)
         return (y + self.mlp.forward_channels_last(normed)).movedim(-1, 1)
+
+    def _diet(self, y: Tensor) -> bool:
+        """Whether the MLP branch takes :func:`mlp_residual` (training with autograd, plain float, no capture)."""
+        return (
+            torch.is_grad_enabled() and y.requires_grad and not traced() and y.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(y.device.type)
+        )
 
 
 def channels_last(x: Tensor) -> Tensor:
