@@ -6,15 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factorseg.blocks import MLP, FactorizerBlock, _dropout_masks, _MLPResidual, _masked, mlp_residual
+from factorseg.blocks import MLP, FactorizerBlock, _MLPResidual, _masked, mlp_residual
 
 
-def _plain(y: torch.Tensor, norm: torch.nn.LayerNorm, mlp: MLP, keep: list) -> torch.Tensor:
-    """The branch written out with autograd, dropout masks given."""
-    first, act, _, second, _ = mlp.net
-    h = F.linear(norm(y), first.weight.flatten(1), first.bias)
-    g = _masked(F.gelu(h, approximate=act.approximate), keep[0])
-    return y + _masked(F.linear(g, second.weight.flatten(1), second.bias), keep[1])
+def _plain(y: torch.Tensor, norm: torch.nn.LayerNorm, mlp: MLP) -> torch.Tensor:
+    """The branch as the MLP module computes it, with autograd (its Dropout modules draw the masks)."""
+    return y + mlp.forward_channels_last(norm(y))
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
@@ -34,17 +31,14 @@ def test_values_and_gradients_equal_the_plain_formulation(p: float, approximate:
     torch.manual_seed(7)
     out = mlp_residual(y, norm, mlp)
     grads = torch.autograd.grad((out * weight).sum(), params)
-    # The same seed the diet drew, hence the same masks.
-    torch.manual_seed(7)
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if p > 0 else None
-    keep = _dropout_masks(torch.Size([y.numel() // c, 2 * c]), torch.Size([y.numel() // c, c]), p, seed, y.device)
-    ref = _plain(y.reshape(-1, c), norm, mlp, keep).view(y.shape)
+    torch.manual_seed(7)  # the same random stream: the same dropout masks
+    ref = _plain(y, norm, mlp)
     ref_grads = torch.autograd.grad((ref * weight).sum(), params)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
-    if p > 0:  # dropout really happened, and the masks come from the seed
-        assert 0 < int(keep[0][0].sum()) < keep[0][0].numel()
+    if p > 0:  # dropout really happened
+        assert (out - y).eq(0).any()
 
 
 def test_gradcheck() -> None:
@@ -57,9 +51,11 @@ def test_gradcheck() -> None:
     b1 = torch.randn(8, dtype=torch.float64, requires_grad=True)
     w2 = torch.randn(c, 8, dtype=torch.float64, requires_grad=True)
     b2 = torch.randn(c, dtype=torch.float64, requires_grad=True)
-    for p, seed in ((0.0, None), (0.3, 123)):
+    gen = torch.Generator().manual_seed(3)
+    masks = ((torch.rand(6, 8, generator=gen) > 0.3, 1 / 0.7), (torch.rand(6, c, generator=gen) > 0.3, 1 / 0.7))
+    for keep in (None, masks):
         assert torch.autograd.gradcheck(
-            lambda *t: _MLPResidual.apply(*t, 1e-5, "none", p, seed), (rows, ln_w, ln_b, w1, b1, w2, b2)
+            lambda *t: _MLPResidual.apply(*t, 1e-5, "none", keep), (rows, ln_w, ln_b, w1, b1, w2, b2)
         )
 
 
@@ -74,7 +70,7 @@ def test_block_uses_the_diet_only_when_training_with_autograd() -> None:
 
 
 def test_saved_activations_shrink() -> None:
-    """What autograd keeps for the MLP branch: the diet saves less than half of the plain formulation."""
+    """What autograd keeps for the MLP branch, per voxel: 15 C + 8 bytes instead of 27 C + 8 (0.56x)."""
     c, v = 32, 4096
     mlp = MLP(c, 2.0, 0.1, 3).train()
     norm = torch.nn.LayerNorm(c)
@@ -94,4 +90,4 @@ def test_saved_activations_shrink() -> None:
 
     diet = saved_bytes(lambda y: mlp_residual(y, norm, mlp))
     plain = saved_bytes(lambda y: y + mlp.forward_channels_last(norm(y)))
-    assert diet < 0.5 * plain, (diet, plain)
+    assert diet < 0.6 * plain, (diet, plain)

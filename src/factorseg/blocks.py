@@ -321,42 +321,44 @@ class _MLPResidual(torch.autograd.Function):
     """``y + drop(W2 drop(gelu(W1 LN(y) + b1)) + b2)`` on channels-last rows ``(V, C)``, saving little.
 
     The plain formulation keeps, per voxel, the LayerNorm input and output, the GELU input and output,
-    both dropout masks and the LayerNorm statistics: about 6.75 C values. This function keeps the
-    input ``y``, the LayerNorm statistics and the GELU input ``h`` (3 C + 2) and recomputes the cheap
-    per-voxel rest in the backward pass: the normalisation, the GELU and the dropout masks (drawn
-    again from a saved seed). No matrix product is recomputed. Same values and gradients as the
-    plain formulation with the same masks (tests/test_memory_diet.py).
+    the LayerNorm statistics and both dropout masks: about 6.75 C values' worth. This function keeps
+    the input ``y``, the LayerNorm statistics, the GELU input ``h`` and the (boolean) masks, 3.75 C,
+    and recomputes the cheap per-voxel rest in the backward pass: the normalisation and the GELU. No
+    matrix product is recomputed. Same values and gradients as the plain formulation
+    (tests/test_memory_diet.py).
     """
 
     @staticmethod
     def forward(
         ctx: Any, rows: Tensor, ln_w: Tensor | None, ln_b: Tensor | None, w1: Tensor, b1: Tensor | None,
-        w2: Tensor, b2: Tensor | None, eps: float, approximate: str, p: float, seed: int | None,
+        w2: Tensor, b2: Tensor | None, eps: float, approximate: str,
+        keep: tuple[tuple[Tensor, float], tuple[Tensor, float]] | None,
     ) -> Tensor:
         c = rows.shape[-1]
         normed, mean, rstd = torch.ops.aten.native_layer_norm(rows, [c], ln_w, ln_b, eps)
         h = F.linear(normed, w1, b1)
         del normed
-        keep = _dropout_masks(h.shape, rows.shape, p, seed, rows.device)
-        z = F.linear(_masked(F.gelu(h, approximate=approximate), keep[0]), w2, b2)
-        ctx.save_for_backward(rows, mean, rstd, h, ln_w, ln_b, w1, b1, w2)
-        ctx.settings = (eps, approximate, p, seed)
-        return rows + _masked(z, keep[1])
+        keep1, keep2 = keep if keep is not None else (None, None)
+        z = F.linear(_masked(F.gelu(h, approximate=approximate), keep1), w2, b2)
+        masks = [] if keep is None else [keep1[0], keep2[0]]
+        ctx.save_for_backward(rows, mean, rstd, h, ln_w, ln_b, w1, b1, w2, *masks)
+        ctx.settings = (eps, approximate, None if keep is None else (keep1[1], keep2[1]))
+        return rows + _masked(z, keep2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
-        rows, mean, rstd, h, ln_w, ln_b, w1, b1, w2 = ctx.saved_tensors
-        eps, approximate, p, seed = ctx.settings
+        rows, mean, rstd, h, ln_w, ln_b, w1, b1, w2, *masks = ctx.saved_tensors
+        eps, approximate, scales = ctx.settings
+        keep1, keep2 = ((masks[0], scales[0]), (masks[1], scales[1])) if scales is not None else (None, None)
         c = rows.shape[-1]
-        keep = _dropout_masks(h.shape, rows.shape, p, seed, rows.device)
         need = ctx.needs_input_grad
-        dz = _masked(dout, keep[1])
-        g = _masked(F.gelu(h, approximate=approximate), keep[0])
+        dz = _masked(dout, keep2)
+        g = _masked(F.gelu(h, approximate=approximate), keep1)
         dw2 = dz.t() @ g if need[5] else None
         db2 = dz.sum(0) if need[6] else None
         del g
-        dh = torch.ops.aten.gelu_backward(_masked(dz @ w2, keep[0]), h, approximate=approximate)
+        dh = torch.ops.aten.gelu_backward(_masked(dz @ w2, keep1), h, approximate=approximate)
         normed = torch.ops.aten.native_layer_norm(rows, [c], ln_w, ln_b, eps)[0]
         dw1 = dh.t() @ normed if need[3] else None
         db1 = dh.sum(0) if need[4] else None
@@ -366,15 +368,7 @@ class _MLPResidual(torch.autograd.Function):
         mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
         dy, dlw, dlb = torch.ops.aten.native_layer_norm_backward(dn, rows, [c], mean, rstd, ln_w, ln_b, mask)
         dy = dout + dy if dy is not None else None
-        return dy, dlw, dlb, dw1, db1, dw2, db2, None, None, None, None
-
-
-def _dropout_masks(hidden: torch.Size, out: torch.Size, p: float, seed: int | None, device: torch.device) -> list:
-    """The keep-masks (and scales) of the MLP's two dropouts from ``seed``; ``None`` without dropout."""
-    if seed is None:
-        return [None, None]
-    generator = torch.Generator(device=device).manual_seed(seed)
-    return [keep_mask(hidden, p, device, generator), keep_mask(out, p, device, generator)]
+        return dy, dlw, dlb, dw1, db1, dw2, db2, None, None, None
 
 
 def _masked(x: Tensor, keep: tuple[Tensor, float] | None) -> Tensor:
@@ -387,20 +381,20 @@ def _masked(x: Tensor, keep: tuple[Tensor, float] | None) -> Tensor:
 def mlp_residual(y: Tensor, norm: nn.LayerNorm, mlp: MLP) -> Tensor:
     """``y + mlp(norm(y))`` for training, on channels-last ``y``, with :class:`_MLPResidual`'s memory diet.
 
-    The dropout masks come from a seed drawn from PyTorch's default generator (``torch.manual_seed``
-    makes them reproducible, and ``checkpoint_blocks`` recomputes the same ones).
+    The dropout masks are drawn like :class:`Dropout` draws them, in the same order (hidden, then
+    output) from PyTorch's default generator: the same masks as the plain formulation's.
     """
     first, act, drop1, second, drop2 = mlp.net
-    p = drop1.p if drop1.training else 0.0
-    if drop2.p != drop1.p or drop2.training != drop1.training:
-        raise ValueError("the MLP's two dropouts must agree")
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if 0 < p < 1 else None
-    if p >= 1:  # everything dropped: the branch adds nothing
-        return y + 0.0 * mlp.forward_channels_last(norm(y))
     c = y.shape[-1]
+    rows = y.reshape(-1, c)
+    hidden = (rows.shape[0], first.out_channels)
+    p = drop1.p if drop1.training else 0.0
+    if drop2.p != drop1.p or drop2.training != drop1.training or p >= 1 or y.device.type != "cpu":
+        return y + mlp.forward_channels_last(norm(y))  # (the diet's masks are the CPU Dropout's)
+    keep = (keep_mask(hidden, p, y.device), keep_mask(rows.shape, p, y.device)) if p > 0 else None
     out = _MLPResidual.apply(
-        y.reshape(-1, c), norm.weight, norm.bias, _pointwise_weight(first), first.bias, _pointwise_weight(second),
-        second.bias, norm.eps, act.approximate, p, seed,
+        rows, norm.weight, norm.bias, _pointwise_weight(first), first.bias, _pointwise_weight(second),
+        second.bias, norm.eps, act.approximate, keep,
     )
     return out.view(y.shape)
 
