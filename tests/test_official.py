@@ -366,3 +366,24 @@ def test_imported_bundle_loads_and_predicts(fixtures: Path, tmp_path: Path, caps
     assert loaded.config["transforms"]["roi_size"] == [96, 96, 96]
     with torch.no_grad():
         assert loaded.model(torch.rand(1, 2, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
+
+
+def test_imported_model_takes_fewer_nmf_iterations_and_explains(fixtures: Path, tmp_path: Path) -> None:
+    """The test-time speed-up and explain work on an imported model (the paper's fixed_uv init)."""
+    from factorseg.explain import explain
+    from factorseg.nmf import set_nmf_iters
+
+    target = tmp_path / "isles.pt"
+    assert main(["import-checkpoint", str(fixtures / "isles_small.ckpt"), "-o", str(target)]) == 0
+    model = load_bundle(target).model
+    x = torch.rand(1, 2, 32, 32, 32)
+    with torch.no_grad():
+        full = model(x)
+        assert set_nmf_iters(model, 1) == 9
+        fewer = model(x)
+    assert torch.isfinite(fewer).all() and not torch.allclose(full, fewer)
+    output, found = explain(model, x, blocks=["encoder.0.0", "decoder.3.0"])
+    torch.testing.assert_close(output, fewer, rtol=0, atol=0)  # explaining does not change the output
+    assert set(found) == {"encoder.0.0", "decoder.3.0"}
+    # 8 channels in heads of 4: two component maps
+    assert found["encoder.0.0"].maps.shape[:2] == (1, 2) and torch.isfinite(found["encoder.0.0"].maps).all()
