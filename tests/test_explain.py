@@ -297,3 +297,43 @@ def test_run_explain_on_a_real_scan(tmp_path, shared_data) -> None:
     assert img.shape == (*vol.array.shape, 2)
     np.testing.assert_allclose(img.affine, vol.affine, atol=1e-5)
     assert {row["label"] for row in summary["overlap"]} == {"1", "2"}
+
+
+def test_run_explain_leaves_nothing_it_created_when_it_fails(tmp_path) -> None:
+    """Refusals and failures part-way (here: the second block's maps cannot be mapped to the scan) remove the
+    files and folders this call created, and keep what was there before."""
+    torch.manual_seed(0)
+    model = create("local_factorizer", in_channels=1, out_channels=2, spatial_dims=3, **SMALL)
+    image = torch.randn(1, 8, 8, 8)
+    scan = np.ones((8, 8, 8), np.float32)
+    affine = np.eye(4)
+    calls = []
+
+    def fails_second_time(maps: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        if len(calls) == 2:
+            raise InputError("cannot map these maps")
+        return maps
+
+    nested = tmp_path / "a" / "b"
+    with pytest.raises(InputError, match="cannot map"):
+        run_explain(model, image, scan, affine, nested, blocks=["encoder.0.0", "encoder.1.0"],
+                    to_scan_grid=fails_second_time, per_component=True)
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError, match="unknown block"):
+        run_explain(model, image, scan, affine, nested, blocks=["nope"])
+    assert list(tmp_path.iterdir()) == []
+    # an existing folder keeps its own files; a refusal for existing outputs happens before any writing
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    calls.clear()
+    with pytest.raises(InputError, match="cannot map"):
+        run_explain(model, image, scan, affine, out, blocks=["encoder.0.0", "encoder.1.0"],
+                    to_scan_grid=fails_second_time)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    run_explain(model, image, scan, affine, out, blocks=["encoder.0.0"])
+    written = sorted(p.name for p in out.iterdir())
+    with pytest.raises(InputError, match=r"encoder_0_0_components.nii.gz: already exists \(and 2 more\)"):
+        run_explain(model, image, scan, affine, out, blocks=["encoder.0.0"])
+    assert sorted(p.name for p in out.iterdir()) == written

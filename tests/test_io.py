@@ -18,11 +18,16 @@ from factorseg import __version__
 from factorseg.errors import InputError
 from factorseg.io import (
     CHECKPOINT_FORMAT,
+    DEFAULT_MAX_VOXELS,
     Volume,
     atomic_path,
     atomic_write,
+    check_regular_file,
     check_same_grid,
+    join_problems,
     load_checkpoint,
+    max_voxels,
+    read_header,
     read_image,
     save_checkpoint,
     save_nifti,
@@ -212,10 +217,10 @@ def test_singular_affine(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _write(tmp_path / "locked.nii.gz", _volume())
 
-    def denied(self: Path) -> bytes:  # chmod cannot lock out root (CI containers), so simulate it
-        raise PermissionError(13, "Permission denied", str(self))
+    def denied(name: object, *args: object, **kwargs: object) -> int:  # chmod cannot lock out root (CI), so simulate it
+        raise PermissionError(13, "Permission denied", str(name))
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(os, "open", denied)
     with pytest.raises(InputError, match="locked.nii.gz: cannot be read \\(Permission denied\\)"):
         read_image(path)
 
@@ -467,3 +472,179 @@ def test_real_scans_read_and_grid_checks(shared_data: Path) -> None:
     volumes = [read_image(brats / f"{n}.nii.gz") for n in names]
     assert check_same_grid(volumes) == []
     assert set(np.unique(np.round(volumes[3].array)).tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+
+
+# --- hostile sizes, data types and special files (checked from the header, before any voxel is read) ----------
+
+
+def _claiming(path: Path, shape: tuple[int, ...], dtype: object = np.float32, data: bytes = b"",
+              nifti2: bool = False, vox_offset: float | None = None) -> Path:
+    """A header that claims ``shape`` voxels of ``dtype`` followed by ``data`` (gzip-compressed for .nii.gz)."""
+    header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header)()
+    header.set_data_dtype(dtype)
+    header["dim"][:] = 1
+    header["dim"][0] = len(shape)
+    header["dim"][1 : 1 + len(shape)] = shape
+    header["pixdim"][1:4] = 1.0
+    header["vox_offset"] = (544 if nifti2 else 352) if vox_offset is None else vox_offset
+    header.set_sform(np.eye(4), code=1)
+    raw = header.binaryblock + bytes(4) + data
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
+
+
+@pytest.mark.parametrize("name", ["big.nii", "big.nii.gz"])
+@pytest.mark.parametrize("nifti2", [False, True])
+def test_header_promising_more_than_the_file_holds(tmp_path: Path, name: str, nifti2: bool) -> None:
+    path = _claiming(tmp_path / name, (512, 512, 512), np.float64, data=bytes(1000), nifti2=nifti2)
+    for reader in (read_image, read_header):
+        with pytest.raises(InputError) as info:
+            reader(path)
+        message = str(info.value)
+        assert "\n" not in message and str(path) in message
+        assert "truncated or unreadable voxel data" in message
+        assert "512 x 512 x 512 float64 voxels (1.0 GiB)" in message
+
+
+def test_gzip_bound_is_sound_for_the_most_compressible_data(tmp_path: Path) -> None:
+    """All-zero voxels compress close to deflate's limit (1032:1) and must still be read."""
+    zeros = np.zeros((128, 128, 128), np.float32)  # 8 MiB -> about 8 KiB of gzip at level 9
+    path = tmp_path / "zeros.nii.gz"
+    path.write_bytes(gzip.compress(_write(tmp_path / "zeros.nii", zeros).read_bytes(), compresslevel=9))
+    assert path.stat().st_size * 1000 < zeros.nbytes
+    assert read_image(path).array.shape == zeros.shape
+    # a stream that really holds less than its (plausible) header says is truncated, found while streaming
+    noise = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    short = _claiming(tmp_path / "short.nii.gz", (64, 64, 64), np.float32, data=noise)
+    with pytest.raises(InputError, match="truncated or unreadable voxel data .*the file holds 48.8 KiB"):
+        read_image(short)
+    read_header(short)  # the header alone is plausible
+
+
+def test_gzip_members_and_trailing_data(tmp_path: Path) -> None:
+    data = _volume()
+    raw = gzip.decompress(_write(tmp_path / "one.nii.gz", data).read_bytes())
+    members = tmp_path / "members.nii.gz"  # bgzip-style: several gzip members one after the other
+    members.write_bytes(gzip.compress(raw[:500]) + gzip.compress(raw[500:]))
+    np.testing.assert_array_equal(read_image(members).array, data)
+    bomb = tmp_path / "bomb.nii.gz"  # a small image followed by 8 MiB of zeros inside the stream
+    bomb.write_bytes(gzip.compress(raw + bytes(8 << 20)))
+    with pytest.raises(InputError, match="holds much more data than the 6 x 7 x 8 float32 voxels"):
+        read_image(bomb)
+    padded = tmp_path / "padded.nii.gz"  # a little trailing data is read and ignored, as by nibabel
+    padded.write_bytes(gzip.compress(raw + bytes(100)))
+    np.testing.assert_array_equal(read_image(padded).array, data)
+
+
+@pytest.mark.parametrize("offset,fragment", [(float("nan"), "vox_offset = nan"), (-8.0, "vox_offset = -8.0"),
+                                             (1e30, "truncated or unreadable voxel data")])
+def test_absurd_vox_offset(tmp_path: Path, offset: float, fragment: str) -> None:
+    path = _claiming(tmp_path / "offset.nii", (6, 7, 8), data=_volume().tobytes(), vox_offset=offset)
+    _refused(path, fragment)
+
+
+@pytest.mark.parametrize("offset", [0.0, 100.0, 351.0])
+def test_vox_offset_inside_the_header(tmp_path: Path, offset: float) -> None:
+    data = _volume()
+    path = _claiming(tmp_path / "inside.nii", data.shape, data=data.tobytes(order="F"), vox_offset=offset)
+    _refused(path, f"vox_offset = {offset:g} lies inside the header", "from byte 352 on")
+    fine = _claiming(tmp_path / "fine.nii", data.shape, data=data.tobytes(order="F"), vox_offset=352)
+    np.testing.assert_array_equal(read_image(fine).array, data)
+
+
+@pytest.mark.parametrize("dtype,code,fragment", [
+    (np.complex64, None, "complex numbers (complex64)"),
+    (np.complex128, None, "complex numbers (complex128)"),
+    ("RGB", None, "colour values (RGB24)"),
+    ("RGBA", None, "colour values (RGBA32)"),
+    (np.uint8, 1, "data type binary is not supported"),
+    (np.uint8, 0, "data type none is not supported"),
+    (np.uint8, 77, "unknown voxel data type code 77"),
+])
+def test_voxel_types_that_are_not_real_numbers(tmp_path: Path, dtype: object, code: int | None,
+                                               fragment: str) -> None:
+    header = nib.Nifti1Header()
+    header.set_data_dtype(dtype)
+    header.set_data_shape((6, 7, 8))
+    header["vox_offset"] = 352
+    if code is not None:
+        header["datatype"] = code
+    path = tmp_path / "typed.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + bytes(4) + bytes(16 * 6 * 7 * 8)))
+    _refused(path, fragment)
+    with pytest.raises(InputError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        read_header(path)
+
+
+def test_voxel_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path / "scan.nii.gz", _volume())  # 336 voxels
+    monkeypatch.delenv("FACTORSEG_MAX_VOXELS", raising=False)
+    assert max_voxels() == DEFAULT_MAX_VOXELS == 2**28
+    monkeypatch.setenv("FACTORSEG_MAX_VOXELS", "335")
+    _refused(path, "more than the limit of 335", "FACTORSEG_MAX_VOXELS=336")
+    with pytest.raises(InputError, match="limit of 335"):
+        read_header(path)
+    for value, expected in (("336", 336), ("1_000", 1000), ("1e9", 10**9)):
+        monkeypatch.setenv("FACTORSEG_MAX_VOXELS", value)
+        assert max_voxels() == expected
+    read_image(path)
+    for bad in ("", "  "):
+        monkeypatch.setenv("FACTORSEG_MAX_VOXELS", bad)
+        assert max_voxels() == DEFAULT_MAX_VOXELS
+    for bad in ("many", "0", "-1", "2.5", "inf", "nan"):
+        monkeypatch.setenv("FACTORSEG_MAX_VOXELS", bad)
+        with pytest.raises(InputError, match="FACTORSEG_MAX_VOXELS must be a positive whole number"):
+            read_image(path)
+
+
+def test_special_files_are_never_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.nii.gz"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.nii"
+    zero.symlink_to("/dev/zero")
+    folder = tmp_path / "folder.nii"
+    folder.mkdir()
+    broken = tmp_path / "broken.nii.gz"
+    broken.symlink_to(tmp_path / "nothing")
+    cases = {fifo: "is a FIFO (named pipe), not a regular file",
+             zero: "is a character device (a link to /dev/zero), not a regular file",
+             folder: "is a folder, expected a NIfTI file (.nii or .nii.gz)",
+             broken: "file not found (broken symbolic link)"}
+    for path, fragment in cases.items():
+        for reader in (read_image, read_header, check_regular_file):
+            with pytest.raises(InputError) as info:
+                reader(path)
+            assert str(info.value) == f"{path}: {fragment}"
+        with pytest.raises(InputError, match="not a regular file|folder|not found"):
+            check_same_grid([_write(tmp_path / "ok.nii.gz", _volume()), path])
+    assert check_regular_file(_write(tmp_path / "real.nii", _volume())) > 352
+    with pytest.raises(InputError, match="fifo.pt: is a FIFO"):
+        os.mkfifo(tmp_path / "fifo.pt")
+        load_checkpoint(tmp_path / "fifo.pt")
+    with pytest.raises(InputError, match="is a folder, expected a checkpoint file"):
+        load_checkpoint(tmp_path)
+
+
+def test_grid_check_reads_headers_only(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a.nii.gz", _volume())
+    raw = bytearray(_write(tmp_path / "b.nii.gz", _volume()).read_bytes())
+    raw[-12:-8] = bytes(4)  # corrupt the CRC: only a full read would notice
+    (tmp_path / "b.nii.gz").write_bytes(bytes(raw))
+    assert check_same_grid([a, tmp_path / "b.nii.gz"]) == []
+    _refused(tmp_path / "b.nii.gz", "corrupt or truncated gzip")
+
+
+def test_join_problems() -> None:
+    assert join_problems(["a: bad"]) == "a: bad"
+    assert join_problems(["a: bad", "a: bad", "b: worse"]) == "2 unusable inputs: a: bad; b: worse"
+    many = [f"f{i}.nii: broken" for i in range(30)]
+    line = join_problems(many)
+    assert line.startswith("30 unusable inputs: f0.nii: broken; f1.nii: broken;")
+    assert "; and 25 more: f5.nii, f6.nii," in line and line.endswith("f24.nii and 5 more")
+    assert "\n" not in line
+
+
+def test_gzip_named_nii(tmp_path: Path) -> None:
+    path = tmp_path / "packed.nii"
+    path.write_bytes(_write(tmp_path / "packed.nii.gz", _volume()).read_bytes())
+    _refused(path, "is gzip-compressed although named .nii; rename it to .nii.gz")

@@ -529,7 +529,6 @@ def run_explain(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     spatial = tuple(image.shape[1:])
     stride = int(getattr(model, "total_stride", 1))
@@ -537,8 +536,67 @@ def run_explain(
     pad = [p for s, q in zip(reversed(spatial), reversed(padded)) for p in (0, q - s)]
     param = next(model.parameters(), None)
     batch = image.unsqueeze(0) if param is None else image.unsqueeze(0).to(param.device, param.dtype)
-    _, found = explain(model, F.pad(batch, pad) if any(pad) else batch, blocks)
+    _, found = explain(model, F.pad(batch, pad) if any(pad) else batch, blocks)  # unknown block names raise here
+    targets = _output_names(found, per_component, label is not None)
+    if not overwrite:
+        existing = [name for name in targets if (out_dir / name).exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise InputError(f"{out_dir / existing[0]}: already exists{more}; pass overwrite to replace")
+    with _new_outputs(out_dir, targets):
+        return _write_explanation(found, scan, affine, out_dir, spatial, padded, label, label_values, mask,
+                                  to_scan_grid, per_component, montage_components, slices, overwrite)
 
+
+def _output_names(found: Mapping[str, ComponentMaps], per_component: bool, overlap: bool) -> list[str]:
+    """Every file that :func:`run_explain` writes for these blocks (names as in :func:`_write_explanation`)."""
+    names = []
+    for name, comp in found.items():
+        stem = _file_stem(name)
+        names += [f"{stem}_components.nii.gz", f"{stem}_montage.png"]
+        if per_component:
+            names += [f"{stem}_head{e['head']}_comp{e['component']}.nii.gz" for e in comp.component_table()]
+    return names + (["overlap.csv"] if overlap else []) + ["components.json"]
+
+
+@contextmanager
+def _new_outputs(out_dir: Path, names: Sequence[str]) -> Iterator[None]:
+    """Create ``out_dir`` (and missing parents) for the body; if the body fails, remove the listed files
+    that did not exist before and every folder created here, so that a refusal leaves nothing behind."""
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    before = {name for name in names if (out_dir / name).exists()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for name in names:
+            if name not in before:
+                (out_dir / name).unlink(missing_ok=True)
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: someone else's files, keep them
+        raise
+
+
+def _write_explanation(
+    found: Mapping[str, ComponentMaps],
+    scan: np.ndarray,
+    affine: np.ndarray,
+    out_dir: Path,
+    spatial: tuple[int, ...],
+    padded: tuple[int, ...],
+    label: np.ndarray | None,
+    label_values: LabelValues,
+    mask: np.ndarray | None,
+    to_scan_grid: Callable[[np.ndarray], np.ndarray] | None,
+    per_component: bool,
+    montage_components: int,
+    slices: int,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """The writing part of :func:`run_explain` (maps on the scan grid, montages, overlap table, JSON index)."""
     summary: dict[str, Any] = {"scan_shape": list(scan.shape), "affine": np.asarray(affine).tolist(), "blocks": {}}
     overlap_rows: list[dict[str, Any]] = []
     crop = (slice(None),) + tuple(slice(0, s) for s in spatial)

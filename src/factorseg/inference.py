@@ -4,6 +4,7 @@ and masks written in each input scan's own geometry with the dataset's own label
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,10 @@ from monai.utils import convert_to_tensor
 from rich.progress import Progress
 
 from factorseg.bundle import LoadedModel
-from factorseg.data.transforms import infer_transforms, invert_prediction
+from factorseg.data.formats import case_problems
+from factorseg.data.transforms import MIN_COVERAGE, infer_transforms, invert_prediction
 from factorseg.errors import InputError
-from factorseg.io import read_header, save_nifti
+from factorseg.io import InputWarning, join_problems, save_nifti
 from factorseg.nmf import set_nmf_iters
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -141,6 +143,7 @@ class SegmentationPredictor:
             raise InputError("an exported model needs its runner (use --backend onnxruntime)")
         self.networks: list[Predictor] = list(networks) if networks is not None else [m.model for m in self.models]
         self.device = device
+        self._overlap_warned = False
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Averaged class/region probabilities ``(C, *spatial)`` for a preprocessed ``(channels, *spatial)`` image."""
@@ -168,23 +171,41 @@ class SegmentationPredictor:
             return total[0].div_(len(self.networks) * len(flips))
 
     def check_case(self, case: dict[str, Any]) -> None:
-        """Cheap header-level checks of a case before any work: its files are readable 3D NIfTI (or one 4D
-        file) with the model's number of channels. Voxel data (corruption, NaN) are checked when loaded."""
-        files = _image_files(case)
-        expected = len(self.channels)
-        names = ", ".join(self.channels)
-        if len(files) == 1:
-            shape, _ = read_header(files[0], expect_3d=False)
-            found = shape[3] if len(shape) == 4 else 1
-            if found != expected:
-                raise InputError(f"{files[0]}: has {found} channel(s) but the model expects {expected} ({names})")
-        elif len(files) != expected:
-            raise InputError(
-                f"case {case.get('id', '?')}: {len(files)} image files but the model expects {expected} ({names})"
+        """Cheap header-level checks of a case before any work: its files are regular, readable 3D NIfTI files
+        (or one 4D file) with real-valued voxels that the files can hold, the model's number of channels and
+        channel grids that agree (:func:`factorseg.data.formats.case_problems`). Voxel data (corruption, NaN)
+        are checked when loaded, or for a whole batch by :meth:`check_cases`."""
+        problems = case_problems(case, len(self.channels), self.channels, voxels=False, min_coverage=MIN_COVERAGE)
+        if problems:
+            raise InputError(join_problems(problems))
+
+    def check_cases(self, cases: Sequence[dict[str, Any]], progress: Progress | None = None) -> None:
+        """Check every file of every case completely (headers, channels, grids and voxel data, one file in
+        memory at a time) and raise one :class:`InputError` line naming every bad input, if any."""
+        problems: list[str] = []
+        task = progress.add_task("Checking inputs", total=len(cases)) if progress is not None else None
+        for case in cases:
+            problems.extend(case_problems(case, len(self.channels), self.channels, voxels=True,
+                                          min_coverage=MIN_COVERAGE))
+            if progress is not None and task is not None:
+                progress.advance(task)
+        if problems:
+            raise InputError(join_problems(problems))
+
+    def _warn_if_overlap_is_idle(self, case: dict[str, Any], spatial: Sequence[int]) -> None:
+        """One warning per predictor when an explicitly set overlap cannot act: the scan fits one window."""
+        overlap = self.options.overlap
+        if self._overlap_warned or overlap is None or float(overlap) == 0:
+            return
+        roi = tuple(int(r) for r in self.tcfg.roi_size)
+        if all(int(s) <= r for s, r in zip(spatial, roi)):
+            self._overlap_warned = True
+            size = " x ".join(str(int(s)) for s in spatial)
+            warnings.warn(
+                f"--overlap {overlap:g} has no effect on case {case.get('id', '?')}: after preprocessing it is "
+                f"{size} voxels, within a single {' x '.join(map(str, roi))} window (the same holds for any "
+                "scan that small)", InputWarning, stacklevel=3,
             )
-        else:
-            for path in files:
-                read_header(path, expect_3d=True)
 
     def predict_case(self, case: dict[str, Any]) -> tuple[np.ndarray, torch.Tensor]:
         """Label map (dataset values) and probabilities, both on the grid of the case's first image."""
@@ -195,6 +216,7 @@ class SegmentationPredictor:
                 f"case {case['id']}: {data['image'].shape[0]} channels but the model expects {len(self.channels)} "
                 f"({', '.join(self.channels)})"
             )
+        self._warn_if_overlap_is_idle(case, tuple(data["image"].shape[1:]))
         probs = self.probabilities(data["image"])
         data["image"] = _metadata_only(data["image"])
         probs = convert_to_tensor(invert_prediction(probs, data, self.transforms, mode="linear"), track_meta=False)
@@ -220,19 +242,20 @@ class SegmentationPredictor:
     def predict_to_folder(self, cases: Sequence[dict[str, Any]], out_dir: Path, progress: bool = True) -> list[Path]:
         """Predict every case and write ``<id>.nii.gz`` (and ``<id>_probabilities.nii.gz``) into ``out_dir``.
 
-        Every case's files are checked (headers, channel count) and the outputs are checked (no existing file
-        without ``overwrite``, never an input file) before anything is written, and the folder is created
-        with the first result; each file is written atomically, so an interrupted or failed run leaves only
-        complete outputs (of the cases before the failing one).
+        Before anything is written, the outputs are checked (no existing file without ``overwrite``, never an
+        input file) and then every file of every case completely (:meth:`check_cases`: headers, channels,
+        grids and voxel data), so that a bad input anywhere in the batch is refused with one line naming every
+        bad input and nothing written. The folder is created with the first result; each file is written
+        atomically, so an interrupted run (or a failure of the machine) leaves only complete outputs, of the
+        cases before it.
         """
         out_dir = Path(out_dir)
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"{out_dir}: exists and is not a folder")
         targets = self._targets(cases, out_dir)
-        for case in cases:
-            self.check_case(case)
         written = []
         with Progress(disable=not progress, transient=True) as bar:
+            self.check_cases(cases, bar)
             task = bar.add_task("Predicting", total=len(cases))
             for case in cases:
                 label, probs = self.predict_case(case)

@@ -2,16 +2,21 @@
 
 Everything a user hands to the CLI goes through here, so that a bad file produces a one-line
 :class:`~factorseg.errors.InputError` naming the file and the problem instead of a traceback from deep
-inside nibabel, gzip or pickle. Inputs are only ever opened for reading. Outputs are written to a temporary
-file in the destination folder and renamed into place, so an interrupted run never leaves a half-written file.
+inside nibabel, gzip or pickle. Inputs are only ever opened for reading, and only if they are regular files
+(FIFOs, devices and sockets are refused before opening). Memory is bounded before any voxel is read: a header
+that promises more voxel data than its file can hold, or more than :func:`max_voxels` voxels
+(``FACTORSEG_MAX_VOXELS``), is refused from the header alone. Outputs are written to a temporary file in the
+destination folder and renamed into place, so an interrupted run never leaves a half-written file.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import secrets
+import stat
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -32,13 +37,18 @@ from factorseg.errors import InputError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "DEFAULT_MAX_VOXELS",
+    "MAX_VOXELS_ENV",
     "NIFTI_SUFFIXES",
     "InputWarning",
     "Volume",
     "atomic_path",
     "atomic_write",
+    "check_regular_file",
     "check_same_grid",
+    "join_problems",
     "load_checkpoint",
+    "max_voxels",
     "read_header",
     "read_image",
     "save_checkpoint",
@@ -51,7 +61,15 @@ CHECKPOINT_FORMAT = 1
 #: File name endings accepted as NIfTI (single-file NIfTI-1 or NIfTI-2, optionally gzip-compressed).
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
+#: Environment variable that sets the largest number of voxels a NIfTI file may hold (see :func:`max_voxels`).
+MAX_VOXELS_ENV = "FACTORSEG_MAX_VOXELS"
+#: The limit when :data:`MAX_VOXELS_ENV` is unset: 2**28 voxels (512 x 512 x 1024).
+DEFAULT_MAX_VOXELS = 2**28
+
 _GZIP_MAGIC = b"\x1f\x8b"
+# Deflate's largest expansion: a 258-byte match coded in 2 bits (1 bit each for length and distance codes).
+_DEFLATE_MAX_RATIO = 1032
+_CHUNK = 1 << 20
 _NIFTI1_HEADER_SIZE = 348
 _NIFTI2_HEADER_SIZE = 540
 # Errors that nibabel raises for a header it cannot use or voxel data shorter than the header says.
@@ -97,29 +115,108 @@ def _nifti_suffix(path: Path) -> str | None:
     return next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
 
 
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def check_regular_file(path: PathLike, what: str = "file", expected: str = "a NIfTI file (.nii or .nii.gz)") -> int:
+    """Size of ``path`` if it is a regular file (symbolic links followed); a one-line InputError otherwise.
+
+    Missing paths and broken links (``<path>: <what> not found``), folders (``expected <expected>``), FIFOs,
+    devices (such as ``/dev/zero`` behind a link named ``.nii.gz``) and sockets are refused from ``os.stat``
+    alone, before anything is opened: reading them would block or never end.
+    """
+    return _stat_regular(Path(path), what, expected).st_size
+
+
+def _stat_regular(path: Path, what: str = "file", expected: str = "a NIfTI file (.nii or .nii.gz)") -> os.stat_result:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        broken = " (broken symbolic link)" if os.path.islink(path) else ""
+        raise InputError(f"{path}: {what} not found{broken}") from None
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    except OSError as exc:  # symbolic-link loops, names too long, ...
+        raise InputError(f"{path}: cannot be read ({exc.strerror or _one_line(exc)})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{path}: is a folder, expected {expected}")
+    if not stat.S_ISREG(info.st_mode):
+        target = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+        raise InputError(f"{path}: is {_kind(info.st_mode)}{target}, not a regular file")
+    return info
+
+
+def _open_regular(path: Path) -> tuple[BinaryIO, int]:
+    """Open a regular file for reading; return it and its size.
+
+    The file is opened with ``O_NONBLOCK`` and checked again with ``fstat`` on the open descriptor, so that a
+    path swapped for a FIFO or device after :func:`_stat_regular` still cannot block or stream forever.
+    """
+    _stat_regular(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or _one_line(exc)})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise InputError(f"{path}: is {_kind(info.st_mode)}, not a regular file")
+    return os.fdopen(fd, "rb"), info.st_size
+
+
 def _check_nifti_path(path: Path) -> str:
-    """Refuse missing paths, folders and names without a NIfTI ending; return the ending."""
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
+    """Refuse missing paths, folders, special files and names without a NIfTI ending; return the ending."""
+    _stat_regular(path)
     suffix = _nifti_suffix(path)
     if suffix is None:
         raise InputError(f"{path}: not a NIfTI file (expected a name ending in .nii or .nii.gz)")
     return suffix
 
 
-def _read_start(path: Path, size: int | None) -> bytes:
-    """The first ``size`` bytes of the file (all of it for ``None``), as stored on disk."""
+def max_voxels() -> int:
+    """Largest number of voxels (all volumes of a file together) that a NIfTI file may hold.
+
+    ``FACTORSEG_MAX_VOXELS`` in the environment, else :data:`DEFAULT_MAX_VOXELS` (2**28 = 268,435,456, a
+    512 x 512 x 1024 volume: about 1 GiB as float32, and some 5 GB of peak memory to predict one channel
+    with three classes). Files claiming more are refused from their header, before any voxel is read.
+    """
+    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
     try:
-        if size is None:
-            return path.read_bytes()
-        with open(path, "rb") as f:
-            return f.read(size)
-    except PermissionError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({_one_line(exc)})") from exc
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        try:
+            number = float(raw)
+        except ValueError:
+            number = float("nan")
+        value = int(number) if math.isfinite(number) and number == int(number) else 0
+    if value < 1:
+        raise InputError(f"{MAX_VOXELS_ENV} must be a positive whole number of voxels, got {raw!r}")
+    return value
+
+
+def _size(n: float) -> str:
+    """Bytes in readable binary units (scientific notation beyond PiB: forged headers claim absurd sizes)."""
+    if n >= 1024**6:
+        return f"{float(n):.2g} bytes"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
 
 
 def _check_gzip_magic(path: Path, raw: bytes) -> None:
@@ -158,27 +255,6 @@ def _parse_header(path: Path, content: bytes) -> tuple[type[nib.Nifti1Image], ni
     return image_class, header
 
 
-def _read_nifti_bytes(path: Path) -> tuple[bytes, type[nib.Nifti1Image], nib.nifti1.Nifti1Header]:
-    """Read a single-file NIfTI completely (decompressing ``.nii.gz``) and parse its header unchecked.
-
-    The whole gzip stream is decompressed here because that is what verifies its CRC and length: nibabel
-    stops reading once it has the voxels it needs, so a corrupted stream would otherwise give garbage
-    voxels without an error. The header is parsed with ``check=False`` because nibabel silently repairs
-    some absurd values (such as zero or negative voxel sizes), and we want to report those instead.
-    Returns the uncompressed file content, the nibabel image class to use and the header.
-    """
-    suffix = _check_nifti_path(path)
-    content = _read_start(path, None)
-    if suffix == ".nii.gz":
-        _check_gzip_magic(path, content)
-        try:
-            content = gzip.decompress(content)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
-    image_class, header = _parse_header(path, content)
-    return content, image_class, header
-
-
 def _spatial_shape(shape: tuple[int, ...], path: Path, expect_3d: bool) -> tuple[int, ...]:
     """Validate dimensionality; drop trailing singleton dimensions beyond the third (or fourth)."""
     if min(shape, default=0) < 1:
@@ -211,11 +287,168 @@ def _check_header(header: nib.nifti1.Nifti1Header, path: Path, expect_3d: bool) 
     return shape
 
 
-def _checked_affine(img: SpatialImage, path: Path) -> np.ndarray:
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise InputError(f"{path}: absurd header, the voxel-to-world affine is singular or not finite")
-    return affine
+def _data_type(header: nib.nifti1.Nifti1Header, path: Path) -> np.dtype:
+    """The voxel data type, if it holds real numbers (integers or floats); InputError otherwise.
+
+    Complex data would otherwise be silently reduced to its real part, and colour (RGB24, RGBA32) data
+    cannot be turned into intensities at all.
+    """
+    code = int(header["datatype"])
+    try:
+        dtype = np.dtype(header.get_data_dtype())
+        label = str(header._data_type_codes.label[code])  # noqa: SLF001 - nibabel's code -> name table
+    except (KeyError, TypeError, ValueError, HeaderDataError):
+        raise InputError(f"{path}: invalid NIfTI header, unknown voxel data type code {code}") from None
+    if dtype.kind == "c" or label.startswith("complex"):  # complex256 has no numpy type here (void)
+        raise InputError(
+            f"{path}: voxel data are complex numbers ({label}), which are not supported; "
+            "save the magnitude (or the real part) as a real-valued image"
+        )
+    if dtype.fields:
+        label = {128: "RGB24", 2304: "RGBA32"}.get(code, label)  # the NIfTI standard's names
+        raise InputError(
+            f"{path}: voxel data are colour values ({label}), which are not supported; "
+            "convert the scan to a single-channel (grey-scale) image"
+        )
+    if dtype.kind not in "iuf" or dtype.itemsize == 0:  # binary, none, float128 where numpy lacks it
+        raise InputError(f"{path}: voxel data type {label} is not supported (expected integers or floats)")
+    return dtype
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a validated header says the file must hold: data shape, dtype, offset and size of the voxels."""
+
+    shape: tuple[int, ...]  # validated, trailing singleton dimensions dropped
+    full_shape: tuple[int, ...]  # as in the header
+    dtype: np.dtype
+    offset: int
+    nbytes: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.nbytes
+
+
+def _layout(
+    header: nib.nifti1.Nifti1Header, image_class: type[nib.Nifti1Image], path: Path, expect_3d: bool
+) -> _Layout:
+    shape = _check_header(header, path, expect_3d)
+    dtype = _data_type(header, path)
+    full_shape = tuple(int(v) for v in header.get_data_shape())
+    raw_offset = float(header["vox_offset"])
+    if not math.isfinite(raw_offset) or raw_offset < 0:
+        raise InputError(f"{path}: invalid NIfTI header, vox_offset = {raw_offset}")
+    minimum = _NIFTI2_HEADER_SIZE + 4 if image_class is nib.Nifti2Image else _NIFTI1_HEADER_SIZE + 4
+    offset = int(raw_offset)
+    if offset < minimum:  # nibabel would read (part of) the header as voxels
+        raise InputError(
+            f"{path}: invalid NIfTI header, vox_offset = {raw_offset:g} lies inside the header "
+            f"(a single-file NIfTI stores its voxels from byte {minimum} on)"
+        )
+    voxels = math.prod(full_shape)
+    return _Layout(shape, full_shape, dtype, offset, voxels * dtype.itemsize)
+
+
+def _describe(layout: _Layout) -> str:
+    dims = " x ".join(str(n) for n in layout.full_shape)
+    return f"{dims} {layout.dtype.name} voxels ({_size(layout.nbytes)})"
+
+
+def _check_size(layout: _Layout, path: Path, capacity: int, compressed: bool) -> None:
+    """Compare what the header promises with what the file can hold, and with :func:`max_voxels`.
+
+    ``capacity`` is the file size for ``.nii`` and ``1032 x`` the file size for ``.nii.gz`` (see
+    :func:`_read_nifti`); both checks need the header only, so nothing is allocated for a forged one.
+    """
+    if layout.end > capacity:
+        if compressed:
+            holds = f"a gzip file of {capacity // _DEFLATE_MAX_RATIO} bytes decompresses to at most {_size(capacity)}"
+        else:
+            holds = f"the file holds {_size(max(capacity - layout.offset, 0))} after it"
+        raise InputError(
+            f"{path}: truncated or unreadable voxel data (the header describes {_describe(layout)} from byte "
+            f"{layout.offset}, but {holds})"
+        )
+    limit = max_voxels()
+    voxels = math.prod(layout.full_shape)
+    if voxels > limit:
+        raise InputError(
+            f"{path}: the header describes {_describe(layout)} = {voxels:,} voxels, more than the limit of "
+            f"{limit:,}; if the scan is genuine, raise the limit with the environment variable "
+            f"{MAX_VOXELS_ENV}={voxels}"
+        )
+
+
+def _read_nifti(
+    path: Path, expect_3d: bool, voxels: bool
+) -> tuple[bytes, type[nib.Nifti1Image], nib.nifti1.Nifti1Header, _Layout]:
+    """Validate a single-file NIfTI from its header, then (``voxels``) read exactly the bytes it describes.
+
+    Memory is bounded before any voxel is read: only the first 540 (uncompressed) bytes are read to parse
+    the header, which must describe real-valued voxels that the file can actually hold and no more than
+    :func:`max_voxels` of them. For ``.nii`` the file size must be at least ``vox_offset + voxels x bytes``.
+    For ``.nii.gz`` the trailer's ISIZE field is no bound (it is the size modulo 2**32, and forgeable), so the
+    bound comes from the compressed size instead: deflate codes at best a 258-byte match in 2 bits, so no
+    gzip stream decompresses to more than 1032 times its size (headers and further gzip members only make
+    the file larger). A header promising more is refused as truncated or forged without decompressing
+    anything; otherwise the stream is decompressed incrementally and exactly ``vox_offset + voxels x bytes``
+    are kept (fewer means truncated). The rest of the stream is then read in 1 MiB pieces and discarded
+    (at most as much as the image itself plus 1 MiB), because only reading to its end verifies the CRC and
+    length of every gzip member: nibabel stops once it has the voxels, so a corrupted stream would
+    otherwise give garbage voxels without an error. The header is parsed with ``check=False`` because
+    nibabel silently repairs some absurd values (such as zero or negative voxel sizes), and we want to
+    report those instead. Returns the uncompressed content (empty without ``voxels``), the nibabel image
+    class, the header and what the header describes.
+    """
+    suffix = _check_nifti_path(path)
+    compressed = suffix == ".nii.gz"
+    handle, size = _open_regular(path)
+    stage = "header"
+    try:
+        with handle:
+            if compressed:
+                _check_gzip_magic(path, handle.read(4))
+                handle.seek(0)
+                stream: BinaryIO = gzip.GzipFile(fileobj=handle, mode="rb")  # type: ignore[assignment]
+                capacity = size * _DEFLATE_MAX_RATIO
+            else:
+                stream, capacity = handle, size
+            with stream:
+                head = stream.read(_NIFTI2_HEADER_SIZE)
+                if not compressed and head[:2] == _GZIP_MAGIC:
+                    raise InputError(f"{path}: is gzip-compressed although named .nii; rename it to .nii.gz")
+                image_class, header = _parse_header(path, head)
+                layout = _layout(header, image_class, path, expect_3d)
+                _check_size(layout, path, capacity, compressed)
+                if not voxels:
+                    return b"", image_class, header, layout
+                stage = "voxels"
+                stream.seek(0)
+                content = stream.read(layout.end)
+                if len(content) < layout.end:
+                    raise InputError(
+                        f"{path}: truncated or unreadable voxel data (the header describes {_describe(layout)} "
+                        f"from byte {layout.offset}, the file holds {_size(max(len(content) - layout.offset, 0))})"
+                    )
+                if compressed:
+                    allowance = layout.nbytes + _CHUNK
+                    while piece := stream.read(_CHUNK):
+                        allowance -= len(piece)
+                        if allowance < 0:
+                            raise InputError(
+                                f"{path}: the gzip stream holds much more data than the {_describe(layout)} "
+                                "its header describes (not a single NIfTI image?)"
+                            )
+    except InputError:
+        raise
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        if compressed:
+            raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
+        raise InputError(f"{path}: cannot be read while reading its {stage} ({_one_line(exc)})") from exc
+    return content, image_class, header, layout
 
 
 def _open_nifti(path: Path, expect_3d: bool) -> tuple[SpatialImage, tuple[int, ...], np.ndarray]:
@@ -223,22 +456,31 @@ def _open_nifti(path: Path, expect_3d: bool) -> tuple[SpatialImage, tuple[int, .
 
     Returns the image, its validated data shape (trailing singleton dimensions dropped) and its affine.
     """
-    content, image_class, header = _read_nifti_bytes(path)
-    shape = _check_header(header, path, expect_3d)
+    content, image_class, _, layout = _read_nifti(path, expect_3d, voxels=True)
     try:
         img = image_class.from_bytes(content)
     except _READ_ERRORS as exc:
         raise InputError(f"{path}: unreadable NIfTI file ({_one_line(exc)})") from exc
-    return img, shape, _checked_affine(img, path)
+    return img, layout.shape, _checked_affine(img, path)
+
+
+def _checked_affine(img: SpatialImage, path: Path) -> np.ndarray:
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(f"{path}: absurd header, the voxel-to-world affine is singular or not finite")
+    return affine
 
 
 def read_image(path: PathLike, expect_3d: bool = True) -> Volume:
     """Read and validate a NIfTI image; any problem raises a one-line :class:`InputError`.
 
-    Checks, in order: the path exists and is a readable ``.nii``/``.nii.gz`` file with gzip and NIfTI magic
-    bytes, a complete header with positive voxel sizes, the expected dimensionality (3D; a singleton 4th
-    dimension is dropped; ``expect_3d=False`` also allows 4D channel-last images), intact (de)compressed
-    voxel data and a non-singular affine, and finally that no voxel is NaN or infinite.
+    Checks, in order: the path is a regular ``.nii``/``.nii.gz`` file (not a folder, FIFO, device or socket,
+    also behind a symbolic link) with gzip and NIfTI magic bytes, a complete header with positive voxel
+    sizes, the expected dimensionality (3D; a singleton 4th dimension is dropped; ``expect_3d=False`` also
+    allows 4D channel-last images), real-valued voxels (not complex or RGB), voxel data that the file can
+    hold and no more than :func:`max_voxels` voxels (all from the header, before any voxel is read: see
+    :func:`_read_nifti`), intact (de)compressed voxel data and a non-singular affine, and finally that no
+    voxel is NaN or infinite.
     """
     path = Path(path)
     img, shape, affine = _open_nifti(path, expect_3d)
@@ -256,30 +498,37 @@ def read_image(path: PathLike, expect_3d: bool = True) -> Volume:
 def read_header(path: PathLike, expect_3d: bool = True) -> tuple[tuple[int, ...], np.ndarray]:
     """Validated data shape and affine of a NIfTI file from its header alone (cheap: voxels are not read).
 
-    Runs the header checks of :func:`read_image` (path, NIfTI magic, dimensionality, voxel sizes, affine), so
+    Runs the header checks of :func:`read_image` (regular file, NIfTI magic, dimensionality, voxel sizes, data
+    type, the size the header promises against what the file can hold and :func:`max_voxels`, affine), so
     that a batch of inputs can be checked before any work starts; corrupt voxel data and NaN/infinite values
     are only found by :func:`read_image`. Returns the shape (trailing singleton dimensions dropped) and the
     voxel-to-world affine.
     """
     path = Path(path)
-    suffix = _check_nifti_path(path)
-    if suffix == ".nii.gz":
-        _check_gzip_magic(path, _read_start(path, 2))
-        try:
-            with gzip.open(path, "rb") as f:
-                content = f.read(_NIFTI2_HEADER_SIZE)
-        except PermissionError as exc:
-            raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
-        except (OSError, EOFError, zlib.error) as exc:
-            raise InputError(f"{path}: corrupt or truncated gzip data ({_one_line(exc)})") from exc
-    else:
-        content = _read_start(path, _NIFTI2_HEADER_SIZE)
-    image_class, header = _parse_header(path, content)
-    shape = _check_header(header, path, expect_3d)
+    _, _, header, layout = _read_nifti(path, expect_3d, voxels=False)
     affine = np.asarray(header.get_best_affine(), dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(f"{path}: absurd header, the voxel-to-world affine is singular or not finite")
-    return shape, affine
+    return layout.shape, affine
+
+
+def join_problems(problems: Sequence[str], shown: int = 5, named: int = 20) -> str:
+    """One line for a list of one-line problems: the problem itself, or ``N unusable inputs: a; b; ...``.
+
+    The first ``shown`` problems are quoted in full and the next ``named`` only by what they are about (the text
+    before their first ``": "``, normally the file), so that the line names every bad input of any sensible
+    batch; beyond that it ends with how many more there are.
+    """
+    problems = list(dict.fromkeys(problems))  # the same problem found twice is one problem
+    if len(problems) == 1:
+        return problems[0]
+    line = f"{len(problems)} unusable inputs: " + "; ".join(problems[:shown])
+    rest = problems[shown:]
+    if rest:
+        names = ", ".join(p.split(": ", 1)[0] for p in rest[:named])
+        beyond = f" and {len(rest) - named} more" if len(rest) > named else ""
+        line += f"; and {len(rest)} more: {names}{beyond}"
+    return line
 
 
 def _grid_of(item: Volume | SpatialImage | PathLike, index: int) -> tuple[str, tuple[int, int, int], np.ndarray]:
@@ -291,7 +540,7 @@ def _grid_of(item: Volume | SpatialImage | PathLike, index: int) -> tuple[str, t
         shape = tuple(int(v) for v in item.shape[:3])
         return name, shape, np.asarray(item.affine, dtype=np.float64)  # type: ignore[return-value]
     path = Path(item)
-    _, shape, affine = _open_nifti(path, expect_3d=False)
+    shape, affine = read_header(path, expect_3d=False)  # the grid is in the header: no voxel is read
     return path.name, shape[:3], affine  # type: ignore[return-value]
 
 
@@ -483,11 +732,8 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
     are not torch checkpoints, hold other objects, or use another checkpoint format raise :class:`InputError`.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: checkpoint not found")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a checkpoint file")
-    if path.stat().st_size == 0:
+    # FIFOs and devices would block or never end: refused from os.stat before torch opens anything
+    if _stat_regular(path, "checkpoint", "a checkpoint file").st_size == 0:
         raise InputError(f"{path}: checkpoint file is empty")
     refused = f"{path}: is not a factorseg checkpoint or contains untrusted objects (refused to unpickle)"
     try:

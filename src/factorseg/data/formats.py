@@ -21,7 +21,10 @@ Channels on different grids (ISLES'22 FLAIR) are resampled onto the first channe
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +32,9 @@ from typing import Any
 
 from factorseg.data.labels import LABEL_SPECS, LabelSpec, get_label_spec
 from factorseg.errors import InputError
-from factorseg.io import read_header
+from factorseg.io import check_regular_file, check_same_grid, join_problems, read_header, read_image
 
-__all__ = ["FORMATS", "DatasetInfo", "cases_from_paths", "detect_format", "load_dataset"]
+__all__ = ["FORMATS", "DatasetInfo", "case_problems", "cases_from_paths", "detect_format", "load_dataset"]
 
 FORMATS = ("msd", "nnunet", "brats2021", "brats2023", "brats2015", "isles22", "datalist")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -39,6 +42,7 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _BRATS2021_DIR = re.compile(r"^BraTS2021_\d+$")
 _BRATS2023_DIR = re.compile(r"^BraTS-[A-Za-z]+-\d+-\d+$")
 _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
+_SEPARATORS = "_-. "
 _MSD_TASK01_NAMES = {"background", "edema", "non-enhancing tumor", "enhancing tumour"}
 
 
@@ -73,13 +77,17 @@ def _is_nifti(path: Path) -> bool:
 
 
 def _existing(path: Path, what: str) -> str:
-    """Absolute path as a string, or InputError if the file is missing."""
+    """Absolute path as a string, or InputError if the file is missing or not a regular file."""
     if not path.is_file():
+        if os.path.lexists(path):
+            check_regular_file(path)  # a folder, FIFO, device, socket or broken link: say which
         raise InputError(f"{what} not found: {path}")
     return str(path.resolve())
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    if os.path.lexists(path):
+        check_regular_file(path, "file", "a JSON file")  # a FIFO would block forever
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -154,6 +162,8 @@ def detect_format(path: str | Path) -> str:
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"dataset path not found: {path}")
+    if not path.is_dir():  # FIFOs, devices and sockets are neither datasets nor folders
+        check_regular_file(path, "dataset path", "a dataset folder or .json file")
     if path.is_file():
         if path.suffix != ".json":
             raise InputError(f"{path}: not a dataset folder or .json dataset description")
@@ -416,85 +426,240 @@ def load_dataset(
 
 
 # ---------------------------------------------------------------------------- prediction inputs
-def _volumes(path: Path) -> int:
-    """Number of volumes in a NIfTI file (1 for 3D, the 4th dimension for 4D), from its validated header only."""
-    shape, _ = read_header(path, expect_3d=False)
-    return int(shape[3]) if len(shape) == 4 else 1
+def _image_list(case: dict[str, Any]) -> list[str]:
+    image = case.get("image")
+    return [str(image)] if isinstance(image, (str, Path)) else [str(p) for p in image or []]
 
 
-def _file_case(path: Path, channels: int) -> dict[str, Any]:
-    n = _volumes(path)
-    if n != channels:
-        raise InputError(f"{path}: has {n} channel(s) but the model expects {channels}")
-    return {"id": strip_nifti(path.name), "image": [str(path.resolve())]}
+def case_problems(
+    case: dict[str, Any],
+    channels: int,
+    channel_names: Sequence[str] | None = None,
+    voxels: bool = True,
+    min_coverage: float | None = None,
+) -> list[str]:
+    """Every problem of one case to predict, as one-line messages (empty: the case is usable).
 
-
-def _folder_cases(folder: Path, channels: int) -> list[dict[str, Any]]:
-    """Cases in a plain folder of NIfTI files: nnU-Net ``_XXXX`` groups, else one case per file."""
-    files = sorted(p for p in folder.iterdir() if _is_nifti(p))
+    Header checks of every file (:func:`factorseg.io.read_header`: regular NIfTI file, dimensionality, data
+    type, the size its header promises and the voxel limit), the number of channels (one 4D file with
+    ``channels`` volumes, or ``channels`` 3D files), the channels' grids (:func:`factorseg.io.check_same_grid`
+    with ``min_coverage``, default the transforms' :data:`~factorseg.data.transforms.MIN_COVERAGE`) and, with
+    ``voxels``, the voxel data themselves (:func:`factorseg.io.read_image`: corrupt or truncated data, NaN or
+    infinite values; one file in memory at a time).
+    """
+    files = _image_list(case)
+    names = f" ({', '.join(channel_names)})" if channel_names else ""
     if not files:
-        raise InputError(f"no NIfTI files (.nii/.nii.gz) found in {folder}")
+        return [f"case {case.get('id', '?')}: no image files"]
+    if len(files) == 1:
+        try:
+            shape, _ = read_header(files[0], expect_3d=False)
+        except InputError as exc:
+            return [str(exc)]
+        found = int(shape[3]) if len(shape) == 4 else 1
+        if found != channels:
+            return [f"{files[0]}: has {found} channel(s) but the model expects {channels}{names}"]
+    elif len(files) != channels:
+        return [f"case {case.get('id', '?')}: {len(files)} image files but the model expects {channels}{names}"]
+    else:
+        problems = []
+        for path in files:
+            try:
+                read_header(path, expect_3d=True)
+            except InputError as exc:
+                problems.append(str(exc))
+        if problems:
+            return problems
+        if min_coverage is None:
+            from factorseg.data.transforms import MIN_COVERAGE
+
+            min_coverage = MIN_COVERAGE
+        try:
+            check_same_grid(files, min_coverage=min_coverage)  # close grids are resampled (with a warning) later
+        except InputError as exc:
+            return [f"case {case.get('id', '?')}: {exc}"]
+    problems = []
+    if voxels:
+        for path in files:
+            try:
+                read_image(path, expect_3d=len(files) > 1)
+            except InputError as exc:
+                problems.append(str(exc))
+    return problems
+
+
+def _shared_id(files: Sequence[Path]) -> str:
+    """Case id of one case given as several plain channel files: the common start of their names, cut at a
+    separator (``BraTS2021_00025_flair``, ``..._t1`` -> ``BraTS2021_00025``); else the files' folder name."""
+    stems = [strip_nifti(p.name) for p in files]
+    prefix = os.path.commonprefix(stems)
+    if not all(len(s) == len(prefix) or s[len(prefix)] in _SEPARATORS for s in stems):
+        cut = max(prefix.rfind(c) for c in _SEPARATORS)
+        prefix = prefix[:cut] if cut > 0 else ""
+    prefix = prefix.rstrip(_SEPARATORS)
+    if prefix:
+        return prefix
+    parents = {p.resolve().parent for p in files}
+    return next(iter(parents)).name if len(parents) == 1 else stems[0]
+
+
+def _group_files(
+    files: Sequence[Path], channels: int, where: str, loose: bool, problems: list[str]
+) -> list[dict[str, Any]]:
+    """Cases made of NIfTI files (a folder's, or files given one by one); problems are appended, not raised.
+
+    * nnU-Net channel files ``<case>_<XXXX>.nii.gz`` form the case ``<case>``: the ``_XXXX`` channel suffix
+      never appears in the case id (so ``case_0000.nii.gz`` gives ``case.nii.gz`` whether it was given
+      alone or in a folder). A multi-channel model needs channels 0..C-1; for a one-channel model only
+      ``_0000`` is a channel suffix (``scan_2019.nii.gz`` stays the case ``scan_2019``) unless the same case
+      also has a ``_0000`` file.
+    * any other file is one case: a 3D scan for a one-channel model, a 4D scan with C volumes otherwise;
+    * given one by one (``loose``), exactly C plain 3D files for a C-channel model are one case, the channels
+      in the order given (as ``factorseg explain -i``), named by :func:`_shared_id`. In a folder their order
+      would be a guess, so there they are refused.
+    """
     groups: dict[str, dict[int, Path]] = {}
-    singles = []
+    plain: list[Path] = []
     for p in files:
         m = _NNUNET_CHANNEL.match(strip_nifti(p.name))
         if m is None:
-            singles.append(p)
+            plain.append(p)
         else:
             groups.setdefault(m["case"], {})[int(m["ch"])] = p
-    if channels > 1 or not singles:
-        cases = []
-        for cid, chans in groups.items():
-            if sorted(chans) != list(range(channels)):
-                raise InputError(
-                    f"{folder}: case {cid!r} has channel files {sorted(chans)}, expected 0..{channels - 1}"
-                )
-            cases.append({"id": cid, "image": [str(chans[i].resolve()) for i in range(channels)]})
-        return cases + [_file_case(p, channels) for p in singles]
-    # Single-channel model: every file is its own case; nnU-Net names lose their _0000 suffix.
-    cases = [_file_case(p, channels) for p in singles]
+    cases: list[dict[str, Any]] = []
     for cid, chans in groups.items():
-        if sorted(chans) != [0]:
-            raise InputError(f"{folder}: case {cid!r} has channel files {sorted(chans)}; the model expects 1 channel")
-        cases.append({"id": cid, "image": [str(chans[0].resolve())]})
+        found = sorted(chans)
+        if channels == 1 and 0 not in chans:
+            plain.extend(chans[k] for k in found)  # scan_2019.nii.gz: a name, not a channel
+        elif channels == 1 and found != [0]:
+            problems.append(f"{where}: case {cid!r} has channel files {found}; the model expects 1 channel")
+        elif found != list(range(channels)):
+            problems.append(f"{where}: case {cid!r} has channel files {found}, expected 0..{channels - 1}")
+        else:
+            cases.append({"id": cid, "image": [str(chans[i].resolve()) for i in range(channels)]})
+    single: list[Path] = []  # 3D files (or unreadable ones) that a multi-channel model cannot take alone
+    unreadable: dict[Path, str] = {}
+    for p in plain:
+        try:
+            shape, _ = read_header(p.resolve(), expect_3d=False)  # named as in the checks of the voxel data
+        except InputError as exc:
+            unreadable[p] = str(exc)
+            if channels > 1:
+                single.append(p)
+            continue
+        volumes = int(shape[3]) if len(shape) == 4 else 1
+        if volumes == channels:
+            cases.append({"id": strip_nifti(p.name), "image": [str(p.resolve())]})
+        elif volumes == 1:
+            single.append(p)
+        else:
+            problems.append(f"{p.resolve()}: has {volumes} channel(s) but the model expects {channels}")
+    problems.extend(unreadable.values())
+    if loose and channels > 1 and len(single) == channels:
+        if not any(p in unreadable for p in single):
+            cases.append({"id": _shared_id(single), "image": [str(p.resolve()) for p in single]})
+    else:
+        hint = (f" (give one case as {channels} channel files in model order, a 4D file or nnU-Net names "
+                "case_0000, case_0001, ...)") if loose else ""
+        problems.extend(f"{p.resolve()}: has 1 channel(s) but the model expects {channels}{hint}"
+                        for p in single if p not in unreadable)
     return cases
+
+
+def _folder_cases(folder: Path, channels: int, problems: list[str]) -> list[dict[str, Any]]:
+    """Cases in a plain folder of NIfTI files (see :func:`_group_files`); entries named like NIfTI files that
+    are not regular files (FIFOs, devices, folders, broken links) are problems, never read."""
+    files = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.name.endswith(NIFTI_SUFFIXES):
+            continue
+        try:
+            check_regular_file(p)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        files.append(p)
+    if not files:
+        if not problems:
+            problems.append(f"no NIfTI files (.nii/.nii.gz) found in {folder}")
+        return []
+    return _group_files(files, channels, str(folder), loose=False, problems=problems)
 
 
 def cases_from_paths(paths: Iterable[str | Path], channels: int) -> list[dict[str, Any]]:
     """Unlabelled cases to predict from files and folders.
 
     A folder in a supported dataset layout gives its test and training cases (labels dropped); any other
-    folder is read as NIfTI files grouped by nnU-Net ``_XXXX`` channel suffixes; a single file is one case
-    (3D for a one-channel model, or 4D with ``channels`` volumes).
+    folder is read as NIfTI files grouped by nnU-Net ``_XXXX`` channel suffixes; files given one by one are
+    grouped the same way, and otherwise each is one case (3D for a one-channel model, or 4D with ``channels``
+    volumes), except that exactly ``channels`` 3D files for a multi-channel model are one case with the
+    channels in the given order (see :func:`_group_files`; case ids never keep the ``_0000`` suffix).
+
+    Every input is checked before anything is returned, and every problem is reported together in one
+    :class:`InputError` line (:func:`factorseg.io.join_problems`): missing paths, FIFOs, devices and sockets
+    (never opened), names that are not NIfTI, incomplete channel groups, unreadable or forged headers, wrong
+    channel counts, inputs given twice and clashing case ids. When there is any such problem, the voxel data
+    of the remaining cases are checked too (:func:`case_problems`), so that the line names every bad input.
     """
     if channels < 1:
         raise InputError(f"channels must be >= 1, got {channels}")
+    problems: list[str] = []
     cases: list[dict[str, Any]] = []
+    loose: list[Path] = []
+    seen_files: set[Path] = set()
     for raw in paths:
         path = Path(raw).expanduser()
-        if not path.exists():
-            raise InputError(f"input not found: {path}")
-        if path.is_file():
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except FileNotFoundError:
+            problems.append(f"input not found: {path}" + (" (broken symbolic link)" if path.is_symlink() else ""))
+            continue
+        except OSError as exc:
+            problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
+            continue
+        if not is_dir:
+            try:
+                check_regular_file(path)
+            except InputError as exc:
+                problems.append(str(exc))
+                continue
             if not path.name.endswith(NIFTI_SUFFIXES):
-                raise InputError(f"{path}: not a NIfTI file (.nii/.nii.gz)")
-            cases.append(_file_case(path, channels))
+                problems.append(f"{path}: not a NIfTI file (.nii/.nii.gz)")
+            elif path.resolve() in seen_files:
+                problems.append(f"{path}: given twice, so its case would occur in more than one input")
+            else:
+                seen_files.add(path.resolve())
+                loose.append(path)
+            continue
+        if path.name.endswith(NIFTI_SUFFIXES):  # a folder named like a scan: a file was meant
+            problems.append(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
             continue
         try:
-            fmt = detect_format(path)
+            fmt: str | None = detect_format(path)
         except InputError:
             fmt = None
         if fmt is None:
-            cases.extend(_folder_cases(path, channels))
+            cases.extend(_folder_cases(path, channels, problems))
             continue
-        info = load_dataset(path, fmt)
+        try:
+            info = load_dataset(path, fmt)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
         if len(info.channels) != channels:
-            raise InputError(
+            problems.append(
                 f"{path}: {fmt} dataset has {len(info.channels)} channels but the model expects {channels}"
             )
+            continue
         cases.extend({"id": c["id"], "image": list(c["image"])} for c in info.test_cases + info.cases)
-    seen: set[str] = set()
-    for c in cases:
-        if c["id"] in seen:
-            raise InputError(f"case id {c['id']!r} occurs in more than one input; outputs would overwrite each other")
-        seen.add(c["id"])
+    if loose:
+        cases.extend(_group_files(loose, channels, "inputs", loose=True, problems=problems))
+    counts = Counter(c["id"] for c in cases)
+    problems.extend(f"case id {cid!r} occurs in more than one input; outputs would overwrite each other"
+                    for cid, n in counts.items() if n > 1)
+    if problems:
+        for c in cases:
+            if counts[c["id"]] == 1:
+                problems.extend(case_problems(c, channels))
+        raise InputError(join_problems(sorted(problems)))  # sorted: in the order of the files' paths
     return cases
