@@ -59,3 +59,8 @@ def test_tuned_process_does_not_fault_freed_tensors_in_again() -> None:
     pages = 10 * (232 << 20) // 4096
     assert results["default"]["faults"] > pages // 2  # each tensor faulted in afresh
     assert results["tuned"]["faults"] < pages // 20  # reused from the heap
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "factorseg", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("factorseg ")

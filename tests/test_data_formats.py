@@ -330,3 +330,32 @@ def test_load_or_create_splits(tmp_path: Path) -> None:
         load_or_create_splits(path, [*ids, "c10"], folds=3)
     with pytest.raises(InputError, match="3 folds but 5"):
         load_or_create_splits(path, ids, folds=5)
+
+
+def test_datalist_ids_from_colliding_file_names_become_folder_names(tmp_path: Path) -> None:
+    """patientNN/flair.nii.gz cases without "id" would all be "flair": their folders name them instead."""
+    entries = []
+    for i in range(3):
+        folder = tmp_path / f"patient{i:02d}"
+        folder.mkdir()
+        for name in ("flair", "t1", "seg"):
+            nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), folder / f"{name}.nii.gz")
+        entries.append({"image": [f"patient{i:02d}/flair.nii.gz", f"patient{i:02d}/t1.nii.gz"],
+                        "label": f"patient{i:02d}/seg.nii.gz"})
+    doc = {"channels": ["flair", "t1"], "labels": {"0": "background", "1": "lesion"}, "training": entries}
+    (tmp_path / "datalist.json").write_text(json.dumps(doc))
+    assert [c["id"] for c in load_dataset(tmp_path).cases] == ["patient00", "patient01", "patient02"]
+    # Explicit ids that repeat are refused in one line.
+    doc["training"] = [{**e, "id": "same"} for e in entries]
+    (tmp_path / "datalist.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="more than once"):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("value", [5, None, "", ["a.nii.gz"], {"x": 1}])
+def test_msd_entries_must_be_paths(tmp_path: Path, value: object) -> None:
+    doc = {"modality": {"0": "T1"}, "labels": {"0": "background", "1": "fg"},
+           "training": [{"image": value, "label": "labelsTr/a.nii.gz"}]}
+    (tmp_path / "dataset.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError):
+        load_dataset(tmp_path, format="msd")

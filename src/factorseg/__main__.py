@@ -1,5 +1,5 @@
 """``python -m factorseg``: the ``factorseg`` command."""
 
-from factorseg.cli import main
+from factorseg.cli import run
 
-raise SystemExit(main())
+run()

@@ -8,6 +8,8 @@ defaults and the ``state_dict``. Lightning ``.ckpt`` files from ``factorseg trai
 
 from __future__ import annotations
 
+import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,24 +18,42 @@ import torch
 from torch import nn
 
 from factorseg import models
+from factorseg.config import validate_bundle_config
 from factorseg.data.labels import LabelSpec
 from factorseg.data.transforms import TransformConfig
 from factorseg.errors import InputError
-from factorseg.io import load_checkpoint, save_checkpoint
+from factorseg.io import check_regular_file, load_checkpoint, save_checkpoint
 
 BUNDLE_KEYS = ("model", "labels", "transforms", "channels", "inference")
 
 
+_CONSTRUCTOR_ERRORS = (TypeError, ValueError, ArithmeticError, IndexError, KeyError, RuntimeError)
+
+
 def build_model(model_cfg: dict[str, Any]) -> nn.Module:
-    """A registry model from ``{"name": ..., **constructor arguments}``."""
+    """A registry model from ``{"name": ..., **constructor arguments}``.
+
+    Errors of the constructor (an argument it does not take, sizes that do not fit together) become
+    one-line :class:`InputError` s naming the setting where the message allows.
+    """
     kwargs = dict(model_cfg)
     name = kwargs.pop("name", None)
     if not name:
         raise InputError("model config has no 'name'")
     try:
         return models.create(name, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"cannot build model {name!r}: {exc}") from exc
+    except InputError:
+        raise
+    except MemoryError:
+        raise
+    except _CONSTRUCTOR_ERRORS as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", first)
+        if unexpected:
+            raise InputError(f"model.{unexpected.group(1)} is not a setting of {name}") from None
+        named = [key for key in kwargs if re.search(rf"\b{re.escape(key)}\b", first)]
+        where = f"model.{named[0]}" if named else f"model {name!r}"
+        raise InputError(f"{where}: cannot build {name} with these settings ({first})") from None
 
 
 @dataclass
@@ -91,47 +111,87 @@ def _from_lightning(path: Path) -> dict[str, Any]:
         raise InputError(
             f"{path}: checkpoint from an incompatible factorseg version (config lacks {', '.join(missing)})"
         )
+    if not isinstance(config["model"], dict):
+        raise InputError(f"{path}: model must be a mapping of settings, got {config['model']!r}")
     prefix = "model."
     state = {k[len(prefix):]: v for k, v in raw["state_dict"].items() if isinstance(k, str) and k.startswith(prefix)}
     return {"config": bundle_config(config), "state_dict": state}
 
 
-def _check_config(config: dict[str, Any], path: Path) -> None:
-    """Refuse bundle configs that cannot describe a usable model (wrong types, channel count mismatch)."""
-    model, channels = config["model"], config["channels"]
-    if not isinstance(model, dict):
-        raise InputError(f"{path}: invalid model config {model!r}")
-    if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
-        raise InputError(f"{path}: invalid channel names {channels!r}")
-    for key, parse in (("labels", LabelSpec.from_dict), ("transforms", TransformConfig.from_dict)):
-        if not isinstance(config[key], dict):
-            raise InputError(f"{path}: invalid {key} config {config[key]!r}")
-        parse(config[key])
-    if model.get("in_channels") is not None and model["in_channels"] != len(channels):
+def exported_kind(path: Path) -> str | None:
+    """``"onnx"`` or ``"torchscript"`` for an exported graph (by suffix or content), else None."""
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if not path.is_file():  # a pipe or a device: never read here (it could block)
+        return None
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    # ONNX is a protobuf ModelProto: field 1 (ir_version, varint) first, the producer's name soon after.
+    if head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower()):
+        return "onnx"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+            return "torchscript"
+    return None
+
+
+def _refuse_exported(path: Path) -> None:
+    kind = exported_kind(path)
+    if kind == "onnx":
+        raise InputError(f"{path}: is an exported ONNX model, not a bundle; run it with `factorseg predict "
+                         "--backend onnxruntime` (other commands need the .pt bundle it was exported from)")
+    if kind == "torchscript":
+        raise InputError(f"{path}: is an exported TorchScript model, not a bundle; use the .pt bundle it was "
+                         "exported from (or run it with torch.jit.load)")
+
+
+def check_weights(state: Any, path: Path | str) -> dict[str, torch.Tensor]:
+    """A state dict of tensors whose floating-point values are all finite (one-line InputError otherwise)."""
+    if not isinstance(state, dict) or not state or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise InputError(f"{path}: not a factorseg model bundle (no weights)")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
         raise InputError(
-            f"{path}: model takes {model['in_channels']} input channels but lists {len(channels)} channel names"
+            f"{path}: {len(bad)} of {len(state)} weight tensors hold NaN or infinite values (e.g. {bad[0]}); "
+            "the training that wrote it diverged: retrain with a lower train.lr"
         )
+    return state
 
 
 def load_bundle(path: str | Path) -> LoadedModel:
     """Load a bundle (``.pt``) or a Lightning checkpoint (``.ckpt``) for inference, in eval mode.
 
-    Both are read with ``torch.load(weights_only=True)``: tensors and plain data only, never code.
+    Both are read with ``torch.load(weights_only=True)``: tensors and plain data only, never code. The config
+    is checked in full (:func:`factorseg.config.validate_bundle_config`) and every weight must be finite.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: model file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a model file (.pt or .ckpt)")
+    check_regular_file(path, "model file", "a model file (.pt or .ckpt)")  # a FIFO or device would block
+    _refuse_exported(path)
     raw = _from_lightning(path) if path.suffix == ".ckpt" else load_checkpoint(path)
     config, state = raw.get("config"), raw.get("state_dict")
-    if not isinstance(config, dict) or any(k not in config for k in BUNDLE_KEYS):
-        raise InputError(f"{path}: not a factorseg model bundle (missing config entries)")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"{path}: not a factorseg model bundle (no weights)")
-    _check_config(config, path)
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: not a factorseg model bundle (no config)")
+    validate_bundle_config(config, str(path))
+    state = check_weights(state, path)
     config = {**config, "model": models.upgrade_legacy(config["model"])}
-    model = build_model(config["model"])
+    try:
+        model = build_model(config["model"])
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -14,12 +14,48 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from factorseg import __version__
 from factorseg.errors import InputError
 
 EPILOG = "Docs: README.md. Every command prints its own help: factorseg COMMAND --help."
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``factorseg: error: ...``, exit status 2), like every other refusal."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"factorseg: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default (where it has one and the help does not already say it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower() or not action.option_strings or default is None or default is False
+            or (isinstance(default, list | tuple) and not default) or default is argparse.SUPPRESS
+            or isinstance(action, argparse._VersionAction)
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown})"
+
+
+def _fold(value: str) -> int | str:
+    """``--fold``: a fold number or ``all``."""
+    if value.strip().lower() == "all":
+        return "all"
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold number or 'all', got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a fold number >= 0 or 'all', got {value!r}")
+    return number
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -32,27 +68,33 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-d", "--data", required=True, type=Path, help="dataset folder (or datalist.json)")
     p.add_argument("-o", "--output", required=True, type=Path, help="run folder (created)")
-    p.add_argument("-r", "--recipe", default="default", help="shipped recipe name or a YAML file (default: default)")
-    p.add_argument("--format", help="dataset layout, if auto-detection is not wanted")
-    p.add_argument("--labels", help="label convention (e.g. brats2021, msd_task01, brats2015, isles22)")
+    p.add_argument("-r", "--recipe", default="default",
+                   help="shipped recipe name or a YAML file (factorseg recipes lists them)")
+    p.add_argument("--format", help="dataset layout, if auto-detection is not wanted (default: detected)")
+    p.add_argument("--labels", help="label convention (e.g. brats2021, msd_task01, brats2015, isles22) "
+                   "(default: the dataset's)")
     p.add_argument("--model", help="registry model name (e.g. swin_factorizer, segresnet, dynunet); another "
-                   "architecture than the recipe's starts from its own defaults")
-    p.add_argument("--fold", type=int, help="cross-validation fold to hold out")
-    p.add_argument("--folds", type=int, help="number of cross-validation folds")
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--steps-per-epoch", type=int, help="training iterations per epoch")
-    p.add_argument("--batch-size", type=int, help="volumes per batch")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--val-interval", type=int, help="epochs between validations")
-    p.add_argument("--num-workers", type=int, help="data-loading processes")
-    p.add_argument("--accelerator", help="cpu, gpu or auto")
-    p.add_argument("--devices", type=int, help="devices per node (>1 uses DDP)")
-    p.add_argument("--num-nodes", type=int, help="machines (DDP; works under torchrun and SLURM)")
-    p.add_argument("--precision", help="auto, 32-true, bf16-mixed or 16-mixed")
+                   "architecture than the recipe's starts from its own defaults (default: the recipe's)")
+    p.add_argument("--fold", type=_fold, help="cross-validation fold to hold out, or 'all' to train on every case "
+                   "without validation (the result is then model_last.pt) (default: the recipe's, 0)")
+    p.add_argument("--folds", type=int, help="number of cross-validation folds (default: the recipe's, 5)")
+    p.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
+    p.add_argument("--steps-per-epoch", type=int, help="training iterations per epoch (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, help="volumes per batch (default: the recipe's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="random seed (default: the recipe's, 0)")
+    p.add_argument("--val-interval", type=int, help="epochs between validations (default: the recipe's)")
+    p.add_argument("--num-workers", type=int, help="data-loading processes (default: the recipe's)")
+    p.add_argument("--accelerator", help="cpu, gpu or auto (default: the recipe's, auto)")
+    p.add_argument("--devices", type=int, help="devices per node (>1 uses DDP) (default: the recipe's, 1)")
+    p.add_argument("--num-nodes", type=int, help="machines (DDP; works under torchrun and SLURM) "
+                   "(default: the recipe's, 1)")
+    p.add_argument("--precision", help="auto, 32-true, bf16-mixed or 16-mixed (default: the recipe's, auto)")
     p.add_argument("-s", "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any recipe value, e.g. -s model.nmf_iters=3 -s transforms.roi_size=[64,64,64]")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+                   help="override any recipe value, e.g. -s model.nmf_iters=3 -s transforms.roi_size=[64,64,64] "
+                   "(factorseg recipes lists the keys)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint "
+                   "(its config.yaml; -d is given again)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=_cmd_train)
 
@@ -84,7 +126,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = switch_model(cfg, args.model)
     cfg = apply_overrides(cfg, _train_overrides(args))
     result = train(cfg, args.data, args.output, resume=args.resume, progress=not args.no_progress)
-    print(f"best model: {result.best_model}")
+    if result.best_model is not None:
+        print(f"best model: {result.best_model}")
+    else:
+        print(f"model: {result.last_model} (the last epoch's; with --fold all nothing was validated)")
     for key, value in sorted(result.metrics.items()):
         print(f"{key}: {value:.4f}")
     return 0
@@ -101,13 +146,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    help="model bundle (.pt), Lightning checkpoint (.ckpt), exported .onnx (with --backend onnxruntime) "
                    "or a shipped model name; repeat for an ensemble")
     p.add_argument("-i", "--input", nargs="+", required=True, type=Path,
-                   help="NIfTI files, folders of them (nnU-Net _0000 channel suffixes), or a dataset folder")
+                   help="NIfTI files (one case's channel files in model order are one case), folders of them "
+                   "(nnU-Net _XXXX channel suffixes, dropped from the output names), or a dataset folder")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
-    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
-    p.add_argument("--blend", choices=["gaussian", "constant"], help="window blending")
-    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
-    p.add_argument("--tta", action="store_true", default=None, help="average over all axis flips")
-    p.add_argument("--nmf-iters", type=int, help="NMF iterations at test time (fewer = faster)")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the model's)")
+    p.add_argument("--blend", choices=["gaussian", "constant"], help="window blending (default: the model's)")
+    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the model's)")
+    p.add_argument("--tta", action="store_true", default=None, help="average over all axis flips "
+                   "(default: the model's)")
+    p.add_argument("--nmf-iters", type=int, help="NMF iterations at test time, fewer = faster "
+                   "(default: as trained)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch", help="inference engine")
     p.add_argument("--probabilities", action="store_true", help="also write <id>_probabilities.nii.gz")
@@ -116,10 +164,30 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _check_options(args: argparse.Namespace, specs: dict[str, object]) -> None:
+    """Command-line numbers checked with the config's own types (``factorseg.config``), named as options."""
+    for dest, spec in specs.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        option = "--" + dest.replace("_", "-")
+        for i, item in enumerate(value if isinstance(value, list) else [value]):
+            name = f"{option} value {i + 1}" if isinstance(value, list) else option
+            spec.check(item, name)  # type: ignore[attr-defined]
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from factorseg.config import schema
     from factorseg.data.formats import cases_from_paths
     from factorseg.inference import InferenceOptions, SegmentationPredictor
     from factorseg.pretrained import resolve_model
+
+    # Types and lower bounds: InferenceOptions.resolved; the config's sanity limits on top.
+    inference = schema()["inference"].keys
+    for dest in ("sw_batch_size", "nmf_iters"):
+        value, cap = getattr(args, dest), getattr(getattr(inference[dest], "inner", inference[dest]), "cap", None)
+        if value is not None and cap is not None and value > cap:
+            raise InputError(f"--{dest.replace('_', '-')} must be at most {cap}, got {value}")
 
     options = InferenceOptions(
         overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size, tta=args.tta,
@@ -159,26 +227,38 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, help="where to write per_case.csv and summary.json")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--labels", help="label convention name (brats2021, brats2023, msd_task01, brats2015, isles22)")
-    group.add_argument("--labels-from", type=Path, help="take the labels from a model bundle or a dataset folder")
+    group.add_argument("--labels-from", help="take the labels from a model bundle, a shipped model name "
+                       "(e.g. hippocampus) or a dataset folder")
     p.add_argument("--metrics", nargs="+", choices=ALL_METRICS, default=list(DEFAULT_METRICS), help="metrics")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm")
     p.add_argument("--allow-missing", action="store_true", help="score missing predictions as empty")
-    p.add_argument("--workers", type=int, default=0, help="parallel processes")
+    p.add_argument("--num-workers", "--workers", dest="workers", metavar="N", type=int, default=0,
+                   help="parallel processes (0 = none)")
     p.set_defaults(func=_cmd_evaluate)
 
 
-def _labels_from(path: Path):  # noqa: ANN202 - returns a LabelSpec
-    from factorseg.bundle import load_bundle
+def _labels_from(source: str):  # noqa: ANN202 - returns a LabelSpec
     from factorseg.data.formats import load_dataset
+    from factorseg.pretrained import resolve_model, shipped_models
 
+    path = Path(source)
     if path.is_dir():
         return load_dataset(path).labels
-    return load_bundle(path).labels
+    if not path.exists() and source not in shipped_models():
+        names = ", ".join(sorted(shipped_models())) or "none"
+        raise InputError(f"--labels-from {source}: not a model file, a dataset folder or a shipped model name "
+                         f"(shipped: {names})")
+    return resolve_model(source).labels
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from factorseg.data.labels import get_label_spec
     from factorseg.evaluation import evaluate_folders
+
+    if not 0 <= args.workers <= 256:
+        raise InputError(f"--num-workers must be an integer in [0, 256], got {args.workers}")
+    if not (args.nsd_tolerance >= 0 and args.nsd_tolerance < float("inf")):
+        raise InputError(f"--nsd-tolerance must be a finite number >= 0 (mm), got {args.nsd_tolerance}")
 
     labels = get_label_spec(args.labels) if args.labels else _labels_from(args.labels_from)
     result = evaluate_folders(args.pred, args.ref, labels, args.metrics, args.output, args.nsd_tolerance,
@@ -219,6 +299,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from factorseg.io import read_image
     from factorseg.pretrained import resolve_model
 
+    from factorseg.config import Int
+
+    _check_options(args, {"components": Int(1, cap=4096)})
     loaded = resolve_model(args.model)
     if args.list_blocks:
         print("\n".join(list_blocks(loaded.model)))
@@ -256,7 +339,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", required=True, help="model bundle, checkpoint or shipped model name")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="export format")
     p.add_argument("-o", "--output", required=True, type=Path, help="output file")
-    p.add_argument("--nmf-iters", type=int, help="bake this many NMF iterations into the graph")
+    p.add_argument("--nmf-iters", type=int, help="bake this many NMF iterations into the graph (default: as trained)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=_cmd_export)
 
@@ -297,7 +380,11 @@ def _add_import_checkpoint(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from factorseg.config import Int, Num
     from factorseg.official import import_official_checkpoint
+
+    _check_options(args, {"nmf_iters": Int(0, cap=1000), "window_size": Int(1, cap=512), "crop": Int(1, cap=1024),
+                          "spacing": Num(0.0, lo_open=True, cap=100.0)})
 
     window = args.window_size[0] if args.window_size and len(args.window_size) == 1 else args.window_size
     path = import_official_checkpoint(
@@ -315,9 +402,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         description="Generate synthetic brain-tumour MRI, train a small Swin Factorizer, predict held-out cases, "
         "evaluate them and write report.html with scores, learning curve, overlays and NMF component maps. "
         "Nothing is downloaded.",
-        epilog="Example: factorseg demo --out demo_out --minutes 3",
+        epilog="Example: factorseg demo -o demo_out --minutes 3",
     )
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("-o", "--output", "--out", dest="out", metavar="OUTPUT", type=Path, default=Path("demo_out"),
+                   help="output folder")
     p.add_argument("--minutes", type=float, help="training time budget in minutes (default: the recipe's epochs)")
     p.add_argument("--cases", type=int, default=None, help="synthetic training cases (default: the demo's own)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -336,27 +424,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_recipes(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recipes", help="list shipped recipes or print one",
-                       description="List the shipped training recipes, or print one as YAML.")
+    p = sub.add_parser("recipes", help="list shipped recipes and the settings -s accepts, or print one",
+                       description="List the shipped training recipes with a line on each and the keys that "
+                       "`factorseg train -s SECTION.KEY=VALUE` accepts, or print one recipe as YAML.",
+                       epilog="Example: factorseg recipes hippocampus")
     p.add_argument("name", nargs="?", help="recipe to print")
+    p.add_argument("--keys", action="store_true", help="list every key with its type and range")
     p.set_defaults(func=_cmd_recipes)
 
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
+    import textwrap
+
     import yaml
 
-    from factorseg.config import available_recipes, load_recipe
+    from factorseg.config import available_recipes, describe_keys, load_recipe, recipe_description
 
     if args.name:
         print(yaml.safe_dump(load_recipe(args.name), sort_keys=False), end="")
-    else:
-        print("\n".join(available_recipes()))
+        return 0
+    names = available_recipes()
+    width = max(map(len, names))
+    print("Recipes (factorseg train --recipe NAME; factorseg recipes NAME prints one):")
+    for name in names:
+        print(f"  {name:<{width}}  {recipe_description(name)}")
+    keys = describe_keys()
+    if args.keys:
+        print("\nSettings (factorseg train -s SECTION.KEY=VALUE):")
+        for section, items in keys.items():
+            print(f"  {section}:")
+            for key, text in items:
+                print(f"    {section}.{key}: {text}")
+        return 0
+    print("\nSettings that -s SECTION.KEY=VALUE accepts (factorseg recipes --keys gives their types and ranges):")
+    for section, items in keys.items():
+        line = f"{section}: " + ", ".join(dict.fromkeys(key for key, _ in items))
+        print(textwrap.fill(line, width=110, initial_indent="  ", subsequent_indent="    "))
+    print("  (model: also any other constructor argument of the MONAI baselines)")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="factorseg",
+    parser = _Parser(
+        prog="factorseg", formatter_class=_HelpFormatter,
         description="Factorizer models (NMF instead of attention) for 3D medical image segmentation: "
         "train, predict, evaluate and explain on NIfTI data.",
         epilog=EPILOG,
@@ -364,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"factorseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - every command: defaults in its help
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        return _add_parser(*args, **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
     for add in (_add_train, _add_predict, _add_evaluate, _add_explain, _add_export, _add_import_checkpoint,
                 _add_demo, _add_recipes):
         add(sub)
@@ -420,10 +537,19 @@ _python_show_warning = warnings.showwarning
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``factorseg`` command; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors: their status, returned
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     previous, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except Exception as exc:  # noqa: BLE001 - user errors become one line; others keep their traceback
         if args.debug:
             raise
@@ -443,5 +569,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = previous
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``factorseg`` console command: the process's allocator settings, then :func:`main`.
+
+    Only the command changes process-wide state (:func:`factorseg.allocator.tune`, opt out with
+    ``FACTORSEG_ALLOCATOR=default``); :func:`main` itself, called from Python, leaves the process as it is.
+    """
+    from factorseg import allocator
+
+    allocator.tune()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

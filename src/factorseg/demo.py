@@ -21,13 +21,11 @@ recipe's fixed schedule runs (reproducible for a seed on a given machine).
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import shlex
 import shutil
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,21 +102,10 @@ def _spare_one_core() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's start-up chatter (accelerator lines, tips) and its own deprecation warning about torch's
-    pytree API (Lightning 2.6 with torch 2.13): a newcomer should see the demo's steps, not library internals."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
-            yield
-    finally:
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
+def _quiet_lightning():  # noqa: ANN202 - the context manager of factorseg.training.run
+    from factorseg.training.run import quiet_lightning
+
+    return quiet_lightning()
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -128,7 +115,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     present = [out_dir / name for name in OUTPUT_NAMES if (out_dir / name).exists()]
     if present and not overwrite:
         raise InputError(f"{out_dir} already holds demo outputs ({present[0].name}, ...); "
-                         "pass --overwrite to replace them or choose another --out")
+                         "pass --overwrite to replace them or choose another --output")
     for path in present:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -221,28 +208,39 @@ def plan_epochs(cfg: dict[str, Any], minutes: float, n_val: int, shape: int) -> 
     return max(1, int(minutes * 60 / epoch))
 
 
-def _demo_config(cases: int, seed: int, minutes: float | None, shape: int, overrides: Sequence[str],
-                 console: Console, progress: bool) -> tuple[dict[str, Any], list[str]]:
-    """The ``demo`` recipe with the seed, the folds the cases allow and the epochs that fit ``minutes``.
+def _demo_recipe(cases: int, seed: int, overrides: Sequence[str], block: str) -> tuple[dict[str, Any], list[str]]:
+    """The ``demo`` recipe with the seed and the folds the cases allow, checked (before anything is written).
 
     Returns the config and the overrides applied to the shipped recipe (to print the equivalent command).
     """
-    from factorseg.config import apply_overrides, load_recipe
+    from factorseg.bundle import build_model
+    from factorseg.config import apply_overrides, load_recipe, validate_recipe
 
     cfg = load_recipe("demo")
     applied = [f"train.seed={seed}", f"data.folds={min(int(cfg['data']['folds']), cases)}", *overrides]
-    cfg = apply_overrides(cfg, applied)
-    if minutes is not None:
-        n_val = math.ceil(cases / int(cfg["data"]["folds"]))
-        with console.status("Timing a few training steps to fit the time budget") if progress else _nothing():
-            # Validation runs on the foreground crop: the synthetic brain spans about 0.8 of the field of view.
-            epochs = plan_epochs(cfg, minutes, n_val, int(0.8 * shape))
-        console.print(f"  training budget {minutes:g} min: about {_plural(epochs, 'epoch')} of "
-                      f"{cfg['train']['steps_per_epoch']} steps (hard stop at {minutes:g} min)")
-        budget = [f"train.epochs={epochs}", f"train.max_minutes={minutes:g}"]
-        cfg = apply_overrides(cfg, budget)
-        applied += budget
+    cfg = validate_recipe(apply_overrides(cfg, applied))
+    from factorseg.explain import list_blocks
+
+    # Sizes that do not fit together, and a block the model lacks, are refused now, not after training.
+    blocks = list_blocks(build_model(cfg["model"]))
+    if block not in blocks:
+        raise InputError(f"block {block!r} is not in the demo model; its blocks are {', '.join(blocks)}")
     return cfg, applied
+
+
+def _fit_budget(cfg: dict[str, Any], applied: list[str], cases: int, minutes: float | None, shape: int,
+                console: Console, progress: bool) -> tuple[dict[str, Any], list[str]]:
+    """The recipe with the epochs that fit ``minutes`` (measured here) and the hard stop at ``minutes``."""
+    if minutes is None:
+        return cfg, applied
+    n_val = math.ceil(cases / int(cfg["data"]["folds"]))
+    with console.status("Timing a few training steps to fit the time budget") if progress else _nothing():
+        # Validation runs on the foreground crop: the synthetic brain spans about 0.8 of the field of view.
+        epochs = plan_epochs(cfg, minutes, n_val, int(0.8 * shape))
+    console.print(f"  training budget {minutes:g} min: about {_plural(epochs, 'epoch')} of "
+                  f"{cfg['train']['steps_per_epoch']} steps (hard stop at {minutes:g} min)")
+    cfg = {**cfg, "train": {**cfg["train"], "epochs": epochs, "max_minutes": float(minutes)}}
+    return cfg, [*applied, f"train.epochs={epochs}", f"train.max_minutes={minutes:g}"]
 
 
 def _read(path: Path) -> np.ndarray:
@@ -398,22 +396,66 @@ def run_demo(
         console: where to print (default: stdout).
     """
     console = console or Console()
+    _whole(cases, "--cases")
+    _whole(held_out, "held_out")
+    _whole(shape, "shape")
     if cases < 2:
         raise InputError(f"the demo needs at least 2 training cases, got {cases}")
     if held_out < 1:
         raise InputError(f"the demo needs at least 1 held-out case, got {held_out}")
-    if shape < 32:
-        raise InputError(f"synthetic volumes must be at least 32 voxels wide, got {shape}")
-    if minutes is not None and minutes <= 0:
-        raise InputError(f"--minutes must be positive, got {minutes}")
+    if cases + held_out > MAX_CASES:
+        raise InputError(f"the demo makes at most {MAX_CASES} synthetic cases, got {cases} + {held_out}")
+    if not 32 <= shape <= MAX_SHAPE:
+        raise InputError(f"synthetic volumes must be 32 to {MAX_SHAPE} voxels wide, got {shape}")
+    if minutes is not None:
+        if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not math.isfinite(minutes) \
+                or minutes <= 0:
+            raise InputError(f"--minutes must be positive (a finite number of minutes), got {minutes}")
+        if minutes > MAX_MINUTES:
+            raise InputError(f"--minutes must be at most {MAX_MINUTES} (a week), got {minutes:g}")
+    _whole(seed, "--seed")
+    if not 0 <= seed <= 2**32 - 1:
+        raise InputError(f"--seed must be an integer in [0, {2**32 - 1}], got {seed}")
+    cfg, applied = _demo_recipe(cases, seed, overrides, block)
     out_dir = Path(out_dir).expanduser()
+    created = not out_dir.exists()
     _prepare_out_dir(out_dir, overwrite)
-    with _spare_one_core():
-        return _pipeline(out_dir, minutes, cases, seed, progress, held_out, shape, overrides, block, console)
+    try:
+        with _spare_one_core():
+            return _pipeline(out_dir, minutes, cases, seed, progress, held_out, shape, cfg, applied, block, console)
+    except BaseException:
+        _remove_outputs(out_dir, created)  # nothing half-made stays behind
+        raise
+
+
+#: Limits of the demo's settings (its data are made in memory and on disk).
+MAX_CASES = 2000
+MAX_SHAPE = 256
+MAX_MINUTES = 7 * 24 * 60
+
+
+def _whole(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be an integer, got {value!r}")
+
+
+def _remove_outputs(out_dir: Path, created: bool) -> None:
+    """Remove what a failed demo wrote into ``out_dir`` (only the demo's own output names; the folder if new)."""
+    for name in OUTPUT_NAMES:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+    if created:
+        try:
+            out_dir.rmdir()
+        except OSError:
+            pass
 
 
 def _pipeline(out_dir: Path, minutes: float | None, cases: int, seed: int, progress: bool, held_out: int, shape: int,
-              overrides: Sequence[str], block: str, console: Console) -> DemoResult:
+              cfg: dict[str, Any], applied: list[str], block: str, console: Console) -> DemoResult:
     """The six steps of :func:`run_demo` into the prepared ``out_dir``."""
     from factorseg import report
     from factorseg.bundle import load_bundle
@@ -434,14 +476,15 @@ def _pipeline(out_dir: Path, minutes: float | None, cases: int, seed: int, progr
     console.print(f"[bold]1/6[/] Generating {cases} training + {held_out} held-out synthetic cases ({shape}³)")
     with console.status("Generating synthetic scans", spinner="dots") if progress else _nothing():
         train_dir, held_dir, ref_dir = _make_data(out_dir / "data", cases, held_out, seed, shape)
-    cfg, applied = _demo_config(cases, seed, minutes, shape, overrides, console, progress)
+    cfg, applied = _fit_budget(cfg, applied, cases, minutes, shape, console, progress)
     now = stage("data", started)
 
     tr = cfg["train"]
     console.print(f"[bold]2/6[/] Training the demo Factorizer: {_plural(int(tr['epochs']), 'epoch')} of "
                   f"{tr['steps_per_epoch']} steps")
     with _quiet_lightning():
-        trained = train(cfg, train_dir, out_dir / "run", progress=progress)
+        trained = train(cfg, train_dir, out_dir / "run", progress=progress,
+                        log=lambda line: console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True))
     training = _training_info(cfg, out_dir / "run", trained.metrics)
     now = stage("train", now)
 

@@ -28,7 +28,7 @@ from factorseg.bundle import LoadedModel
 from factorseg.errors import InputError
 from factorseg.io import atomic_path, atomic_write
 from factorseg.models import eval_mode
-from factorseg.nmf import set_nmf_iters
+from factorseg.nmf import NMF, set_nmf_iters
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -252,27 +252,59 @@ def export_bundle(
         raise InputError(f"{path} exists; pass --overwrite to replace it")
     if loaded.model is None:
         raise InputError(f"{loaded.path}: is already an exported graph")
+    source = Path(loaded.path).resolve()
+    if path.resolve() == source or sidecar.resolve() == source:
+        raise InputError(f"{path}: would replace the model it is exported from; choose another --output")
+    if nmf_iters is not None:
+        if not isinstance(nmf_iters, int) or isinstance(nmf_iters, bool) or not 0 <= nmf_iters <= 1000:
+            raise InputError(f"--nmf-iters must be an integer in [0, 1000], got {nmf_iters!r}")
+        if not any(isinstance(m, NMF) for m in loaded.model.modules()):
+            raise InputError("--nmf-iters: this model has no NMF layers")
+    if format not in FORMATS:
+        raise InputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     config = json.loads(json.dumps(loaded.config))
     if nmf_iters is not None:
-        if set_nmf_iters(loaded.model, nmf_iters) == 0:
-            raise InputError("--nmf-iters: this model has no NMF layers")
+        set_nmf_iters(loaded.model, nmf_iters)
         config["inference"]["nmf_iters"] = nmf_iters
     shape = (1, len(loaded.channels), *loaded.transforms.roi_size)
     export_model(loaded.model, shape, path, format)
-    atomic_write(sidecar, json.dumps({"format": format, "config": config}, indent=2).encode(), overwrite=True)
+    try:
+        atomic_write(sidecar, json.dumps({"format": format, "config": config}, indent=2).encode(), overwrite=True)
+    except BaseException:
+        path.unlink(missing_ok=True)  # an export without its config is unusable: leave neither
+        raise
     return path
 
 
 def load_onnx_bundle(path: str | Path) -> tuple[LoadedModel, Callable[[Tensor], Tensor]]:
-    """An exported ONNX model and its config, ready for :class:`~factorseg.inference.SegmentationPredictor`."""
+    """An exported ONNX model and its config, ready for :class:`~factorseg.inference.SegmentationPredictor`.
+
+    The sidecar's config is checked as a bundle's is (:func:`factorseg.config.validate_bundle_config`).
+    """
+    from factorseg.bundle import exported_kind
+    from factorseg.config import validate_bundle_config
+    from factorseg.pretrained import shipped_models
+
     path = Path(path)
-    sidecar = _sidecar(path)
+    if not path.exists() and str(path) in shipped_models():
+        raise InputError(f"{path} is a shipped model bundle, not an ONNX export; drop --backend onnxruntime")
     if not path.is_file():
         raise InputError(f"{path}: exported model not found")
+    if exported_kind(path) != "onnx":
+        raise InputError(f"{path}: is not an ONNX model (--backend onnxruntime runs `factorseg export` output); "
+                         "drop --backend onnxruntime to run a bundle")
+    sidecar = _sidecar(path)
     if not sidecar.is_file():
         raise InputError(f"{path}: its config {sidecar.name} is missing (export with `factorseg export`)")
+    if sidecar.stat().st_size > 16 << 20:
+        raise InputError(f"{sidecar}: too large for a factorseg export config")
     try:
-        config = json.loads(sidecar.read_text())["config"]
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{sidecar}: not a factorseg export config") from err
+        payload = json.loads(sidecar.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{sidecar}: not a factorseg export config (not JSON)") from err
+    except OSError as err:
+        raise InputError(f"{sidecar}: cannot be read ({err.strerror})") from err
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+        raise InputError(f"{sidecar}: not a factorseg export config (no 'config' mapping)")
+    config = validate_bundle_config(payload["config"], str(sidecar))
     return LoadedModel(None, config, path), load_predictor(path, "onnx")

@@ -200,11 +200,13 @@ def _load_msd(root: Path, **_: Any) -> DatasetInfo:
     else:
         labels = LabelSpec.from_json_labels(label_map or {})
 
-    def case(image: str, label: str | None) -> dict[str, Any]:
-        img = root / image
+    where = root / "dataset.json"
+
+    def case(image: Any, label: Any) -> dict[str, Any]:
+        img = root / _relative_path(image, where, "image")
         c: dict[str, Any] = {"id": strip_nifti(img.name), "image": [_existing(img, "image")]}
         if label is not None:
-            c["label"] = _existing(root / label, "label")
+            c["label"] = _existing(root / _relative_path(label, where, "label"), "label")
         return c
 
     training = d.get("training", [])
@@ -370,19 +372,58 @@ def _load_datalist(root: Path, json_path: Path | None = None, **_: Any) -> Datas
         image_list = [image] if isinstance(image, str) else image
         if not isinstance(image_list, list) or not image_list:
             raise InputError(f"{path}: entry {index} has no 'image'")
-        paths = [_existing(root / p, "image") for p in image_list]
+        paths = [_existing(root / _relative_path(p, path, f"entry {index} 'image'"), "image") for p in image_list]
         if len(paths) != 1 and len(paths) != len(channels):
             raise InputError(f"{path}: entry {index} has {len(paths)} images for {len(channels)} channels")
-        c: dict[str, Any] = {"id": str(entry.get("id", strip_nifti(Path(paths[0]).name))), "image": paths}
+        given = entry.get("id")
+        if given is not None and (not isinstance(given, (str, int)) or isinstance(given, bool) or not str(given)):
+            raise InputError(f"{path}: entry {index} 'id' must be a name, got {given!r}")
+        c: dict[str, Any] = {"id": str(given) if given is not None else strip_nifti(Path(paths[0]).name),
+                             "image": paths}
+        if given is None:
+            first = Path(paths[0])
+            c["_derived_id"] = str(first.relative_to(root).parent) if first.is_relative_to(root) else ""
         if labelled:
             if "label" not in entry:
                 raise InputError(f"{path}: training entry {index} has no 'label'")
-            c["label"] = _existing(root / entry["label"], "label")
+            c["label"] = _existing(root / _relative_path(entry["label"], path, f"entry {index} 'label'"), "label")
         return c
 
+    for key in ("training", "test"):
+        if not isinstance(d.get(key, []), list):
+            raise InputError(f"{path}: '{key}' must be a list of entries")
     cases = [case(e, True, i) for i, e in enumerate(d.get("training", []))]
     tests = [case(e, False, i) for i, e in enumerate(d.get("test", []))]
+    _unique_ids(cases + tests, path)
     return DatasetInfo("datalist", root, tuple(channels), labels, cases, tests)
+
+
+def _relative_path(value: Any, where: Path, what: str) -> str:
+    """A file path entry of a JSON file: a non-empty string (one-line InputError otherwise)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: {what} must be a file path, got {value!r}")
+    return value
+
+
+def _unique_ids(cases: list[dict[str, Any]], where: Path) -> None:
+    """Make case ids unique: ids taken from file names that collide (``patient01/flair.nii.gz``,
+    ``patient02/flair.nii.gz``) become the files' folder names; otherwise duplicates are refused."""
+    counts: dict[str, int] = {}
+    for c in cases:
+        counts[c["id"]] = counts.get(c["id"], 0) + 1
+    for c in cases:
+        folder = c.pop("_derived_id", None)
+        if counts[c["id"]] > 1 and folder and folder != ".":
+            c["id"] = folder.replace("/", "_")
+    seen: dict[str, int] = {}
+    for c in cases:
+        seen[c["id"]] = seen.get(c["id"], 0) + 1
+    duplicates = sorted(k for k, n in seen.items() if n > 1)
+    if duplicates:
+        raise InputError(
+            f"{where}: {len(duplicates)} case id(s) occur more than once ({', '.join(duplicates[:5])}); give each "
+            "entry a unique \"id\""
+        )
 
 
 _LOADERS: dict[str, Callable[..., DatasetInfo]] = {

@@ -2,35 +2,42 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 import os
 import platform
+import shutil
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from monai.data import list_data_collate
 from rich.progress import track
 from torch.utils.data import DataLoader
 
 from factorseg import models
-from factorseg.bundle import save_bundle
-from factorseg.config import SECTIONS, save_config
+from factorseg.bundle import check_weights, save_bundle
+from factorseg.config import SECTIONS, save_config, validate_recipe
 from factorseg.data.formats import DatasetInfo, load_dataset
 from factorseg.data.labels import get_label_spec
 from factorseg.data.splits import load_or_create_splits, make_splits
 from factorseg.data.transforms import LoadCased, TransformConfig, train_transforms, val_transforms
 from factorseg.errors import InputError
-from factorseg.inference import InferenceOptions
-from factorseg.io import atomic_path, atomic_write
+from factorseg.io import InputWarning, atomic_path, atomic_write
 from factorseg.training.data import CaseDataset, EpochSampler
 from factorseg.training.module import SegmentationModule
 
@@ -43,6 +50,47 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path, overwrite=True) as tmp:
             torch.save(checkpoint, tmp)
+
+
+class TrainingDiverged(InputError):
+    """The loss or the weights stopped being finite: the settings (usually ``train.lr``) do not train."""
+
+
+def _finite_weights(module: pl.LightningModule) -> str | None:
+    """The name of the first parameter holding NaN or infinite values, if any."""
+    return next((n for n, p in module.named_parameters() if not bool(torch.isfinite(p.detach()).all())), None)
+
+
+class FiniteGuard(Callback):
+    """Stops training with one line as soon as the loss or the weights stop being finite.
+
+    Lightning runs checkpoint callbacks after all others, and the guard comes first in the list, so the weights
+    of an epoch that went bad are never written (neither checkpoints nor bundles); validation is not run on them.
+    """
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def _diverged(self, what: str, trainer: pl.Trainer) -> TrainingDiverged:
+        return TrainingDiverged(f"training diverged: {what} at step {trainer.global_step} (epoch "
+                                f"{trainer.current_epoch}); lower train.lr (now {self.lr:g}) or set train.grad_clip")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all()):
+            raise self._diverged(f"the loss became {float(loss.detach().float().mean()):g}", trainer)
+
+    def _check_weights(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        bad = _finite_weights(module)
+        if bad is not None:
+            raise self._diverged(f"weight {bad} became NaN or infinite", trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._check_weights(trainer, module)
+
+    def on_validation_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._check_weights(trainer, module)
 
 
 class BundleWriter(Callback):
@@ -72,20 +120,176 @@ class BundleWriter(Callback):
         self.best = float(state.get("best", -1.0))
 
 
+# ------------------------------------------------------------------------------------------ metrics.csv
+Rows = tuple[list[str], list[dict[str, str]]]
+
+
+def _csv_bytes(header: list[str], rows: list[dict[str, str]]) -> bytes:
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=header, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def _metrics_before(path: Path, step: int) -> Rows | None:
+    """The header and the rows of ``metrics.csv`` logged before logger step ``step`` (what a resumed run keeps:
+    the later ones are logged again when their steps are re-run). Read before anything is written."""
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_bytes().decode("utf-8")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = list(reader.fieldnames or [])
+        rows = [{k: v for k, v in row.items() if k is not None} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot read the run's metrics log ({exc}); move it away to resume") from None
+    if not header:
+        return None
+    if "step" not in header:
+        raise InputError(f"{path}: not a metrics log of factorseg train (no step column); move it away to resume")
+    kept = []
+    for number, row in enumerate(rows, start=2):
+        try:
+            logged = int(float(row.get("step") or ""))
+        except ValueError:
+            raise InputError(f"{path}: line {number} has no step number; move the file away to resume") from None
+        if logged < step:
+            kept.append(row)
+    return header, kept
+
+
+class _ResumedWriter(ExperimentWriter):
+    """Lightning's CSV writer, starting ``metrics.csv`` with the rows a resumed run keeps.
+
+    Lightning's own writer deletes an existing ``metrics.csv``, so a resumed run kept only its new rows.
+    """
+
+    def __init__(self, log_dir: str, kept: Rows | None) -> None:
+        self._kept = kept
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if self._kept is None:
+            path.unlink(missing_ok=True)  # a new run starts its log afresh
+            return
+        header, rows = self._kept
+        self.metrics_keys = list(header)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, _csv_bytes(header, rows), overwrite=True)
+
+
+class RunCSVLogger(CSVLogger):
+    """``logs/metrics.csv``, flushed at every logged step (a kill loses nothing already logged) and continued
+    rather than restarted by ``--resume``."""
+
+    def __init__(self, out_dir: Path, kept: Rows | None = None) -> None:
+        super().__init__(out_dir, name="logs", version="", flush_logs_every_n_steps=1)
+        self._kept = kept
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        self._fs.makedirs(self.root_dir, exist_ok=True)
+        self._experiment = _ResumedWriter(self.log_dir, self._kept)
+        return self._experiment
+
+
+# ------------------------------------------------------------------------------------------ resume
+_CKPT_KEYS = ("epoch", "global_step", "state_dict", "loops", "optimizer_states", "lr_schedulers")
+
+
+def _resume_point(path: Path, module: SegmentationModule) -> int:
+    """Check ``last.ckpt`` before Lightning reads it (plain data only, this run's model, finite weights) and return
+    the logger step the run continues from."""
+    cannot = f"{path}: cannot resume from it"
+    try:
+        if path.stat().st_size == 0:
+            raise InputError(f"{cannot}: the file is empty")
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except InputError:
+        raise
+    except PermissionError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    except Exception:  # noqa: BLE001 - arbitrary bytes make the weights-only unpickler fail in many ways
+        raise InputError(f"{cannot}: not a readable checkpoint, or it holds objects other than tensors and plain "
+                         "data (refused to unpickle)") from None
+    if not isinstance(raw, dict) or any(k not in raw for k in _CKPT_KEYS):
+        raise InputError(f"{cannot}: not a checkpoint written by factorseg train")
+    state = check_weights(raw["state_dict"], path)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != got:
+        differ = sorted(set(expected) ^ set(got)) or sorted(k for k in expected if expected[k] != got[k])
+        raise InputError(f"{cannot}: its weights do not fit the run's model (e.g. {differ[0]})")
+    try:
+        return int(raw["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
+    except (KeyError, TypeError, ValueError):
+        try:
+            return int(raw["global_step"])
+        except (TypeError, ValueError):
+            raise InputError(f"{cannot}: not a checkpoint written by factorseg train") from None
+
+
+# Settings a resumed run cannot change: the checkpoint holds the model, the optimizer and the data order they made.
+# (Transforms first: the model's crop follows transforms.roi_size, and the message should name what was set.)
+_FIXED_ON_RESUME = {
+    "transforms": None,
+    "data": ("labels", "folds", "fold", "splits_file", "use_flair"),
+    "train": ("seed", "steps_per_epoch", "batch_size", "lr", "weight_decay", "warmup_epochs",
+              "deep_supervision_weights", "squared_pred"),
+    "model": None,
+}
+
+
+def _check_resume_changes(out_dir: Path, cfg: dict[str, Any]) -> None:
+    from factorseg.config import load_recipe
+
+    saved_path = out_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise InputError(f"--resume: {saved_path} not found; is {out_dir} a factorseg run?")
+    saved = load_recipe(saved_path)
+    for section, keys in _FIXED_ON_RESUME.items():
+        names = sorted(set(saved[section]) | set(cfg[section])) if keys is None else keys
+        for key in names:
+            old, new = saved[section].get(key), cfg[section].get(key)
+            if old != new and not (isinstance(old, list | tuple) and isinstance(new, list | tuple)
+                                   and list(old) == list(new)):
+                raise InputError(f"--resume continues the run as {saved_path} configures it: {section}.{key} was "
+                                 f"{old!r}, now {new!r}; train into another --output to change it")
+
+
+# ------------------------------------------------------------------------------------------ the run
 @dataclass
 class TrainResult:
-    """Where a run left its outputs and its final validation scores."""
+    """Where a run left its outputs and its final validation scores.
+
+    ``best_model`` is None when nothing was validated (``data.fold=all``): the result is then ``last_model``.
+    """
 
     out_dir: Path
-    best_model: Path
+    best_model: Path | None
     last_model: Path
     metrics: dict[str, float]
 
+    @property
+    def validated(self) -> bool:
+        return self.best_model is not None
+
+    @property
+    def model(self) -> Path:
+        """The model to use: the best validated one, or the last one when nothing was validated."""
+        return self.best_model if self.best_model is not None else self.last_model
+
 
 def resolve_config(cfg: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
-    """Fill in what the dataset decides (channels, labels, in/out channels) and check consistency."""
+    """Fill in what the dataset decides (format, channels, labels, in/out channels) and check consistency."""
     cfg = {k: dict(v) for k, v in cfg.items()}
     labels = info.labels
+    cfg["data"]["format"] = info.format  # the detected layout, so that config.yaml says what was read
     cfg["labels"] = labels.to_dict()
     cfg["channels"] = list(info.channels)
     model = cfg["model"] = models.explicit_architecture(cfg["model"])
@@ -98,34 +302,10 @@ def resolve_config(cfg: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
     cfg["transforms"] = tcfg.to_dict()
     if model["name"] in models.FACTORIZERS and "pos_embed_size" not in model:
         model["crop"] = list(tcfg.roi_size)  # a positional embedding is sized for the training patch
-    _check_train_settings(cfg["train"])
-    InferenceOptions().resolved(cfg["inference"])  # the bundles carry these: refuse bad ones before training
     return cfg
 
 
-def _check_train_settings(train: dict[str, Any]) -> None:
-    """One-line errors for settings that would otherwise fail deep inside Lightning or the optimizer."""
-
-    def number(value: Any) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-
-    for key in ("epochs", "steps_per_epoch", "batch_size", "val_interval"):
-        value = train.get(key)
-        if not (isinstance(value, int) and not isinstance(value, bool)) or value < 1:
-            raise InputError(f"train.{key} must be an integer >= 1, got {value!r}")
-    if not isinstance(train.get("num_workers"), int) or train["num_workers"] < 0:
-        raise InputError(f"train.num_workers must be an integer >= 0, got {train.get('num_workers')!r}")
-    if not number(train.get("lr")) or train["lr"] <= 0:
-        raise InputError(f"train.lr must be a positive number, got {train.get('lr')!r}")
-    for key in ("weight_decay", "warmup_epochs", "grad_clip"):
-        value = train.get(key)
-        if value is not None and (not number(value) or value < 0):
-            raise InputError(f"train.{key} must be a number >= 0, got {value!r}")
-    if not isinstance(train.get("squared_pred", False), bool):
-        raise InputError(f"train.squared_pred must be true or false, got {train['squared_pred']!r}")
-
-
-def _precision(setting: str) -> str:
+def _precision(setting: str | int) -> str | int:
     if setting != "auto":
         return setting
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -135,7 +315,8 @@ def _precision(setting: str) -> str:
 
 def _strategy(train: dict[str, Any]) -> str:
     devices, nodes = train["devices"], train["num_nodes"]
-    multi = nodes > 1 or (isinstance(devices, int) and devices > 1) or devices == -1 or "WORLD_SIZE" in os.environ
+    multi = (nodes > 1 or (isinstance(devices, int) and devices > 1) or devices == -1
+             or (isinstance(devices, list) and len(devices) > 1) or "WORLD_SIZE" in os.environ)
     return "ddp" if multi else "auto"
 
 
@@ -158,7 +339,8 @@ def _write_run_info(out_dir: Path, trainer: pl.Trainer, seconds: float, metrics:
     atomic_write(out_dir / "run_info.json", json.dumps(info, indent=2).encode(), overwrite=True)
 
 
-def _trainer(tr: dict[str, Any], callbacks: list[Callback], out_dir: Path, progress: bool) -> pl.Trainer:
+def _trainer(tr: dict[str, Any], callbacks: list[Callback], out_dir: Path, progress: bool, kept: Rows | None,
+             validate: bool) -> pl.Trainer:
     """The Lightning trainer for the ``train`` settings (creates no files by itself)."""
     return pl.Trainer(
         max_epochs=tr["epochs"],
@@ -170,9 +352,10 @@ def _trainer(tr: dict[str, Any], callbacks: list[Callback], out_dir: Path, progr
         precision=_precision(tr["precision"]),
         gradient_clip_val=tr["grad_clip"] or None,
         check_val_every_n_epoch=tr["val_interval"],
+        limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        logger=[CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")],
+        logger=[RunCSVLogger(out_dir, kept), TensorBoardLogger(out_dir, name="tensorboard", version="")],
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         enable_progress_bar=progress,
@@ -180,6 +363,38 @@ def _trainer(tr: dict[str, Any], callbacks: list[Callback], out_dir: Path, progr
         log_every_n_steps=min(10, tr["steps_per_epoch"]),
         default_root_dir=out_dir,
     )
+
+
+_LIGHTNING_CHATTER = (
+    r".*does not have many workers.*", r".*The number of training batches.*", r".*treespec, LeafSpec.*",
+    r".*exists and is not empty.*", r".*is deprecated.*", r".*`max_epochs` was not set.*",
+)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's start-up chatter (accelerator lines, tips such as the litlogger one, "fit stopped") and
+    its advisory and deprecation warnings: a user should see factorseg's lines, not library internals."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            for pattern in _LIGHTNING_CHATTER:
+                warnings.filterwarnings("ignore", message=pattern)
+            try:
+                from lightning.fabric.utilities.warnings import PossibleUserWarning
+                from lightning.fabric.utilities.rank_zero import LightningDeprecationWarning
+
+                warnings.filterwarnings("ignore", category=PossibleUserWarning)
+                warnings.filterwarnings("ignore", category=LightningDeprecationWarning)
+            except ImportError:  # pragma: no cover - another Lightning layout
+                pass
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
@@ -190,48 +405,137 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
+def _remove_new(out_dir: Path, before: set[str] | None, extra: list[Path]) -> None:
+    """Remove what a failed new run wrote: its folder if it made it, else the entries that were not there."""
+    for path in extra:
+        path.unlink(missing_ok=True)
+    if not out_dir.is_dir():
+        return
+    if before is None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    for path in out_dir.iterdir():
+        if path.name not in before:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _data_summary(info: DatasetInfo, cfg: dict[str, Any], n_train: int, n_val: int) -> str:
+    """One line: what the run found and how it splits it."""
+    labels = get_label_spec(cfg["labels"])
+    names = labels.names if labels.mode == "regions" else labels.names[1:]
+    kind = ("sigmoid region" if labels.mode == "regions" else "class") + ("s" if len(names) != 1 else "")
+    unlabelled = f" (+{len(info.test_cases)} unlabelled)" if info.test_cases else ""
+    fold, folds = cfg["data"]["fold"], cfg["data"]["folds"]
+    if n_val:
+        split = f"fold {fold} of {folds}: {n_train} training, {n_val} validation cases"
+    else:
+        split = (f"all {n_train} cases train and none validates (data.fold=all): the result is the last "
+                 "epoch's model, model_last.pt")
+    return (f"data: {info.format} layout, {len(info.cases)} labelled cases{unlabelled}, {len(info.channels)} "
+            f"channel{'s' if len(info.channels) != 1 else ''} ({', '.join(info.channels)}), labels "
+            f"{labels.convention}: {len(names)} {kind} ({', '.join(names)}); {split}")
+
+
+def _check_patch(cfg: dict[str, Any], model: torch.nn.Module) -> None:
+    """Refuse a training patch the model cannot take, now rather than at the first training step.
+
+    Factorizers say so themselves (:meth:`check_size`); other models run one forward pass on the ``meta`` device
+    (shapes only, no memory or compute); where that device is unsupported the check is skipped.
+    """
+    from factorseg.bundle import build_model
+
+    roi, name = list(cfg["transforms"]["roi_size"]), cfg["model"]["name"]
+    check = getattr(model, "check_size", None)
+    if callable(check):
+        try:
+            check(roi)
+        except ValueError as exc:
+            raise InputError(f"transforms.roi_size={roi} does not fit {name}: {exc}") from None
+        return
+    batch = int(cfg["train"]["batch_size"]) * int(cfg["transforms"].get("num_samples", 1))
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta = build_model(cfg["model"]).train()
+            meta(torch.empty(batch, int(cfg["model"]["in_channels"]), *roi))
+    except NotImplementedError:
+        return
+    except (InputError, RuntimeError, ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "meta" in first.lower():
+            return
+        raise InputError(f"{name} cannot train on transforms.roi_size={roi} patches with these model settings "
+                         f"({first})") from None
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def train(
     cfg: dict[str, Any],
     data_path: str | Path,
     out_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
+    log: Callable[[str], None] | None = print,
 ) -> TrainResult:
-    """Train on the dataset at ``data_path`` with the resolved recipe ``cfg``; outputs go to ``out_dir``.
+    """Train on the dataset at ``data_path`` with the recipe ``cfg``; outputs go to ``out_dir``.
 
-    ``resume`` continues from ``out_dir/checkpoints/last.ckpt`` (model, optimizer, schedule, epoch).
+    The recipe is checked first (:func:`factorseg.config.validate_recipe`), then every case; nothing is written
+    before both pass. ``resume`` continues from ``out_dir/checkpoints/last.ckpt`` (model, optimizer, schedule,
+    epoch, and the metrics logged before it). ``data.fold: all`` trains on every case without validation.
+    ``log`` receives the one-line summary of the data (None: quiet). A new run that fails before its first
+    checkpoint removes what it wrote; a run that diverges (NaN or infinite loss or weights) stops with an
+    :class:`~factorseg.errors.InputError` (exit status 2 on the command line).
     """
     out_dir = Path(out_dir)
+    cfg = validate_recipe(cfg)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
+    if resume and not last_ckpt.exists():
+        raise InputError(f"--resume: {last_ckpt} does not exist")
+    if not resume and last_ckpt.exists():
+        raise InputError(f"{out_dir} already holds a run; use --resume to continue it or choose another --output")
     data_cfg = cfg["data"]
     info = load_dataset(data_path, data_cfg.get("format"), labels=data_cfg.get("labels"),
                         use_flair=bool(data_cfg.get("use_flair", False)))
     if not info.cases:
         raise InputError(f"{data_path}: no labelled training cases found")
     cfg = resolve_config(cfg, info)
-    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
-    if resume and not last_ckpt.exists():
-        raise InputError(f"--resume: {last_ckpt} does not exist")
-    if not resume and last_ckpt.exists():
-        raise InputError(f"{out_dir} already holds a run; use --resume to continue it or choose another --output")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder")
     if resume:
-        _remove_stale_temporaries(out_dir)
+        _check_resume_changes(out_dir, cfg)
     started = time.perf_counter()
     data, tr = cfg["data"], cfg["train"]
     pl.seed_everything(tr["seed"], workers=True, verbose=False)
 
-    splits_file = Path(data.get("splits_file") or out_dir / "splits.json")
-    if splits_file.exists():
-        splits = load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
-    else:  # written once the data have passed the checks below
-        splits = make_splits(info.case_ids, data["folds"], tr["seed"])
     fold = data["fold"]
-    if not 0 <= fold < len(splits):
-        raise InputError(f"data.fold={fold} but there are {len(splits)} folds")
     by_id = {c["id"]: c for c in info.cases}
-    train_cases = [by_id[i] for i in splits[fold]["train"]]
-    val_cases = [by_id[i] for i in splits[fold]["val"]]
+    splits_file: Path | None = None
+    if fold == "all":
+        train_cases, val_cases = list(info.cases), []
+    else:
+        splits_file = Path(data.get("splits_file") or out_dir / "splits.json")
+        if splits_file.exists():
+            splits = load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
+        else:  # written once the data have passed the checks below
+            splits = make_splits(info.case_ids, data["folds"], tr["seed"])
+        if not 0 <= fold < len(splits):
+            raise InputError(f"data.fold={fold} but there are {len(splits)} folds")
+        train_cases = [by_id[i] for i in splits[fold]["train"]]
+        val_cases = [by_id[i] for i in splits[fold]["val"]]
+        for name, cases in (("validation", val_cases), ("training", train_cases)):
+            if not cases:
+                raise InputError(f"{splits_file}: fold {fold} has no {name} cases; give it some, or train on "
+                                 "every case without validation with --fold all")
+    if log is not None and _is_rank_zero():
+        log(_data_summary(info, cfg, len(train_cases), len(val_cases)))
 
     # Every case is read and checked (files, grids, label values) before anything is written, so that a bad
     # file stops the run with one line up front instead of mid-training: caching does it while loading.
@@ -251,12 +555,18 @@ def train(
         train_set, batch_size=tr["batch_size"], sampler=sampler, num_workers=workers,
         collate_fn=list_data_collate, persistent_workers=False,
     )
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=0, collate_fn=list_data_collate)
+    validate = bool(val_cases)
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=0, collate_fn=list_data_collate) if validate else None
 
     module = SegmentationModule(cfg)
-    callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/dice", mode="max",
-                        save_top_k=1, enable_version_counter=False),
+    _check_patch(cfg, module.model)
+    resume_step = _resume_point(last_ckpt, module) if resume else None
+    kept = _metrics_before(out_dir / "logs" / "metrics.csv", resume_step) if resume_step is not None else None
+    callbacks: list[Callback] = [FiniteGuard(float(tr["lr"]))]
+    if validate:
+        callbacks.append(ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/dice",
+                                         mode="max", save_top_k=1, enable_version_counter=False))
+    callbacks += [
         # last.ckpt after every epoch, validated or not (a single monitored callback would only save on
         # validation epochs), so that a killed run loses at most one epoch.
         ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", save_top_k=1,
@@ -266,28 +576,48 @@ def train(
     if progress:
         callbacks.append(RichProgressBar())
     try:
-        trainer = _trainer(tr, callbacks, out_dir, progress)
+        with quiet_lightning():
+            trainer = _trainer(tr, callbacks, out_dir, progress, kept, validate)
     except MisconfigurationException as exc:  # e.g. --accelerator gpu on a machine without one
+        raise InputError(f"training settings: {str(exc).strip().splitlines()[0]}") from exc
+    except (ValueError, TypeError) as exc:  # settings Lightning refuses that the recipe types let through
         raise InputError(f"training settings: {str(exc).strip().splitlines()[0]}") from exc
 
     # Nothing is written before this point: a refused run leaves no folder behind.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not splits_file.exists():
-        load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
-    # Only the recipe sections: config.yaml is then a valid recipe, reloaded by --resume (labels and channels
-    # are derived from the dataset again, and travel in the model bundles).
-    save_config({key: cfg[key] for key in SECTIONS}, out_dir / "config.yaml")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*The number of training batches.*")
-        warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
-        trainer.fit(module, train_loader, val_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
-    if trainer.current_epoch % tr["val_interval"] != 0:
-        # The last epochs were not validated: score the final weights too (may become the best model).
-        trainer.validate(module, val_loader, verbose=False)
-    if trainer.is_global_zero and not (out_dir / "model_best.pt").exists():
-        save_bundle(cfg, module.model, out_dir / "model_best.pt")
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if trainer.is_global_zero:
-        _write_run_info(out_dir, trainer, time.perf_counter() - started, metrics)
-    return TrainResult(out_dir, out_dir / "model_best.pt", out_dir / "model_last.pt", metrics)
+    before = None if not out_dir.exists() else {p.name for p in out_dir.iterdir()}
+    written: list[Path] = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _remove_stale_temporaries(out_dir)
+        if splits_file is not None and not splits_file.exists():
+            load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
+            if out_dir.resolve() not in splits_file.resolve().parents:
+                written.append(splits_file)
+        # Only the recipe sections: config.yaml is then a valid recipe, reloaded by --resume (labels and channels
+        # are derived from the dataset again, and travel in the model bundles).
+        save_config({key: cfg[key] for key in SECTIONS}, out_dir / "config.yaml")
+        with quiet_lightning():
+            trainer.fit(module, train_loader, val_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
+            if validate and trainer.current_epoch % tr["val_interval"] != 0:
+                # The last epochs were not validated: score the final weights too (may become the best model).
+                trainer.validate(module, val_loader, verbose=False)
+        planned = tr["epochs"] * tr["steps_per_epoch"]
+        if trainer.global_step < planned and tr.get("max_minutes") and trainer.is_global_zero:
+            warnings.warn(f"training stopped at the time limit train.max_minutes={tr['max_minutes']:g} after "
+                          f"{trainer.global_step} of {planned} planned steps", InputWarning, stacklevel=2)
+        best = out_dir / "model_best.pt" if validate else None
+        if best is not None and trainer.is_global_zero and not best.exists():
+            warnings.warn("validation gave no Dice score (no foreground in the validation cases?): model_best.pt "
+                          "is the last model", InputWarning, stacklevel=2)
+            save_bundle(cfg, module.model, best)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if trainer.is_global_zero:
+            _write_run_info(out_dir, trainer, time.perf_counter() - started, metrics)
+    except BaseException as exc:
+        if not resume and not last_ckpt.exists():
+            _remove_new(out_dir, before, written)
+        elif isinstance(exc, TrainingDiverged):
+            raise TrainingDiverged(f"{exc}; {out_dir} keeps the checkpoints of the epochs before") from None
+        raise
+    return TrainResult(out_dir, best, out_dir / "model_last.pt", metrics)
