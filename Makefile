@@ -10,7 +10,10 @@ PIP_FLAGS := -q --disable-pip-version-check -c constraints.txt
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
-	$(BIN)/pip install $(PIP_FLAGS) -e ".[test,export]"
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[test,export,nnunet]"
+	@# nnunetv2 -> timm -> torchvision: PyPI's torchvision is built for CUDA torch and does not import with
+	@# the pinned CPU torch wheel, which breaks `import lightning`; nothing here needs it (docs/nnunet.md)
+	$(BIN)/python -c "import torchvision" >/dev/null 2>&1 || $(BIN)/pip uninstall -y -q torchvision
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,1 @@
+"""The folder to name in ``nnUNet_extTrainer``: nnU-Net imports each module here and looks for the trainer."""
