@@ -16,3 +16,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_brats(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four synthetic 16^3 BraTS 2021 cases (read only: tests copy what they change)."""
+    from factorseg.data.synthetic import write_brats_dataset
+
+    root = tmp_path_factory.mktemp("tiny_brats") / "data"
+    write_brats_dataset(root, 4, seed=3, shape=(16, 16, 16))
+    return root

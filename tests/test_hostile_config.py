@@ -27,7 +27,6 @@ import torch
 from factorseg import config as recipes
 from factorseg.bundle import save_bundle
 from factorseg.cli import build_parser, main
-from factorseg.data.synthetic import write_brats_dataset
 from factorseg.data.transforms import TransformConfig
 from factorseg.io import CHECKPOINT_FORMAT
 from factorseg.models import create
@@ -64,10 +63,8 @@ def _refused(capsys: pytest.CaptureFixture, argv: list[str], fragments: Sequence
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hostile") / "data"
-    write_brats_dataset(root, 4, seed=2, shape=(16, 16, 16))
-    return root
+def dataset(tiny_brats: Path) -> Path:
+    return tiny_brats
 
 
 def _train(data: Path, out: Path, *extra: str) -> list[str]:

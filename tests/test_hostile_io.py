@@ -21,35 +21,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from factorseg.bundle import save_bundle
+from builders import claiming_nifti, tiny_bundle
+
 from factorseg.cli import main
-from factorseg.data.transforms import TransformConfig
-from factorseg.models import create
 
 SHAPE = (20, 18, 16)
-CLASSES = {"mode": "classes", "names": ["background", "a", "b"], "values": [0, 1, 2], "convention": "custom"}
-
-
-def _bundle(path: Path, channels: int) -> Path:
-    model_cfg = {"name": "swin_factorizer", "in_channels": channels, "out_channels": 3, "widths": [8, 16],
-                 "head_dim": 4, "window_size": 4, "deep_supervision": False}
-    config = {
-        "model": model_cfg,
-        "labels": CLASSES,
-        "transforms": TransformConfig(roi_size=(16, 16, 16), crop_foreground=False).to_dict(),
-        "channels": [f"c{i}" for i in range(channels)],
-        "inference": {"overlap": 0.0, "sw_batch_size": 1},
-    }
-    torch.manual_seed(0)
-    return save_bundle(config, create("swin_factorizer", **{k: v for k, v in model_cfg.items() if k != "name"}), path)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {c: _bundle(root / f"m{c}.pt", c) for c in (1, 2)}
+    return {c: tiny_bundle(root / f"m{c}.pt", c) for c in (1, 2)}
 
 
 @pytest.fixture(autouse=True)
@@ -75,19 +58,9 @@ def _save(path: Path, data: np.ndarray) -> Path:
 
 
 def _forged(path: Path, shape: Sequence[int], dtype: object = np.float64, nifti2: bool = False,
-            data: bytes = b"") -> Path:
-    """A header claiming ``shape`` voxels of ``dtype``, followed by only ``data`` (gzip-compressed for .nii.gz)."""
-    header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header)()
-    header.set_data_dtype(dtype)
-    header["dim"][:] = 1
-    header["dim"][0] = len(shape)
-    header["dim"][1 : 1 + len(shape)] = shape
-    header["pixdim"][1:4] = 1.0
-    header["vox_offset"] = 544 if nifti2 else 352
-    header.set_sform(np.eye(4), code=1)
-    raw = header.binaryblock + bytes(4) + data
-    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
-    return path
+                 data: bytes = b"") -> Path:
+    """A forged header (float64 by default) followed by only ``data``."""
+    return claiming_nifti(path, shape, dtype, data=data, nifti2=nifti2)
 
 
 def _noise(n: int) -> bytes:

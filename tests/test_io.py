@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from builders import claiming_nifti
+
 from factorseg import __version__
 from factorseg.errors import InputError
 from factorseg.io import (
@@ -477,26 +479,10 @@ def test_real_scans_read_and_grid_checks(shared_data: Path) -> None:
 # --- hostile sizes, data types and special files (checked from the header, before any voxel is read) ----------
 
 
-def _claiming(path: Path, shape: tuple[int, ...], dtype: object = np.float32, data: bytes = b"",
-              nifti2: bool = False, vox_offset: float | None = None) -> Path:
-    """A header that claims ``shape`` voxels of ``dtype`` followed by ``data`` (gzip-compressed for .nii.gz)."""
-    header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header)()
-    header.set_data_dtype(dtype)
-    header["dim"][:] = 1
-    header["dim"][0] = len(shape)
-    header["dim"][1 : 1 + len(shape)] = shape
-    header["pixdim"][1:4] = 1.0
-    header["vox_offset"] = (544 if nifti2 else 352) if vox_offset is None else vox_offset
-    header.set_sform(np.eye(4), code=1)
-    raw = header.binaryblock + bytes(4) + data
-    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
-    return path
-
-
 @pytest.mark.parametrize("name", ["big.nii", "big.nii.gz"])
 @pytest.mark.parametrize("nifti2", [False, True])
 def test_header_promising_more_than_the_file_holds(tmp_path: Path, name: str, nifti2: bool) -> None:
-    path = _claiming(tmp_path / name, (512, 512, 512), np.float64, data=bytes(1000), nifti2=nifti2)
+    path = claiming_nifti(tmp_path / name, (512, 512, 512), np.float64, data=bytes(1000), nifti2=nifti2)
     for reader in (read_image, read_header):
         with pytest.raises(InputError) as info:
             reader(path)
@@ -515,7 +501,7 @@ def test_gzip_bound_is_sound_for_the_most_compressible_data(tmp_path: Path) -> N
     assert read_image(path).array.shape == zeros.shape
     # a stream that really holds less than its (plausible) header says is truncated, found while streaming
     noise = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
-    short = _claiming(tmp_path / "short.nii.gz", (64, 64, 64), np.float32, data=noise)
+    short = claiming_nifti(tmp_path / "short.nii.gz", (64, 64, 64), np.float32, data=noise)
     with pytest.raises(InputError, match="truncated or unreadable voxel data .*the file holds 48.8 KiB"):
         read_image(short)
     read_header(short)  # the header alone is plausible
@@ -539,16 +525,16 @@ def test_gzip_members_and_trailing_data(tmp_path: Path) -> None:
 @pytest.mark.parametrize("offset,fragment", [(float("nan"), "vox_offset = nan"), (-8.0, "vox_offset = -8.0"),
                                              (1e30, "truncated or unreadable voxel data")])
 def test_absurd_vox_offset(tmp_path: Path, offset: float, fragment: str) -> None:
-    path = _claiming(tmp_path / "offset.nii", (6, 7, 8), data=_volume().tobytes(), vox_offset=offset)
+    path = claiming_nifti(tmp_path / "offset.nii", (6, 7, 8), data=_volume().tobytes(), vox_offset=offset)
     _refused(path, fragment)
 
 
 @pytest.mark.parametrize("offset", [0.0, 100.0, 351.0])
 def test_vox_offset_inside_the_header(tmp_path: Path, offset: float) -> None:
     data = _volume()
-    path = _claiming(tmp_path / "inside.nii", data.shape, data=data.tobytes(order="F"), vox_offset=offset)
+    path = claiming_nifti(tmp_path / "inside.nii", data.shape, data=data.tobytes(order="F"), vox_offset=offset)
     _refused(path, f"vox_offset = {offset:g} lies inside the header", "from byte 352 on")
-    fine = _claiming(tmp_path / "fine.nii", data.shape, data=data.tobytes(order="F"), vox_offset=352)
+    fine = claiming_nifti(tmp_path / "fine.nii", data.shape, data=data.tobytes(order="F"), vox_offset=352)
     np.testing.assert_array_equal(read_image(fine).array, data)
 
 

@@ -21,38 +21,21 @@ import numpy as np
 import pytest
 import torch
 
-from factorseg.bundle import load_bundle, save_bundle
+from builders import tiny_bundle
+
+from factorseg.bundle import load_bundle
 from factorseg.cli import main
 from factorseg.data.synthetic import write_brats_dataset
-from factorseg.data.transforms import TransformConfig
 from factorseg.io import CHECKPOINT_FORMAT
-from factorseg.models import create
 
 SHAPE = (20, 18, 16)
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
-CLASSES = {"mode": "classes", "names": ["background", "a", "b"], "values": [0, 1, 2], "convention": "custom"}
-
-
-def _bundle(path: Path, channels: int) -> Path:
-    """A tiny untrained Swin Factorizer bundle with ``channels`` input channels and 3 classes."""
-    model_cfg = {"name": "swin_factorizer", "in_channels": channels, "out_channels": 3, "widths": [8, 16],
-                 "head_dim": 4, "window_size": 4, "deep_supervision": False}
-    config = {
-        "model": model_cfg,
-        "labels": CLASSES,
-        "transforms": TransformConfig(roi_size=(16, 16, 16), crop_foreground=False).to_dict(),
-        "channels": [f"c{i}" for i in range(channels)],
-        "inference": {"overlap": 0.0, "sw_batch_size": 1},
-    }
-    torch.manual_seed(0)
-    kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
-    return save_bundle(config, create("swin_factorizer", **kwargs), path)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {c: _bundle(root / f"m{c}.pt", c) for c in (1, 2)}
+    return {c: tiny_bundle(root / f"m{c}.pt", c) for c in (1, 2)}
 
 
 def _scan(seed: int = 0, shape: Sequence[int] = SHAPE) -> np.ndarray:

@@ -142,10 +142,8 @@ TINY_EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny") / "data"
-    write_brats_dataset(root, 4, seed=3, shape=(16, 16, 16))
-    return root
+def tiny_data(tiny_brats: Path) -> Path:
+    return tiny_brats
 
 
 def _tiny(data: Path, out: Path, *extra: str) -> list[str]:

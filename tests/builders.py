@@ -1,0 +1,49 @@
+"""Small files the tests build again and again: a tiny untrained bundle, a NIfTI header that lies."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from factorseg.bundle import save_bundle
+from factorseg.data.transforms import TransformConfig
+from factorseg.models import create
+
+CLASSES = {"mode": "classes", "names": ["background", "a", "b"], "values": [0, 1, 2], "convention": "custom"}
+
+
+def tiny_bundle(path: Path, channels: int) -> Path:
+    """A tiny untrained Swin Factorizer bundle with ``channels`` input channels and 3 classes."""
+    model_cfg = {"name": "swin_factorizer", "in_channels": channels, "out_channels": 3, "widths": [8, 16],
+                 "head_dim": 4, "window_size": 4, "deep_supervision": False}
+    config = {
+        "model": model_cfg,
+        "labels": CLASSES,
+        "transforms": TransformConfig(roi_size=(16, 16, 16), crop_foreground=False).to_dict(),
+        "channels": [f"c{i}" for i in range(channels)],
+        "inference": {"overlap": 0.0, "sw_batch_size": 1},
+    }
+    torch.manual_seed(0)
+    kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+    return save_bundle(config, create("swin_factorizer", **kwargs), path)
+
+
+def claiming_nifti(path: Path, shape: Sequence[int], dtype: object = np.float32, data: bytes = b"",
+                   nifti2: bool = False, vox_offset: float | None = None) -> Path:
+    """A header that claims ``shape`` voxels of ``dtype`` followed by only ``data`` (gzip-compressed for .nii.gz)."""
+    header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header)()
+    header.set_data_dtype(dtype)
+    header["dim"][:] = 1
+    header["dim"][0] = len(shape)
+    header["dim"][1 : 1 + len(shape)] = shape
+    header["pixdim"][1:4] = 1.0
+    header["vox_offset"] = (544 if nifti2 else 352) if vox_offset is None else vox_offset
+    header.set_sform(np.eye(4), code=1)
+    raw = header.binaryblock + bytes(4) + data
+    path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
+    return path
