@@ -234,7 +234,13 @@ def test_writers_produce_files_with_the_right_shape_and_affine(tmp_path) -> None
     img = nib.load(path)
     assert img.shape == (5, 6, 7, 3)
     np.testing.assert_allclose(img.affine, affine)
-    np.testing.assert_allclose(np.asarray(img.dataobj)[..., 1], maps[1])
+    # 16-bit integers with a scale factor: every value within 5e-4 of its component's maximum
+    assert img.get_data_dtype() == np.uint16
+    back = np.moveaxis(img.get_fdata(dtype=np.float32), -1, 0)
+    for k in range(3):
+        assert np.abs(back[k] - maps[k]).max() <= 5e-4 * maps[k].max() + 1e-7
+    exact = nib.load(write_maps_nifti(maps, affine, tmp_path / "exact.nii.gz", dtype="float32"))
+    np.testing.assert_array_equal(np.asarray(exact.dataobj)[..., 1], maps[1])
     assert nib.load(write_maps_nifti(maps[:, :, :, 0], affine, tmp_path / "flat.nii")).shape == (5, 6, 1, 3)
     with pytest.raises(InputError, match="already exists"):
         write_maps_nifti(maps, affine, path)
@@ -267,7 +273,11 @@ def test_run_explain_writes_maps_on_the_scan_grid(tmp_path) -> None:
     assert bottleneck["heads"] == 4 and bottleneck["stride"] == [2, 2, 2] and len(bottleneck["components"]) == 4
     assert bottleneck["components"][2]["head"] == 2
     shown = bottleneck["montage_components"]
-    assert len(shown) == 3 and shown == sorted(shown)
+    assert len(shown) == 3  # the best AUC first
+    best_auc = {r["component"]: r["auc"] for r in index["overlap"] if r["block"] == "encoder.1.0"}
+    assert [best_auc[k] for k in shown] == sorted((best_auc[k] for k in shown), reverse=True)
+    assert min(best_auc[k] for k in shown) >= max(v for k, v in best_auc.items() if k not in shown)
+    assert bottleneck["best_per_label"]["1"]["component"] == shown[0]
     img = nib.load(out / bottleneck["files"]["nifti"])
     assert img.shape == (*scan.shape, 4)
     np.testing.assert_allclose(img.affine, affine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -273,35 +274,84 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain", help="show what the NMF components look at",
         description="Run a Factorizer on one case and write, for chosen blocks, the NMF component maps on the "
-        "scan's own grid (4D NIfTI, openable over the scan in 3D Slicer / ITK-SNAP), a PNG montage and "
-        "components.json. With --label, each component's overlap (AUC, best Dice) with each label value goes "
-        "to overlap.csv.",
+        "scan's own grid (4D NIfTI, openable over the scan in 3D Slicer / ITK-SNAP; 16-bit with a scale factor "
+        "by default, see --maps-dtype), a PNG montage and components.json. With --label, each component's "
+        "overlap (AUC, best Dice) with each label value goes to overlap.csv, the montage shows the components "
+        "with the best AUC first, cut through the label's centre. -i and -o are needed except with --list-blocks.",
         epilog="Example: factorseg explain -m runs/hippo/model_best.pt -i case.nii.gz -o explain/ --label case_seg.nii.gz",
     )
     p.add_argument("-m", "--model", required=True, help="model bundle, checkpoint or shipped model name")
-    p.add_argument("-i", "--input", nargs="+", required=True, type=Path,
+    p.add_argument("-i", "--input", nargs="+", type=Path,
                    help="one case: a NIfTI file (4D for several channels) or its channel files in model order")
-    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    p.add_argument("-o", "--output", type=Path, help="output folder")
     p.add_argument("--blocks", nargs="+", help="block names (default: all; --list-blocks prints them)")
-    p.add_argument("--list-blocks", action="store_true", help="print the model's NMF block names and exit")
+    p.add_argument("--list-blocks", action="store_true", help="print the model's NMF block names and exit "
+                   "(needs only -m)")
     p.add_argument("--label", type=Path, help="reference mask on the scan grid, for per-component overlap scores")
     p.add_argument("--components", type=int, default=12, help="components per block shown in the montage")
     p.add_argument("--per-component", action="store_true", help="also write one NIfTI per component")
+    p.add_argument("--maps-dtype", choices=["uint16", "uint8", "float32"], default="uint16",
+                   help="NIfTI storage of the maps: uint16 (within 5e-4 of each component's maximum, a third "
+                   "to a half of float32's size), uint8 (within 2e-3 of the largest map value, for viewing) or "
+                   "float32 (exact)")
+    p.add_argument("--nmf-iters", type=int, help="NMF iterations, fewer = faster (default: as trained)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_explain)
 
 
-def _cmd_explain(args: argparse.Namespace) -> int:
-    import json
+def _check_inference_caps(args: argparse.Namespace, dests: Sequence[str]) -> None:
+    """``--sw-batch-size`` / ``--nmf-iters``: at least 0 / 1 and at most the config's sanity limits."""
+    from factorseg.config import schema
 
-    from factorseg.data.transforms import infer_transforms, invert_prediction
-    from factorseg.explain import list_blocks, run_explain
-    from factorseg.io import read_image
-    from factorseg.pretrained import resolve_model
+    inference = schema()["inference"].keys
+    for dest in dests:
+        value, spec = getattr(args, dest), inference[dest]
+        if value is not None:
+            getattr(spec, "inner", spec).check(value, "--" + dest.replace("_", "-"))
+
+
+def _explain_summary(index: dict, output: Path) -> list[str]:  # type: ignore[type-arg]
+    """The lines ``factorseg explain`` ends with: per block its files and, with a label, the best component per
+    label region with its AUC (the full index stays in components.json)."""
+    extra = ", overlap.csv" if "overlap" in index else ""
+    lines = [f"wrote {len(index['blocks'])} block(s) to {output} (index: components.json{extra})"]
+    for name, block in index["blocks"].items():
+        nifti = output / block["files"]["nifti"]
+        size = f", {nifti.stat().st_size / 1e6:.1f} MB" if nifti.exists() else ""
+        files = [f"{block['files']['nifti']} ({len(block['components'])} maps{size})", block["files"]["montage"]]
+        singles = sum(1 for c in block["components"] if "nifti" in c)
+        if singles:
+            files.append(f"{singles} per-component NIfTI files")
+        line = f"  {name}: {', '.join(files)}"
+        best = block.get("best_per_label")
+        if best is not None:
+            picks = [f"{label}: {entry['name'].split('/', 1)[-1]} (AUC {entry['auc']:.2f})"
+                     for label, entry in best.items()]
+            line += "; best per label " + (", ".join(picks) if picks else "none (the label regions are empty)")
+        lines.append(line)
+    return lines
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
 
     from factorseg.config import Int
+    from factorseg.data.transforms import infer_transforms, invert_prediction
+    from factorseg.explain import list_blocks, run_explain
+    from factorseg.inference import resolve_device
+    from factorseg.io import read_image
+    from factorseg.nmf import set_nmf_iters
+    from factorseg.pretrained import resolve_model
 
     _check_options(args, {"components": Int(1, cap=4096)})
+    _check_inference_caps(args, ["nmf_iters"])
+    if not args.list_blocks:
+        missing = [flag for flag, value in (("-i/--input", args.input), ("-o/--output", args.output)) if not value]
+        if missing:
+            raise InputError(f"explain needs {' and '.join(missing)} (only --list-blocks goes without them)")
+    device = None if args.list_blocks else resolve_device(args.device)
     loaded = resolve_model(args.model)
     if args.list_blocks:
         print("\n".join(list_blocks(loaded.model)))
@@ -316,16 +366,23 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     label = read_image(args.label).array.round().astype(int) if args.label else None
     if label is not None and label.shape != scan.shape:
         raise InputError(f"{args.label}: shape {label.shape} differs from the scan's {scan.shape}")
+    model = loaded.model.to(device)
+    if args.nmf_iters is not None:
+        set_nmf_iters(model, args.nmf_iters)
 
     def to_scan_grid(maps):  # noqa: ANN001, ANN202 - numpy in, numpy out
         import torch
 
         return invert_prediction(torch.as_tensor(maps), data, transforms, mode="linear").numpy()
 
-    index = run_explain(loaded.model, data["image"].as_tensor(), scan, reference.affine, args.output, args.blocks,
-                        label=label, to_scan_grid=to_scan_grid, per_component=args.per_component,
-                        montage_components=args.components, overwrite=args.overwrite)
-    print(json.dumps({"output": str(args.output), "blocks": list(index.get("blocks", index))}, indent=None))
+    with Progress(disable=args.no_progress, transient=True) as bar:
+        task = bar.add_task("Explaining", total=None)
+        index = run_explain(model, data["image"].as_tensor(), scan, reference.affine, args.output, args.blocks,
+                            label=label, to_scan_grid=to_scan_grid, per_component=args.per_component,
+                            montage_components=args.components, overwrite=args.overwrite,
+                            maps_dtype=args.maps_dtype,
+                            progress=lambda step: bar.update(task, description=f"Explaining: {step}"))
+    print("\n".join(_explain_summary(index, args.output)))
     return 0
 
 
@@ -443,11 +500,15 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     if args.name:
         print(yaml.safe_dump(load_recipe(args.name), sort_keys=False), end="")
         return 0
+    from factorseg.console import PIPE_WIDTH, is_terminal
+
     names = available_recipes()
     width = max(map(len, names))
+    # On a terminal the descriptions fit its width; piped or redirected they are printed in full.
+    columns = shutil.get_terminal_size((100, 24)).columns if is_terminal() else PIPE_WIDTH
     print("Recipes (factorseg train --recipe NAME; factorseg recipes NAME prints one):")
     for name in names:
-        print(f"  {name:<{width}}  {recipe_description(name)}")
+        print(f"  {name:<{width}}  {recipe_description(name, width=max(40, columns - width - 5))}")
     keys = describe_keys()
     if args.keys:
         print("\nSettings (factorseg train -s SECTION.KEY=VALUE):")
@@ -459,7 +520,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     print("\nSettings that -s SECTION.KEY=VALUE accepts (factorseg recipes --keys gives their types and ranges):")
     for section, items in keys.items():
         line = f"{section}: " + ", ".join(dict.fromkeys(key for key, _ in items))
-        print(textwrap.fill(line, width=110, initial_indent="  ", subsequent_indent="    "))
+        print(textwrap.fill(line, width=min(110, max(60, columns - 1)), initial_indent="  ", subsequent_indent="    "))
     print("  (model: also any other constructor argument of the MONAI baselines)")
     return 0
 

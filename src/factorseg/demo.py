@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from factorseg import __version__
+from factorseg.console import output_console
 from factorseg.errors import InputError
 
 __all__ = ["DEFAULT_BLOCK", "DemoResult", "plan_epochs", "run_demo"]
@@ -80,7 +81,7 @@ class DemoResult:
             table.add_column(region, justify="right")
         table.add_column("mean", justify="right", style="bold")
         table.add_row(*(f"{v:.3f}" for v in self.dice.values()), f"{self.mean_dice:.3f}")
-        console = console or Console()
+        console = console or output_console()
         console.print(table)
         console.print(f"Wall time {self.seconds / 60:.1f} min ({_plural(self.steps, 'training step')})")
         console.print(f"Report: {self.report}", soft_wrap=True)
@@ -395,7 +396,7 @@ def run_demo(
         block: the Factorizer block whose NMF components the report shows.
         console: where to print (default: stdout).
     """
-    console = console or Console()
+    console = console or output_console()
     _whole(cases, "--cases")
     _whole(held_out, "held_out")
     _whole(shape, "shape")

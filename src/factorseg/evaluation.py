@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from factorseg import __version__
+from factorseg.console import output_console
 from factorseg.errors import InputError
 from factorseg.io import NIFTI_SUFFIXES, atomic_write, read_image
 from factorseg.metrics import (
@@ -202,8 +203,8 @@ class EvaluationResult:
         return table
 
     def print_table(self, console: Console | None = None) -> None:
-        """Print :meth:`table` to ``console`` (stdout by default)."""
-        (console or Console()).print(self.table())
+        """Print :meth:`table` to ``console`` (default: stdout, in full when it is not a terminal)."""
+        (console or output_console()).print(self.table())
 
 
 def _csv_bytes(result: EvaluationResult, columns: list[str]) -> bytes:

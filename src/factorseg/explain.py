@@ -14,9 +14,10 @@ into component maps:
 * the relative Frobenius error ``||X - U V^T|| / ||X||`` of every window says how well rank ``R`` fits.
 
 Maps are resampled to the input grid (:func:`upsample_maps`), written as NIfTI over the scan
-(:func:`write_maps_nifti`) and as a PNG montage (:func:`save_montage`), and scored against a reference
-mask (:func:`component_label_overlap`: AUC and best Dice per component and label), so that "this
-component follows the tumour core" becomes a number. :func:`run_explain` does all of it for one case.
+(:func:`write_maps_nifti`: 16-bit integers with a scale factor by default, within 5e-4 of each component's
+maximum, a third to a half of the float32 size) and as a PNG montage (:func:`save_montage`), and scored
+against a reference mask (:func:`component_label_overlap`: AUC and best Dice per component and label), so
+that "this component follows the tumour core" becomes a number. :func:`run_explain` does all of it for one case.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,10 +46,13 @@ from factorseg.matricize import WindowMatricize
 from factorseg.models import eval_mode
 
 __all__ = [
+    "MAP_DTYPES",
     "ComponentMaps",
     "component_label_overlap",
     "explain",
+    "label_centre",
     "list_blocks",
+    "quantise_maps",
     "run_explain",
     "save_montage",
     "upsample_maps",
@@ -364,15 +369,79 @@ def _as_volume_stack(maps: np.ndarray) -> np.ndarray:
     return np.moveaxis(maps, 0, -1)
 
 
-def write_maps_nifti(maps: np.ndarray, affine: np.ndarray, out_path: str | Path, overwrite: bool = False) -> Path:
+#: How component maps are stored (see :func:`write_maps_nifti`).
+MAP_DTYPES = ("uint16", "uint8", "float32")
+#: uint16 maps: quantisation steps per component maximum (at least), so every value is within
+#: ``0.5 / MAP_LEVELS`` of its component's maximum.
+MAP_LEVELS = 1000
+
+
+def quantise_maps(maps: np.ndarray, dtype: str = "uint16") -> tuple[np.ndarray, float]:
+    """Nonnegative maps ``(..., K)`` (components last) as integers ``q`` with a step: ``maps ~ q * step``.
+
+    * ``uint16``: the step is the weakest component's maximum / :data:`MAP_LEVELS` (but at least the strongest's
+      / 65535), so each value is within ``5e-4`` of its own component's maximum (components weaker than 1/65 of
+      the strongest: within ``7.7e-6`` of the strongest's maximum);
+    * ``uint8``: the strongest maximum / 255: within ``2e-3`` of it (for viewing; a third to a half of the uint16
+      size).
+
+    All-zero maps get step 1. Negative values (not produced by NMF) are clipped to 0.
+    """
+    if dtype not in ("uint16", "uint8"):
+        raise InputError(f"quantised maps are uint16 or uint8, not {dtype!r}")
+    maps = np.asarray(maps, dtype=np.float32)
+    peaks = maps.reshape(-1, maps.shape[-1]).max(axis=0) if maps.size else np.zeros(1, np.float32)
+    top = float(peaks.max()) if peaks.size else 0.0
+    if not top > 0:
+        return np.zeros(maps.shape, dtype=dtype), 1.0
+    if dtype == "uint8":
+        step = top / 255.0
+    else:
+        weakest = float(peaks[peaks > 0].min())
+        step = max(weakest / MAP_LEVELS, top / 65535.0)
+    limit = np.iinfo(dtype).max
+    quantised = np.clip(np.rint(maps / np.float32(step)), 0, limit).astype(dtype)
+    return quantised, float(step)
+
+
+def write_maps_nifti(maps: np.ndarray, affine: np.ndarray, out_path: str | Path, overwrite: bool = False,
+                     dtype: str = "uint16") -> Path:
     """Write component maps ``(K, *spatial)`` on the scan grid as one 4D NIfTI (components last), atomically.
 
     ``affine`` is the scan's voxel-to-world matrix, so 3D Slicer / ITK-SNAP show the maps over the scan.
+    ``dtype``: ``uint16`` (default) or ``uint8`` store integers with the NIfTI scale factor ``scl_slope``
+    (:func:`quantise_maps`), which every reader applies (``nibabel``'s ``get_fdata``, the viewers): the
+    values read back are the maps within 5e-4 of each component's maximum (uint16) or 2e-3 of the largest map
+    value (uint8), at a third to a half (uint16) or about a tenth (uint8) of the float32 size. ``float32`` stores
+    them exactly. Non-finite maps are always stored as float32.
     """
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise InputError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
-    return save_nifti(_as_volume_stack(maps), affine, out_path, overwrite=overwrite)
+    if dtype not in MAP_DTYPES:
+        raise InputError(f"maps dtype must be one of {', '.join(MAP_DTYPES)}, got {dtype!r}")
+    return _save_maps(_as_volume_stack(maps), affine, out_path, overwrite, dtype)
+
+
+def _save_maps(stack: np.ndarray, affine: np.ndarray, out_path: str | Path, overwrite: bool, dtype: str,
+               single: bool = False) -> Path:
+    """Save ``(X, Y, Z, K)`` maps (``single``: one map ``(X, Y, Z)``) as :func:`write_maps_nifti` describes."""
+    if dtype == "float32" or not bool(np.isfinite(stack).all()):
+        return save_nifti(stack, affine, out_path, overwrite=overwrite, dtype=np.float32)
+    quantised, step = quantise_maps(stack[..., None] if single else stack, dtype)
+    if single:
+        quantised = quantised[..., 0]
+    path = Path(out_path)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        raise InputError(f"{path}: output name must end in .nii or .nii.gz")
+    img = nib.Nifti1Image(quantised, affine)
+    img.set_data_dtype(quantised.dtype)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_slope_inter(step, 0.0)
+    img.header["cal_min"], img.header["cal_max"] = 0.0, float(quantised.max()) * step  # display window
+    atomic_write(path, img.to_filename, overwrite=overwrite)
+    return path
 
 
 def _montage_slices(image: np.ndarray, count: int) -> list[int]:
@@ -384,6 +453,63 @@ def _montage_slices(image: np.ndarray, count: int) -> list[int]:
     return sorted({int(round(p)) for p in picks})
 
 
+def _view_axes(affine: np.ndarray | None) -> dict[str, int]:
+    """Array axis of the axial, coronal and sagittal cuts (the axis a cut holds fixed), from the affine's
+    orientation; without an affine the array is taken as (left-right, posterior-anterior, inferior-superior)."""
+    if affine is None:
+        return {"axial": 2, "coronal": 1, "sagittal": 0}
+    codes = nib.orientations.aff2axcodes(np.asarray(affine, dtype=np.float64))
+    where = {code: axis for axis, code in enumerate(codes) if code is not None}
+    axes = {"axial": where.get("S", where.get("I")), "coronal": where.get("A", where.get("P")),
+            "sagittal": where.get("R", where.get("L"))}
+    if sorted(a for a in axes.values() if a is not None) != [0, 1, 2]:
+        return {"axial": 2, "coronal": 1, "sagittal": 0}
+    return axes  # type: ignore[return-value]
+
+
+def label_centre(label: np.ndarray) -> tuple[int, ...] | None:
+    """The voxel nearest the centre of mass of ``label``'s nonzero voxels (None for an empty label), moved
+    where needed so that each axis' slice through it holds label voxels (a ring's centre of mass is outside)."""
+    region = np.asarray(label) != 0
+    if not region.any():
+        return None
+    points = np.argwhere(region)
+    centre = []
+    for axis, value in enumerate(points.mean(axis=0)):
+        present = np.unique(points[:, axis])  # slices along this axis that hold label voxels
+        centre.append(int(present[np.argmin(np.abs(present - value))]))
+    return tuple(centre)
+
+
+def _cuts(image: np.ndarray, slices: int, centre: Sequence[int] | None,
+          affine: np.ndarray | None) -> list[tuple[str, tuple[Any, ...]]]:
+    """(panel title, index) per montage column: through ``centre`` (axial, coronal, sagittal, at most ``slices``
+    of them) if given, else ``slices`` axial slices spread over the scan's nonzero extent."""
+    if image.ndim == 2:
+        return [("", (slice(None), slice(None)))]
+    axes = _view_axes(affine)
+    if centre is not None:
+        out = []
+        for view in ("axial", "coronal", "sagittal")[: max(1, slices)]:
+            axis = axes[view]
+            index = [slice(None)] * 3
+            index[axis] = int(centre[axis])
+            out.append((f"{view} {'xyz'[axis]}={centre[axis]} (label centre)", tuple(index)))
+        return out
+    axis = axes["axial"]
+    moved = np.moveaxis(image, axis, -1)
+    out = []
+    for cut in _montage_slices(moved, slices):
+        index = [slice(None)] * 3
+        index[axis] = cut
+        out.append((f"axial {'xyz'[axis]}={cut}", tuple(index)))
+    return out
+
+
+#: The unit of a component map (see the module docstring), as the montage's colour bars name it.
+MAP_UNIT = "map value (a.u.: norm of the component's reconstruction)"
+
+
 def save_montage(
     image: np.ndarray,
     maps: np.ndarray,
@@ -392,13 +518,21 @@ def save_montage(
     titles: Sequence[str] | None = None,
     overwrite: bool = False,
     outline: np.ndarray | None = None,
+    notes: Sequence[str] | None = None,
+    centre: Sequence[int] | None = None,
+    affine: np.ndarray | None = None,
+    heading: str | None = None,
 ) -> Path:
-    """PNG montage: one row per component map over the scan in grey, a few axial slices per row.
+    """PNG montage: one row per component map over the scan in grey, a few slices per row, in the given order.
 
-    ``image (*spatial)`` and ``maps (K, *spatial)`` share the scan grid (2D or 3D; 3D volumes are cut along
-    the last axis at ``slices`` positions spread over the scan's nonzero extent). Each component has its
-    own colour scale (from 0 to its maximum) with a colourbar; values below 5 % of it are left transparent.
-    ``outline`` (a reference mask on the same grid) is drawn as a cyan contour of its nonzero voxels.
+    ``image (*spatial)`` and ``maps (K, *spatial)`` share the scan grid (2D or 3D). 3D volumes are cut through
+    ``centre`` (a voxel index, e.g. :func:`label_centre`: axial, coronal and sagittal slices, the first
+    ``slices`` of them) or else along the axial axis at ``slices`` positions spread over the scan's nonzero
+    extent; ``affine`` (the scan's) tells which array axis is axial, coronal or sagittal. Each component has
+    its own colour scale (from 0 to its maximum) with a colour bar labelled with the maps' unit
+    (:data:`MAP_UNIT`); values below 5 % of it are left transparent. ``notes`` adds a line per row (e.g. the
+    component's AUC), ``heading`` a title over the figure. ``outline`` (a reference mask on the same grid) is
+    drawn as a cyan contour of its nonzero voxels.
     """
     from matplotlib.figure import Figure
 
@@ -411,32 +545,41 @@ def save_montage(
     titles = list(titles) if titles is not None else [f"component {k}" for k in range(maps.shape[0])]
     if len(titles) != maps.shape[0]:
         raise InputError(f"{len(titles)} titles given for {maps.shape[0]} component maps")
+    notes = list(notes) if notes is not None else [""] * maps.shape[0]
+    if len(notes) != maps.shape[0]:
+        raise InputError(f"{len(notes)} notes given for {maps.shape[0]} component maps")
     if outline is not None and np.shape(outline) != image.shape:
         raise InputError(f"outline of shape {np.shape(outline)} does not match the scan's shape {image.shape}")
-    cuts: list[int | None] = list(_montage_slices(image, slices)) if image.ndim == 3 else [None]
+    if centre is not None and (len(centre) != image.ndim
+                               or not all(0 <= int(c) < n for c, n in zip(centre, image.shape))):
+        raise InputError(f"montage centre {tuple(centre)} is not a voxel of the scan {image.shape}")
+    cuts = _cuts(image, slices, centre, affine)
     lo, hi = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
     rows, cols = maps.shape[0], len(cuts)
-    fig = Figure(figsize=(2.6 * cols + 0.8, 2.6 * rows), layout="constrained")
+    fig = Figure(figsize=(2.6 * cols + 1.6, 2.7 * rows + (0.5 if heading else 0.0)), layout="constrained")
+    if heading:
+        fig.suptitle(heading, fontsize=8)
     axes = fig.subplots(rows, cols, squeeze=False)
     for k in range(rows):
         vmax = float(maps[k].max()) or 1.0
         shown = None
-        for j, cut in enumerate(cuts):
+        for j, (where, index) in enumerate(cuts):
             ax = axes[k, j]
-            scan = image if cut is None else image[..., cut]
-            overlay = maps[k] if cut is None else maps[k][..., cut]
+            scan, overlay = image[index], maps[k][index]
             ax.imshow(scan.T, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
             masked = np.ma.masked_less(overlay.T, 0.05 * vmax)
             shown = ax.imshow(masked, cmap="inferno", vmin=0.0, vmax=vmax, alpha=0.7, origin="lower")
             if outline is not None:
-                region = np.asarray(outline if cut is None else outline[..., cut]) != 0
+                region = np.asarray(outline)[index] != 0
                 if region.any() and not region.all():
                     ax.contour(region.T.astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
-            where = "" if cut is None else f"slice {cut}"
-            ax.set_title(f"{titles[k]}\n{where}" if j == 0 else where, fontsize=7)
-        fig.colorbar(shown, ax=list(axes[k]), shrink=0.8)
+            head = "\n".join(t for t in (titles[k], notes[k]) if t)
+            ax.set_title(f"{head}\n{where}" if j == 0 and head else where, fontsize=7)
+        bar = fig.colorbar(shown, ax=list(axes[k]), shrink=0.8)
+        bar.set_label(MAP_UNIT, fontsize=6)
+        bar.ax.tick_params(labelsize=6)
     return atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100), overwrite=overwrite)
 
 
@@ -487,6 +630,8 @@ def run_explain(
     montage_components: int = 12,
     slices: int = 3,
     overwrite: bool = False,
+    maps_dtype: str = "uint16",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Explain one case: component maps on the scan grid as NIfTI, PNG montages and a JSON index.
 
@@ -504,10 +649,16 @@ def run_explain(
             MONAI inverse of the preprocessing). Default: linear resize, valid when the input covers the
             scan's field of view in the same orientation (a resampling, no crop or reorientation).
         per_component: also write one 3D NIfTI per component.
-        montage_components: the montage of a block shows at most this many components: with a label the
-            ones with the highest AUC for any region, otherwise the ones with the largest mean.
-        slices: axial slices per component in the montages.
+        montage_components: the montage of a block shows at most this many components, best first: with a
+            label the ones with the highest AUC for any region (sorted by it, each row noting its AUCs),
+            otherwise the ones with the largest mean.
+        slices: slices per component in the montages: with a (non-empty) label the axial, coronal and sagittal
+            slices through its centre of mass (:func:`label_centre`; at most 3), otherwise axial slices spread
+            over the scan.
         overwrite: replace existing output files instead of refusing.
+        maps_dtype: how the NIfTI maps are stored (:func:`write_maps_nifti`): ``uint16`` (default: within 5e-4
+            of each component's maximum), ``uint8`` or ``float32`` (exact).
+        progress: called with a short description before each step (the forward pass, each block).
 
     Returns:
         The content of ``components.json``: per block its metadata, files, components and mean window
@@ -526,6 +677,8 @@ def run_explain(
             raise InputError(f"{what} of shape {np.shape(array)} is not on the scan grid {scan.shape}")
     if montage_components < 1 or slices < 1:
         raise InputError(f"montage_components ({montage_components}) and slices ({slices}) must be >= 1")
+    if maps_dtype not in MAP_DTYPES:
+        raise InputError(f"maps dtype must be one of {', '.join(MAP_DTYPES)}, got {maps_dtype!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
@@ -536,6 +689,8 @@ def run_explain(
     pad = [p for s, q in zip(reversed(spatial), reversed(padded)) for p in (0, q - s)]
     param = next(model.parameters(), None)
     batch = image.unsqueeze(0) if param is None else image.unsqueeze(0).to(param.device, param.dtype)
+    if progress is not None:
+        progress("running the model")
     _, found = explain(model, F.pad(batch, pad) if any(pad) else batch, blocks)  # unknown block names raise here
     targets = _output_names(found, per_component, label is not None)
     if not overwrite:
@@ -545,7 +700,8 @@ def run_explain(
             raise InputError(f"{out_dir / existing[0]}: already exists{more}; pass overwrite to replace")
     with _new_outputs(out_dir, targets):
         return _write_explanation(found, scan, affine, out_dir, spatial, padded, label, label_values, mask,
-                                  to_scan_grid, per_component, montage_components, slices, overwrite)
+                                  to_scan_grid, per_component, montage_components, slices, overwrite, maps_dtype,
+                                  progress)
 
 
 def _output_names(found: Mapping[str, ComponentMaps], per_component: bool, overlap: bool) -> list[str]:
@@ -595,12 +751,18 @@ def _write_explanation(
     montage_components: int,
     slices: int,
     overwrite: bool,
+    maps_dtype: str = "uint16",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The writing part of :func:`run_explain` (maps on the scan grid, montages, overlap table, JSON index)."""
-    summary: dict[str, Any] = {"scan_shape": list(scan.shape), "affine": np.asarray(affine).tolist(), "blocks": {}}
+    summary: dict[str, Any] = {"scan_shape": list(scan.shape), "affine": np.asarray(affine).tolist(),
+                               "maps_dtype": maps_dtype, "blocks": {}}
     overlap_rows: list[dict[str, Any]] = []
     crop = (slice(None),) + tuple(slice(0, s) for s in spatial)
+    centre = label_centre(label) if label is not None and scan.ndim == 3 else None
     for name, comp in found.items():
+        if progress is not None:
+            progress(f"block {name}")
         on_input = upsample_maps(comp.maps, padded)[0][crop].numpy()
         if to_scan_grid is not None:
             on_scan = np.asarray(to_scan_grid(on_input), dtype=np.float32)
@@ -613,14 +775,16 @@ def _write_explanation(
             raise InputError(f"maps of block {name} mapped to shape {on_scan.shape}, expected {expected}")
         stem = _file_stem(name)
         files = {"nifti": f"{stem}_components.nii.gz", "montage": f"{stem}_montage.png"}
-        write_maps_nifti(on_scan, affine, out_dir / files["nifti"], overwrite=overwrite)
+        write_maps_nifti(on_scan, affine, out_dir / files["nifti"], overwrite=overwrite, dtype=maps_dtype)
         components = comp.component_table()
         for k, entry in enumerate(components):
             entry["mean"], entry["max"] = float(on_scan[k].mean()), float(on_scan[k].max())
             if per_component:
                 entry["nifti"] = f"{stem}_head{entry['head']}_comp{entry['component']}.nii.gz"
                 volume = on_scan[k] if on_scan.ndim == 4 else on_scan[k][..., None]
-                save_nifti(volume, affine, out_dir / entry["nifti"], overwrite=overwrite, dtype=np.float32)
+                _save_maps(volume, affine, out_dir / entry["nifti"], overwrite, maps_dtype, single=True)
+        notes = [""] * len(components)
+        best: dict[str, dict[str, Any]] = {}
         if label is not None:
             rows = component_label_overlap(on_scan, label, label_values, mask, comp.names)
             for row in rows:
@@ -630,12 +794,26 @@ def _write_explanation(
                 max((r["auc"] for r in rows if r["component"] == k and math.isfinite(r["auc"])), default=-1.0)
                 for k in range(len(components))
             ]
+            for k in range(len(components)):
+                aucs = [f"{r['label']}: {r['auc']:.2f}" for r in rows
+                        if r["component"] == k and math.isfinite(r["auc"])]
+                notes[k] = f"AUC {', '.join(aucs)}" if aucs else "AUC n/a (label region empty)"
+            for row in rows:
+                if math.isfinite(row["auc"]) and row["auc"] > best.get(row["label"], {}).get("auc", -1.0):
+                    best[row["label"]] = {"component": row["component"], "name": row["name"], "auc": row["auc"]}
         else:
             ranking = [entry["mean"] for entry in components]
-        shown = sorted(np.argsort(-np.asarray(ranking), kind="stable")[:montage_components].tolist())
-        titles = [comp.names[k] for k in shown]
-        save_montage(scan, on_scan[shown], out_dir / files["montage"], slices, titles, overwrite, outline=label)
+        shown = np.argsort(-np.asarray(ranking), kind="stable")[:montage_components].tolist()  # best first
+        titles = [comp.names[k].split("/", 1)[-1] for k in shown]
+        order = "best AUC" if label is not None else "mean value"
+        heading = f"block {name}: {len(shown)} of {len(components)} components, sorted by {order} (highest first)"
+        if label is not None:
+            heading += "; cyan: label outline"
+        save_montage(scan, on_scan[shown], out_dir / files["montage"], slices, titles, overwrite, outline=label,
+                     notes=[notes[k] for k in shown], centre=centre, affine=affine, heading=heading)
         summary["blocks"][name] = {**comp.meta, "files": files, "montage_components": shown, "components": components}
+        if label is not None:
+            summary["blocks"][name]["best_per_label"] = best
     if label is not None:
         summary["overlap"] = overlap_rows
         summary["files"] = {"overlap": "overlap.csv"}

@@ -20,6 +20,7 @@ from rich.progress import Progress
 
 from factorseg.bundle import LoadedModel
 from factorseg.data.formats import case_problems
+from factorseg.data.labels import LabelSpec
 from factorseg.data.transforms import MIN_COVERAGE, infer_transforms, invert_prediction
 from factorseg.errors import InputError
 from factorseg.io import InputWarning, join_problems, save_nifti
@@ -107,6 +108,66 @@ def _metadata_only(image: MetaTensor) -> MetaTensor:
     return MetaTensor(empty, meta=image.meta, applied_operations=image.applied_operations)
 
 
+#: Preprocessing that an ensemble shares (one pipeline feeds every network): must agree between its models.
+#: The window size (``roi_size``) may differ: each network slides its own. Augmentation settings do not act here.
+ENSEMBLE_TRANSFORMS = ("orientation", "spacing", "crop_foreground")
+
+
+def _label_meaning(labels: LabelSpec) -> tuple[Any, ...]:
+    """What a label spec means for the outputs, names aside: mode, values, regions and their fill values."""
+    return (labels.mode, labels.values, labels.regions, labels.fill)
+
+
+def _describe_labels(labels: LabelSpec) -> str:
+    if labels.mode == "regions":
+        parts = [f"{n}={'+'.join(map(str, r))}" for n, r in zip(labels.names, labels.regions)]
+        return f"{len(labels.names)} sigmoid regions ({', '.join(parts)})"
+    parts = [f"{n}={v}" for n, v in zip(labels.names, labels.values)]
+    return f"{len(labels.names)} softmax classes ({', '.join(parts)})"
+
+
+def _describe_channels(channels: Sequence[str]) -> str:
+    return f"{len(channels)} ({', '.join(channels) or 'none'})"
+
+
+def check_ensemble(first: LoadedModel, other: LoadedModel) -> None:
+    """Refuse ``other`` beside ``first`` in an ensemble where their outputs or inputs cannot mean the same.
+
+    They must take the same number of channels, predict the same labels (mode, values, regions) and share the
+    preprocessing (:data:`ENSEMBLE_TRANSFORMS`); the refusal names what differs with both values. Channel or
+    label *names* that differ alone (``T1`` in one, ``MRI`` in the other) are a warning naming both lists: the
+    input goes to every model in the first model's channel order.
+    """
+    a, b = first.path.name, other.path.name
+    if a == b:
+        a, b = str(first.path), str(other.path)
+    problems: list[str] = []
+    if len(first.channels) != len(other.channels):
+        problems.append(f"channels: {a} takes {_describe_channels(first.channels)}, "
+                        f"{b} {_describe_channels(other.channels)}")
+    la, lb = first.labels, other.labels
+    if _label_meaning(la) != _label_meaning(lb):
+        problems.append(f"labels: {a} predicts {_describe_labels(la)}, {b} {_describe_labels(lb)}")
+    ta, tb = first.transforms, other.transforms
+    for key in ENSEMBLE_TRANSFORMS:
+        va, vb = getattr(ta, key), getattr(tb, key)
+        if va != vb:
+            show = (lambda v: "none" if v is None else (list(v) if isinstance(v, tuple) else v))  # noqa: E731
+            problems.append(f"transforms.{key}: {a} has {show(va)}, {b} {show(vb)}")
+    if problems:
+        raise InputError(f"{other.path} cannot be ensembled with {first.path}: " + "; ".join(problems))
+    notes: list[str] = []
+    if [c.casefold() for c in first.channels] != [c.casefold() for c in other.channels]:
+        notes.append(f"channels {', '.join(other.channels)} where {a} has {', '.join(first.channels)}")
+    if [n.casefold() for n in la.names] != [n.casefold() for n in lb.names]:
+        notes.append(f"outputs {', '.join(lb.names)} where {a} has {', '.join(la.names)} (same label values)")
+    if notes:
+        warnings.warn(
+            f"ensemble: {b} names its {' and its '.join(notes)}; the same number of channels, so each input "
+            f"channel goes to both in {a}'s order ({', '.join(first.channels)})", InputWarning, stacklevel=3,
+        )
+
+
 class SegmentationPredictor:
     """Ensemble of trained models sharing labels, channels and preprocessing.
 
@@ -125,9 +186,7 @@ class SegmentationPredictor:
             raise InputError("no model given")
         first = models[0]
         for other in models[1:]:
-            for key in ("labels", "channels", "transforms"):
-                if other.config[key] != first.config[key]:
-                    raise InputError(f"{other.path}: its {key} differ from {first.path}; an ensemble must share them")
+            check_ensemble(first, other)
         self.models, self.options = list(models), options or InferenceOptions()
         self.settings = self.options.resolved(first.config.get("inference", {}))
         self.labels, self.tcfg, self.channels = first.labels, first.transforms, first.channels
@@ -143,6 +202,8 @@ class SegmentationPredictor:
             raise InputError("an exported model needs its runner (use --backend onnxruntime)")
         self.networks: list[Predictor] = list(networks) if networks is not None else [m.model for m in self.models]
         self.device = device
+        # Each network slides its own training window (preprocessing is shared: check_ensemble).
+        self.rois = [tuple(int(r) for r in m.transforms.roi_size) for m in self.models]
         self._overlap_warned = False
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
@@ -151,11 +212,11 @@ class SegmentationPredictor:
         flips = flip_sets(x.dim() - 2) if self.settings.get("tta") else [()]
         total: torch.Tensor | None = None
         with torch.inference_mode():
-            for net in self.networks:
+            for net, roi in zip(self.networks, self.rois):
                 for dims in flips:
                     xi = torch.flip(x, dims) if dims else x
                     logits = sliding_window_inference(
-                        xi, self.tcfg.roi_size, int(self.settings.get("sw_batch_size", 1)), net,
+                        xi, roi, int(self.settings.get("sw_batch_size", 1)), net,
                         overlap=float(self.settings.get("overlap", 0.5)), mode=self.settings.get("blend", "gaussian"),
                         sw_device=self.device, device=torch.device("cpu"),
                     )
@@ -197,7 +258,7 @@ class SegmentationPredictor:
         overlap = self.options.overlap
         if self._overlap_warned or overlap is None or float(overlap) == 0:
             return
-        roi = tuple(int(r) for r in self.tcfg.roi_size)
+        roi = tuple(min(sizes) for sizes in zip(*self.rois))  # the scan fits every network's window
         if all(int(s) <= r for s, r in zip(spatial, roi)):
             self._overlap_warned = True
             size = " x ".join(str(int(s)) for s in spatial)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
@@ -52,6 +53,26 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass
+class ValidationStats:
+    """Foreground voxel counts of one validation pass (this process's cases), for the end-of-training hint
+    when the validation Dice is 0 or undefined: ``predicted``: voxels of any foreground output;
+    ``reference``: voxels per structure (region or class, background excluded) in the validation labels."""
+
+    cases: int = 0
+    predicted: int = 0
+    reference: list[int] = field(default_factory=list)
+
+    def add(self, pred: Tensor, target: Tensor, mode: str) -> None:
+        """One batch of discretised predictions and one-hot / region targets ``(B, C, *spatial)``."""
+        first = 0 if mode == "regions" else 1  # classes: channel 0 is the background
+        self.cases += int(pred.shape[0])
+        self.predicted += int((pred[:, first:] > 0.5).any(dim=1).sum())
+        counts = (target[:, first:] > 0.5).flatten(2).sum(dim=(0, 2)).tolist()
+        self.reference = [a + int(b) for a, b in zip(self.reference, counts)] if self.reference else [
+            int(b) for b in counts]
+
+
 class SegmentationModule(pl.LightningModule):
     """Trains any registry model on one label convention; ``config`` is the resolved recipe (plain data)."""
 
@@ -64,6 +85,7 @@ class SegmentationModule(pl.LightningModule):
         train = config["train"]
         self.loss = make_loss(self.labels, train.get("deep_supervision_weights"), train.get("squared_pred", False))
         self.dice = DiceMetric(include_background=self.labels.mode == "regions", reduction="mean_batch")
+        self.val_stats = ValidationStats()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -92,7 +114,11 @@ class SegmentationModule(pl.LightningModule):
         pred = discretize(logits, self.labels)
         if self.labels.mode == "classes":
             target = torch.zeros_like(pred).scatter_(1, target.long(), 1.0)
+        self.val_stats.add(pred, target, self.labels.mode)
         self.dice(pred, target)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_stats = ValidationStats()
 
     def on_validation_epoch_end(self) -> None:
         per_structure = self.dice.aggregate()

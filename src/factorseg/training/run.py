@@ -33,13 +33,13 @@ from factorseg import models
 from factorseg.bundle import check_weights, save_bundle
 from factorseg.config import SECTIONS, save_config, validate_recipe
 from factorseg.data.formats import DatasetInfo, load_dataset
-from factorseg.data.labels import get_label_spec
+from factorseg.data.labels import LabelSpec, get_label_spec
 from factorseg.data.splits import load_or_create_splits, make_splits
 from factorseg.data.transforms import LoadCased, TransformConfig, train_transforms, val_transforms
 from factorseg.errors import InputError
 from factorseg.io import InputWarning, atomic_path, atomic_write
 from factorseg.training.data import CaseDataset, EpochSampler
-from factorseg.training.module import SegmentationModule
+from factorseg.training.module import SegmentationModule, ValidationStats
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -471,6 +471,56 @@ def _check_patch(cfg: dict[str, Any], model: torch.nn.Module) -> None:
                          f"({first})") from None
 
 
+#: Fewer training steps than this are named as a likely cause of a zero validation Dice.
+FEW_STEPS = 1000
+
+
+def zero_dice_hint(best: float, stats: ValidationStats, labels: LabelSpec, steps: int) -> str | None:
+    """One line on why the best validation Dice is 0 or undefined (``best`` <= 0; -1: never a finite score),
+    from what the last validation pass saw (``stats``) and the steps trained; None when the Dice is positive.
+
+    It says which of the usual causes hold: labels of the validation cases without foreground, predictions
+    that are all background, too few training steps; the label values were checked against ``labels`` when
+    the cases were loaded (values outside the convention stop training up front).
+    """
+    if best > 0:
+        return None
+    what = "0.000" if best == 0 else "undefined (NaN: no validation case gave a score)"
+    names = list(labels.names if labels.mode == "regions" else labels.names[1:])
+    if stats.cases == 0:
+        return f"best validation Dice is {what}: no validation case was scored"
+    reference = stats.reference or [0] * len(names)
+    facts, cause = [], None
+    empty = [n for n, count in zip(names, reference) if count == 0]
+    cases = f"{stats.cases} validation case{'s' if stats.cases != 1 else ''}"
+    if len(empty) == len(names):
+        facts.append(f"the labels of the {cases} hold no foreground voxel ({', '.join(names)} all empty)")
+        cause = ("validation labels without foreground: check the label files and the split (splits.json), "
+                 "or give the validation fold cases with foreground")
+    else:
+        present = ", ".join(f"{n} {c}" for n, c in zip(names, reference) if c)
+        facts.append(f"the labels of the {cases} hold foreground ({present} voxels"
+                     + (f"; {', '.join(empty)} empty" if empty else "") + ")")
+    values = ", ".join(map(str, labels.values))
+    facts.append(f"their values are {labels.convention}'s ({values}; checked when loading)")
+    few = steps < FEW_STEPS
+    if stats.predicted == 0:
+        facts.append("the model predicts only background")
+        if cause is None:
+            cause = (f"too few training steps ({steps}; real data usually need thousands): train longer with "
+                     "--epochs / --steps-per-epoch" if few else
+                     "predictions all background after enough steps: try a higher --lr, or check that each "
+                     "image matches its label (same case and grid)")
+    else:
+        facts.append(f"it predicts {stats.predicted} foreground voxels")
+        if cause is None:
+            cause = ("predictions that miss the labelled voxels: check that each image matches its label (same case "
+                     "and grid) and that --labels is the dataset's convention"
+                     + (f"; {steps} training steps may also be too few" if few else ""))
+    facts.append(f"{steps} training step{'s' if steps != 1 else ''}")
+    return f"best validation Dice is {what}: " + "; ".join(facts) + f"; likely cause: {cause}"
+
+
 def _is_rank_zero() -> bool:
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -562,6 +612,7 @@ def train(
     _check_patch(cfg, module.model)
     resume_step = _resume_point(last_ckpt, module) if resume else None
     kept = _metrics_before(out_dir / "logs" / "metrics.csv", resume_step) if resume_step is not None else None
+    bundles = BundleWriter(out_dir, cfg)
     callbacks: list[Callback] = [FiniteGuard(float(tr["lr"]))]
     if validate:
         callbacks.append(ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/dice",
@@ -571,7 +622,7 @@ def train(
         # validation epochs), so that a killed run loses at most one epoch.
         ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", save_top_k=1,
                         save_on_train_epoch_end=True, enable_version_counter=False),
-        BundleWriter(out_dir, cfg),
+        bundles,
     ]
     if progress:
         callbacks.append(RichProgressBar())
@@ -607,10 +658,14 @@ def train(
             warnings.warn(f"training stopped at the time limit train.max_minutes={tr['max_minutes']:g} after "
                           f"{trainer.global_step} of {planned} planned steps", InputWarning, stacklevel=2)
         best = out_dir / "model_best.pt" if validate else None
-        if best is not None and trainer.is_global_zero and not best.exists():
-            warnings.warn("validation gave no Dice score (no foreground in the validation cases?): model_best.pt "
-                          "is the last model", InputWarning, stacklevel=2)
-            save_bundle(cfg, module.model, best)
+        if best is not None and trainer.is_global_zero:
+            # A best Dice of 0 (or none at all) says nothing about why: one line on what was checked.
+            hint = zero_dice_hint(bundles.best, module.val_stats, labels, int(trainer.global_step))
+            if not best.exists():
+                hint = (hint or "validation gave no Dice score") + "; model_best.pt is the last model"
+                save_bundle(cfg, module.model, best)
+            if hint is not None:
+                warnings.warn(hint, InputWarning, stacklevel=2)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         if trainer.is_global_zero:
             _write_run_info(out_dir, trainer, time.perf_counter() - started, metrics)
