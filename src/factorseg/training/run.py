@@ -426,7 +426,9 @@ def _data_summary(info: DatasetInfo, cfg: dict[str, Any], n_train: int, n_val: i
     """One line: what the run found and how it splits it."""
     labels = get_label_spec(cfg["labels"])
     names = labels.names if labels.mode == "regions" else labels.names[1:]
-    kind = ("sigmoid region" if labels.mode == "regions" else "class") + ("s" if len(names) != 1 else "")
+    kind = ("sigmoid region" if labels.mode == "regions" else "class") + (
+        ("es" if labels.mode == "classes" else "s") if len(names) != 1 else ""
+    )
     unlabelled = f" (+{len(info.test_cases)} unlabelled)" if info.test_cases else ""
     fold, folds = cfg["data"]["fold"], cfg["data"]["folds"]
     if n_val:
