@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import shutil
 import sys
@@ -96,6 +97,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "(factorseg recipes lists the keys)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint "
                    "(its config.yaml; -d is given again)")
+    p.add_argument("--init-from", metavar="MODEL", help="fine-tune: start from the weights of a model bundle (.pt), "
+                   "a Lightning checkpoint of factorseg train (.ckpt) or a shipped model name. Rules: the same "
+                   "architecture (model name and every setting that shapes a weight: the state-dict keys and shapes "
+                   "must equal the source's) and the same number of input channels; a mismatch is refused naming "
+                   "the first differing key and both shapes. Settings that shape no weight (nmf_iters, dropout) and "
+                   "every train setting may differ. config.yaml records it as train.init_from. Not with --resume "
+                   "(the checkpoint holds the weights)")
+    p.add_argument("--init-from-heads", choices=["load", "skip"], help="with --init-from: 'load' the source's output "
+                   "head(s) too (out_channels must match), or 'skip' them: the heads start fresh and out_channels "
+                   "may differ (another label set) (default: the recipe's, load)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.set_defaults(func=_cmd_train)
 
@@ -108,7 +119,10 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         ("train.lr", args.lr), ("train.seed", args.seed), ("train.val_interval", args.val_interval),
         ("train.num_workers", args.num_workers), ("train.accelerator", args.accelerator),
         ("train.devices", args.devices), ("train.num_nodes", args.num_nodes), ("train.precision", args.precision),
+        ("train.init_from_heads", args.init_from_heads),
     ]
+    if args.init_from is not None:  # quoted: a path is text, whatever YAML would make of it
+        pairs.append(("train.init_from", json.dumps(args.init_from)))
     return [f"{k}={v}" for k, v in pairs if v is not None] + list(args.set)
 
 
@@ -116,6 +130,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from factorseg.config import apply_overrides, load_recipe, switch_model
     from factorseg.training import train
 
+    init_from = args.init_from is not None or any(s.split("=", 1)[0].strip() == "train.init_from" for s in args.set)
+    if args.resume and init_from:
+        raise InputError("--resume continues from the run's own checkpoint; --init-from only starts a new run "
+                         "(drop one of them)")
+    if args.init_from_heads is not None and not init_from:
+        raise InputError("--init-from-heads needs --init-from MODEL")
     if args.resume:
         saved = args.output / "config.yaml"
         if not saved.exists():

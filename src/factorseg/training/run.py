@@ -262,6 +262,117 @@ def _check_resume_changes(out_dir: Path, cfg: dict[str, Any]) -> None:
                                  f"{old!r}, now {new!r}; train into another --output to change it")
 
 
+# ------------------------------------------------------------------------------------------ fine-tuning
+#: What ``train.init_from_heads`` may say: load the source's output heads too, or let them start fresh.
+INIT_HEADS = ("load", "skip")
+
+
+def init_source(name_or_path: str) -> tuple[str, Any]:
+    """What ``train.init_from`` records (a file's absolute path, or a shipped name) and the loaded model
+    (:func:`factorseg.pretrained.resolve_model`: bundles, factorseg Lightning checkpoints and shipped names,
+    read with ``weights_only=True``)."""
+    from factorseg.pretrained import resolve_model
+
+    path = Path(name_or_path).expanduser()
+    recorded = str(path.resolve()) if path.exists() else name_or_path
+    try:
+        return recorded, resolve_model(str(path) if path.exists() else name_or_path)
+    except InputError as exc:
+        raise InputError(f"train.init_from: {exc}") from None
+
+
+def _state_shapes(model_cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the state dict the config builds (on the ``meta`` device where it can: no memory)."""
+    from factorseg.bundle import build_model
+
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(model_cfg)
+    except (NotImplementedError, RuntimeError):
+        model = build_model(model_cfg)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def head_keys(model_cfg: dict[str, Any]) -> set[str]:
+    """The output head(s): the state-dict entries whose shape follows ``model.out_channels`` (found by building
+    the architecture with one more output and comparing shapes)."""
+    shapes = _state_shapes(model_cfg)
+    more = _state_shapes({**model_cfg, "out_channels": int(model_cfg["out_channels"]) + 1})
+    return {k for k in shapes if more.get(k) != shapes[k]}
+
+
+def _architecture_hint(source_cfg: dict[str, Any], model_cfg: dict[str, Any], shown: int = 6) -> str:
+    """``; the source's architecture differs in: -s model.stem=conv_block ...`` (the differing model settings as
+    overrides, ``out_channels`` and ``in_channels`` aside), or "" when none differ."""
+    import json
+
+    source_cfg = models.explicit_architecture(dict(source_cfg))
+    differing = [k for k in source_cfg if k not in ("in_channels", "out_channels", "name")
+                 and source_cfg[k] != model_cfg.get(k)
+                 and not (isinstance(source_cfg[k], list | tuple) and isinstance(model_cfg.get(k), list | tuple)
+                          and list(source_cfg[k]) == list(model_cfg[k]))]
+    if not differing:
+        return ""
+    def spelt(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+    parts = [f"-s model.{k}={spelt(source_cfg[k])}" for k in differing[:shown]]
+    more = f" (and {len(differing) - shown} more)" if len(differing) > shown else ""
+    return "; to build the source's architecture set " + " ".join(parts) + more
+
+
+def init_weights(source: Any, recorded: str, model_cfg: dict[str, Any], heads: str = "load") -> dict[str, torch.Tensor]:
+    """The weights a run whose model is ``model_cfg`` starts from, taken from ``source`` (a LoadedModel).
+
+    The rules (strict): the same architecture (registry name) with the same input channels; the state-dict
+    keys and every shape equal the source's. With ``heads="skip"`` the output heads (:func:`head_keys`) are left
+    out (they start fresh, so out_channels may differ); everything else still has to match. Otherwise one
+    :class:`InputError` line names the first differing key and both shapes.
+    """
+    if heads not in INIT_HEADS:
+        raise InputError(f"train.init_from_heads must be one of {', '.join(INIT_HEADS)}, got {heads!r}")
+    where = f"train.init_from {recorded}"
+    src_cfg = source.config["model"]
+    if src_cfg.get("name") != model_cfg.get("name"):
+        raise InputError(f"{where}: is a {src_cfg.get('name')} model but this run builds {model_cfg.get('name')}; "
+                         "fine-tuning needs the same architecture")
+    from factorseg.config import effective_channels
+
+    src_in, _ = effective_channels(src_cfg)
+    new_in = model_cfg.get("in_channels")
+    if src_in != new_in:
+        raise InputError(f"{where}: takes {src_in} input channels ({', '.join(source.channels)}) but this run's "
+                         f"dataset has {new_in}; input channels must match")
+    state = {k: v.detach().cpu() for k, v in source.model.state_dict().items()}
+    expected = _state_shapes(model_cfg)
+    skipped = head_keys(model_cfg) if heads == "skip" else set()
+    for key in list(dict.fromkeys([*expected, *state])):
+        if key in skipped:
+            continue
+        old, new = state.get(key), expected.get(key)
+        if old is None or new is None:
+            side = "the source" if old is None else "this run's model"
+            raise InputError(f"{where}: weights do not fit this run's model: first differing key {key} is missing "
+                             f"from {side} (same architecture and settings required)"
+                             + _architecture_hint(src_cfg, model_cfg))
+        if tuple(old.shape) != new:
+            if key in head_keys(model_cfg):
+                hint = "; an output head: pass --init-from-heads skip to start the heads fresh"
+            else:
+                hint = _architecture_hint(src_cfg, model_cfg)
+            raise InputError(f"{where}: weights do not fit this run's model: first differing key {key} has shape "
+                             f"{tuple(old.shape)} there and {new} here{hint}")
+    return {k: v for k, v in state.items() if k not in skipped}
+
+
+def load_init_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` (from :func:`init_weights`) into ``model``; only the skipped heads may be left out."""
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise InputError(f"train.init_from: weights do not fit this run's model ({result.unexpected_keys[0]})")
+
+
 # ------------------------------------------------------------------------------------------ the run
 @dataclass
 class TrainResult:
@@ -542,6 +653,8 @@ def train(
     The recipe is checked first (:func:`factorseg.config.validate_recipe`), then every case; nothing is written
     before both pass. ``resume`` continues from ``out_dir/checkpoints/last.ckpt`` (model, optimizer, schedule,
     epoch, and the metrics logged before it). ``data.fold: all`` trains on every case without validation.
+    ``train.init_from`` (a new run only; resume ignores it) starts from another model's weights under the rules
+    of :func:`init_weights`, checked before anything is written; config.yaml records its absolute path or name.
     ``log`` receives the one-line summary of the data (None: quiet). A new run that fails before its first
     checkpoint removes what it wrote; a run that diverges (NaN or infinite loss or weights) stops with an
     :class:`~factorseg.errors.InputError` (exit status 2 on the command line).
@@ -561,8 +674,14 @@ def train(
     if not info.cases:
         raise InputError(f"{data_path}: no labelled training cases found")
     cfg = resolve_config(cfg, info)
+    init_state: dict[str, torch.Tensor] | None = None
     if resume:
-        _check_resume_changes(out_dir, cfg)
+        _check_resume_changes(out_dir, cfg)  # train.init_from is ignored: the checkpoint holds the weights
+    elif cfg["train"].get("init_from"):
+        recorded, source = init_source(cfg["train"]["init_from"])
+        cfg["train"]["init_from"] = recorded
+        init_state = init_weights(source, recorded, cfg["model"], cfg["train"].get("init_from_heads", "load"))
+        del source
     started = time.perf_counter()
     data, tr = cfg["data"], cfg["train"]
     pl.seed_everything(tr["seed"], workers=True, verbose=False)
@@ -611,6 +730,9 @@ def train(
     val_loader = DataLoader(val_set, batch_size=1, num_workers=0, collate_fn=list_data_collate) if validate else None
 
     module = SegmentationModule(cfg)
+    if init_state is not None:  # before the first step (and before Lightning moves the model)
+        load_init_weights(module.model, init_state)
+        del init_state
     _check_patch(cfg, module.model)
     resume_step = _resume_point(last_ckpt, module) if resume else None
     kept = _metrics_before(out_dir / "logs" / "metrics.csv", resume_step) if resume_step is not None else None
