@@ -1,4 +1,4 @@
-"""Small files the tests build again and again: a tiny untrained bundle, a NIfTI header that lies."""
+"""What the tests build and check again and again: a tiny bundle, a lying NIfTI header, a CLI refusal."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from factorseg.bundle import save_bundle
+from factorseg.cli import main
 from factorseg.data.transforms import TransformConfig
 from factorseg.models import create
 
@@ -47,3 +49,29 @@ def claiming_nifti(path: Path, shape: Sequence[int], dtype: object = np.float32,
     raw = header.binaryblock + bytes(4) + data
     path.write_bytes(gzip.compress(raw) if path.name.endswith(".gz") else raw)
     return path
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below ``folder`` (none if it does not exist)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def refused(capsys: pytest.CaptureFixture, argv: list[str], fragments: Sequence[str], inputs: Sequence[Path] = (),
+            output: Path | None = None, code: int = 2) -> str:
+    """Run the CLI: one ``factorseg: error:`` line containing ``fragments``, nothing written, inputs unchanged."""
+    inputs = [p for i in inputs for p in ([i] if i.is_file() else files_under(i))]
+    before = {p: p.read_bytes() for p in inputs}
+    capsys.readouterr()
+    status = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert status == code, captured.err
+    assert len(lines) == 1 and lines[0].startswith("factorseg: error: "), captured.err
+    assert "Traceback" not in captured.err + captured.out
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    if output is not None:
+        assert files_under(output) == [], f"left behind: {files_under(output)}"
+    for path, content in before.items():
+        assert path.read_bytes() == content, f"{path} was modified"
+    return lines[0]

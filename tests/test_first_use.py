@@ -20,6 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from builders import refused as _refused
+
 from factorseg import explain as explain_module
 from factorseg.bundle import load_bundle, save_bundle
 from factorseg.cli import main
@@ -54,33 +56,9 @@ def _bundle(path: Path, channels: Sequence[str] = ("T1",), labels: dict[str, Any
     return save_bundle(cfg, create("swin_factorizer", **{k: v for k, v in model.items() if k != "name"}), path)
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
 def _save(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
     nib.Nifti1Image(data, np.eye(4) if affine is None else affine).to_filename(path)
     return path
-
-
-def _refused(capsys: pytest.CaptureFixture, argv: list[str], fragments: Sequence[str], inputs: Sequence[Path] = (),
-             output: Path | None = None) -> str:
-    inputs = [p for i in inputs for p in ([i] if i.is_file() else _files(i))]
-    before = {p: p.read_bytes() for p in inputs}
-    capsys.readouterr()
-    status = main(argv)
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert status == 2, captured.err
-    assert len(lines) == 1 and lines[0].startswith("factorseg: error: "), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    if output is not None:
-        assert _files(output) == [], f"left behind: {_files(output)}"
-    for path, content in before.items():
-        assert path.read_bytes() == content, f"{path} was modified"
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

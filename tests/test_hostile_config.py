@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
+from builders import refused as _refused
 
 from factorseg import config as recipes
 from factorseg.bundle import save_bundle
@@ -37,31 +39,6 @@ MODEL = {"name": "swin_factorizer", "in_channels": 1, "out_channels": 3, "widths
 
 
 # ---------------------------------------------------------------- helpers
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
-def _refused(capsys: pytest.CaptureFixture, argv: list[str], fragments: Sequence[str], inputs: Sequence[Path] = (),
-             output: Path | None = None, code: int = 2) -> str:
-    """Run the CLI: one ``factorseg: error:`` line containing ``fragments``, nothing written, inputs unchanged."""
-    inputs = [p for i in inputs for p in ([i] if i.is_file() else _files(i))]
-    before = {p: p.read_bytes() for p in inputs}
-    capsys.readouterr()
-    status = main(argv)
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert status == code, captured.err
-    assert len(lines) == 1 and lines[0].startswith("factorseg: error: "), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    if output is not None:
-        assert not output.exists() or _files(output) == [], f"left behind: {_files(output)}"
-    for path, content in before.items():
-        assert path.read_bytes() == content, f"{path} was modified"
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def dataset(tiny_brats: Path) -> Path:
     return tiny_brats
