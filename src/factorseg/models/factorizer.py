@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -45,8 +46,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-#: The architectural choices a trained model's config records explicitly (:func:`explicit_architecture`).
-ARCHITECTURE: dict[str, Any] = dict(stem="conv", down_norm=False, proj_bias=False, fuse_dropout=True)
+#: The architectural choices a trained model's config records explicitly (:func:`explicit_architecture`),
+#: with the values the Factorizer's signature gives them.
+ARCHITECTURE_KEYS = ("stem", "down_norm", "proj_bias", "fuse_dropout")
 #: Those choices in factorseg models made before the paper-faithful defaults (configs without ``stem``).
 LEGACY_ARCHITECTURE: dict[str, Any] = dict(
     stem="conv_block", down_norm=True, init="fixed_u", proj_bias=True, fuse_dropout=False, pos_embed=False,
@@ -61,7 +63,8 @@ def explicit_architecture(model_cfg: dict[str, Any]) -> dict[str, Any]:
     """
     if model_cfg.get("name") not in FACTORIZERS:
         return dict(model_cfg)
-    return {**ARCHITECTURE, **model_cfg}
+    defaults = inspect.signature(Factorizer.__init__).parameters
+    return {**{key: defaults[key].default for key in ARCHITECTURE_KEYS}, **model_cfg}
 
 
 def upgrade_legacy(model_cfg: dict[str, Any]) -> dict[str, Any]:
