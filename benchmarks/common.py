@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the reference oracle lives with the tests
 
 from factorseg import allocator  # noqa: E402
-from factorseg.blocks import FactorizerBlock, NMFMixer  # noqa: E402
+from factorseg.models.blocks import FactorizerBlock, NMFMixer  # noqa: E402
 from factorseg.models import create  # noqa: E402
 from factorseg.models.factorizer import LEGACY_ARCHITECTURE  # noqa: E402
 

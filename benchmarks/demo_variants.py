@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from factorseg.demo import run_demo
+from factorseg.demo.pipeline import run_demo
 
 EARLIER = ["model.stem=conv_block", "model.down_norm=true", "model.init=fixed_u", "model.proj_bias=true",
            "model.fuse_dropout=false"]

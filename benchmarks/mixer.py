@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.common import common_arguments, fmt_seconds, markdown_table, save_json, save_plot, setup
-from factorseg.blocks import NMFMixer
+from factorseg.models.blocks import NMFMixer
 
 
 def make_mixer(

@@ -42,7 +42,7 @@ from benchmarks.common import (
     setup,
     train_runner,
 )
-from factorseg.blocks import window_path
+from factorseg.models.blocks import window_path
 from factorseg.models import count_parameters
 
 REFERENCE = "swin_factorizer (reference impl)"

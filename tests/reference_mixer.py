@@ -1,6 +1,6 @@
 """Plain reference formulation of the NMF mixer and the Factorizer block: the numerical oracle.
 
-Written the straightforward way and independently of ``factorseg.nmf`` / ``factorseg.matricize``:
+Written the straightforward way and independently of ``factorseg.models.layers.nmf`` / ``factorseg.models.layers.windows``:
 the in-projection as a channels-first convolution, zero padding, ``torch.roll`` and a reshape per
 shift, every NMF iteration unrolled with explicit ``X v`` / ``X^T u`` products (HALS per column,
 Lee-Seung MU), the reconstruction ``U V^T`` materialised, rolled back, averaged and cropped, then the
@@ -116,7 +116,7 @@ def reference_nmf(
 
 
 def reference_mixer(mixer: nn.Module, x: Tensor) -> Tensor:
-    """The output of a ``factorseg.blocks.NMFMixer`` (fixed_uv, fixed_u or random init), the plain way.
+    """The output of a ``factorseg.models.blocks.NMFMixer`` (fixed_uv, fixed_u or random init), the plain way.
 
     For ``init="random"`` it draws ``torch.rand(B, S, H, W, head_dim, R)`` like the layer does, so
     seed the generator identically before both calls. For ``fixed_uv`` a window smaller than the
@@ -159,7 +159,7 @@ def _channel_layer_norm(norm: nn.Module, x: Tensor) -> Tensor:
 
 
 def reference_block(block: nn.Module, x: Tensor) -> Tensor:
-    """A ``factorseg.blocks.FactorizerBlock`` without dropout: ``x + mixer(LN x)``, ``+ mlp(LN x)``."""
+    """A ``factorseg.models.blocks.FactorizerBlock`` without dropout: ``x + mixer(LN x)``, ``+ mlp(LN x)``."""
     conv = _CONV[x.dim() - 2]
     x = x + reference_mixer(block.mixer, _channel_layer_norm(block.norm1, x))
     first, act, _, second, _ = block.mlp.net

@@ -17,7 +17,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from factorseg import demo, report
+from factorseg.demo import pipeline as demo
+from factorseg.demo import report
 from factorseg.errors import InputError
 
 # The demo recipe with a narrower model and two training steps (the block shown, decoder.1.0, still exists).

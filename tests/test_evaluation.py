@@ -15,10 +15,10 @@ import torch
 from monai.metrics import HausdorffDistanceMetric
 from rich.console import Console
 
-from factorseg import metrics as M
+from factorseg.evaluation import metrics as M
 from factorseg.data.labels import LABEL_SPECS, LabelSpec
 from factorseg.errors import InputError
-from factorseg.evaluation import EvaluationResult, evaluate_folders, pair_cases
+from factorseg.evaluation.folders import EvaluationResult, evaluate_folders, pair_cases
 
 torch.set_num_threads(1)
 

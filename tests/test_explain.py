@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from factorseg.blocks import NMFMixer
+from factorseg.models.blocks import NMFMixer
 from factorseg.errors import InputError
-from factorseg.explain import (
+from factorseg.explain.components import (
     component_label_overlap,
     explain,
     list_blocks,
@@ -21,7 +21,7 @@ from factorseg.explain import (
     upsample_maps,
     write_maps_nifti,
 )
-from factorseg.matricize import WindowMatricize
+from factorseg.models.layers.windows import WindowMatricize
 from factorseg.models import create
 
 SMALL = dict(widths=(8, 16), head_dim=4, window_size=4, dropout=0.1, mlp_ratio=1.0)
@@ -294,7 +294,7 @@ def test_run_explain_writes_maps_on_the_scan_grid(tmp_path) -> None:
 
 def test_run_explain_on_a_real_scan(tmp_path, shared_data) -> None:
     """A real hippocampus MRI (odd sizes, 1 mm): maps land on the scan's grid and affine."""
-    from factorseg.io import read_image
+    from factorseg.io.nifti import read_image
 
     case = sorted((shared_data / "hippocampus" / "imagesTr").glob("*.nii.gz"))[0]
     vol = read_image(case)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from factorseg import export as export_mod
+from factorseg.inference import export as export_mod
 from factorseg.errors import InputError
-from factorseg.export import OnnxRunner, TorchScriptRunner, export_model, load_predictor
+from factorseg.inference.export import OnnxRunner, TorchScriptRunner, export_model, load_predictor
 from factorseg.models import create
 
 SHAPE = (1, 2, 8, 8, 8)

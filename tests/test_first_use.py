@@ -22,17 +22,17 @@ import torch.nn.functional as F
 
 from builders import refused as _refused
 
-from factorseg import explain as explain_module
-from factorseg.bundle import load_bundle, save_bundle
+from factorseg.explain import components as explain_module
+from factorseg.models.bundle import load_bundle, save_bundle
 from factorseg.cli import main
-from factorseg.config import recipe_description
+from factorseg.config.recipes import recipe_description
 from factorseg.data.labels import LabelSpec
 from factorseg.data.synthetic import write_brats_dataset
 from factorseg.data.transforms import TransformConfig
 from factorseg.errors import InputError
-from factorseg.explain import MAP_UNIT, label_centre, quantise_maps, write_maps_nifti
-from factorseg.inference import SegmentationPredictor, check_ensemble
-from factorseg.metrics import ALL_METRICS
+from factorseg.explain.components import MAP_UNIT, label_centre, quantise_maps, write_maps_nifti
+from factorseg.inference.pipeline import SegmentationPredictor, check_ensemble
+from factorseg.evaluation.metrics import ALL_METRICS
 from factorseg.models import create
 from factorseg.training.module import SegmentationModule, ValidationStats
 from factorseg.training.run import zero_dice_hint
@@ -322,7 +322,7 @@ def test_recipes_are_listed_in_full_when_piped(capsys: pytest.CaptureFixture) ->
 
 
 def test_demo_summary_table_is_not_cut_when_piped(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from factorseg.demo import DemoResult
+    from factorseg.demo.pipeline import DemoResult
 
     regions = {f"region number {i}": 0.5 + i / 100 for i in range(8)}
     result = DemoResult(tmp_path, tmp_path / "report.html", tmp_path / "summary.json", regions, 0.53, 65.0, 144)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from factorseg.export import export_model, load_predictor
+from factorseg.inference.export import export_model, load_predictor
 from factorseg.models import create
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -81,7 +81,7 @@ def test_mixed_precision_training_steps(dtype: torch.dtype) -> None:
 
 def test_nmf_paths_agree_on_cuda() -> None:
     """The sub-block and window paths of the paper's mixer give the same values and gradients on the GPU."""
-    from factorseg.blocks import NMFMixer
+    from factorseg.models.blocks import NMFMixer
 
     mixer = NMFMixer(16, 3, head_dim=8, window_size=4, shifts=[0, 2]).cuda().double()
     x = torch.randn(1, 16, 12, 8, 8, device="cuda", dtype=torch.float64, requires_grad=True)

@@ -26,11 +26,11 @@ import torch
 
 from builders import refused as _refused
 
-from factorseg import config as recipes
-from factorseg.bundle import save_bundle
+from factorseg.config import recipes
+from factorseg.models.bundle import save_bundle
 from factorseg.cli import build_parser, main
 from factorseg.data.transforms import TransformConfig
-from factorseg.io import CHECKPOINT_FORMAT
+from factorseg.io.nifti import CHECKPOINT_FORMAT
 from factorseg.models import create
 
 CLASSES = {"mode": "classes", "names": ["background", "a", "b"], "values": [0, 1, 2], "convention": "custom"}
@@ -401,7 +401,8 @@ def test_demo_settings_are_refused_before_any_data_is_made(extra: list[str], fra
 def test_demo_override_and_failure_leave_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
-    from factorseg import demo, training
+    from factorseg import training
+    from factorseg.demo import pipeline as demo
     from factorseg.errors import InputError
 
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the test process
@@ -443,7 +444,7 @@ def test_every_shipped_recipe_passes_its_own_types(name: str) -> None:
 
 
 def test_shipped_model_passes_the_bundle_checks() -> None:
-    from factorseg.pretrained import resolve_model
+    from factorseg.inference.loading import resolve_model
 
     assert resolve_model("hippocampus").labels.num_outputs == 3
 

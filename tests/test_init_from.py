@@ -9,7 +9,7 @@ import torch
 import yaml
 from builders import CLASSES, tiny_bundle
 
-from factorseg.bundle import load_bundle, save_bundle
+from factorseg.models.bundle import load_bundle, save_bundle
 from factorseg.cli import main
 from factorseg.data.transforms import TransformConfig
 from factorseg.models import create

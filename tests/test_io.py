@@ -1,4 +1,4 @@
-"""Tests for factorseg.io: every malformed input gives a one-line InputError and is left untouched."""
+"""Tests for factorseg.io.nifti: every malformed input gives a one-line InputError and is left untouched."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from builders import claiming_nifti
 
 from factorseg import __version__
 from factorseg.errors import InputError
-from factorseg.io import (
+from factorseg.io.nifti import (
     CHECKPOINT_FORMAT,
     DEFAULT_MAX_VOXELS,
     Volume,

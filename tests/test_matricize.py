@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from factorseg.matricize import WindowMatricize
+from factorseg.models.layers.windows import WindowMatricize
 
 CASES = [
     # spatial size, head_dim, window, shifts
@@ -68,7 +68,7 @@ def test_bad_inputs() -> None:
 @pytest.mark.parametrize("spatial,head_dim,window,shifts", CASES)
 def test_subblocks_round_trip_and_window_sums(spatial, head_dim, window, shifts) -> None:
     """Sub-block layout: exact inverse; per-window sums equal sums over the gathered windows; adjoints."""
-    from factorseg.matricize import (
+    from factorseg.models.layers.windows import (
         from_subblocks,
         pad_channels_last,
         subblock_edges,

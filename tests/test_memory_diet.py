@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factorseg.blocks import MLP, FactorizerBlock, _MLPResidual, _masked, mlp_residual
+from factorseg.models.blocks import MLP, FactorizerBlock, _MLPResidual, _masked, mlp_residual
 
 
 def _plain(y: torch.Tensor, norm: torch.nn.LayerNorm, mlp: MLP) -> torch.Tensor:

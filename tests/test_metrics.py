@@ -11,7 +11,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric, compute_surface_dice
 from scipy import ndimage
 
-from factorseg import metrics as M
+from factorseg.evaluation import metrics as M
 from factorseg.errors import InputError
 
 torch.set_num_threads(1)

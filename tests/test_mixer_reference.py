@@ -11,9 +11,9 @@ import pytest
 import torch
 from reference_mixer import effective_layout, reference_block, reference_mixer, reference_nmf, to_windows
 
-from factorseg.blocks import FactorizerBlock, NMFMixer
-from factorseg.matricize import WindowMatricize, matrices_view, pad_channels_last, window_stack, window_unstack
-from factorseg.nmf import NMF
+from factorseg.models.blocks import FactorizerBlock, NMFMixer
+from factorseg.models.layers.windows import WindowMatricize, matrices_view, pad_channels_last, window_stack, window_unstack
+from factorseg.models.layers.nmf import NMF
 
 # spatial size, head_dim, window, shifts, rank, solver, backprop_iters, num_iters, init
 CASES = [

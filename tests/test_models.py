@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from factorseg.blocks import FactorizerBlock
+from factorseg.models.blocks import FactorizerBlock
 from factorseg.models import PRESETS, available, count_flops, count_parameters, create
-from factorseg.nmf import set_nmf_iters
+from factorseg.models.layers.nmf import set_nmf_iters
 
 SMALL = dict(widths=(8, 16, 32), head_dim=4, window_size=4, dropout=0.0)
 
@@ -56,7 +56,7 @@ def test_dropout_is_wired_into_every_block() -> None:
     assert not torch.allclose(a, b)
     model.eval()
     assert torch.equal(model(x), model(x))
-    from factorseg.blocks import FactorizerBlock
+    from factorseg.models.blocks import FactorizerBlock
     for block in (m for m in model.modules() if isinstance(m, FactorizerBlock)):
         assert block.drop.p == 0.5 and block.mlp.net[2].p == 0.5
 
@@ -128,7 +128,7 @@ def test_checkpointed_blocks_give_the_same_values_and_gradients() -> None:
 
 def test_defaults_are_the_papers_and_the_earlier_choices_are_options() -> None:
     """The class defaults build the paper's blocks; each earlier factorseg choice is one named option."""
-    from factorseg.blocks import ConvBlock, ConvStem
+    from factorseg.models.blocks import ConvBlock, ConvStem
     from factorseg.models.factorizer import LEGACY_ARCHITECTURE
 
     paper = create("swin_factorizer", in_channels=2, out_channels=3, **SMALL)
@@ -171,8 +171,8 @@ def test_forward_all_returns_every_head_in_eval_mode() -> None:
 
 def test_saved_configs_spell_out_the_architecture_and_old_ones_load_as_they_were(tmp_path) -> None:
     """Bundles record the architectural choices; a config without them (older factorseg) gets the earlier ones."""
-    from factorseg.bundle import bundle_config, load_bundle
-    from factorseg.io import save_checkpoint
+    from factorseg.models.bundle import bundle_config, load_bundle
+    from factorseg.io.nifti import save_checkpoint
     from factorseg.models.factorizer import LEGACY_ARCHITECTURE
 
     base = {"name": "swin_factorizer", "in_channels": 1, "out_channels": 2, **SMALL}

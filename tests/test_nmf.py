@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.decomposition import NMF as SkNMF
 
-from factorseg.nmf import NMF, nndsvd, set_nmf_iters
+from factorseg.models.layers.nmf import NMF, nndsvd, set_nmf_iters
 
 
 def _error(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

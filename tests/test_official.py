@@ -1,4 +1,4 @@
-"""Importing the authors' Lightning checkpoints (``factorseg import-checkpoint``, :mod:`factorseg.official`).
+"""Importing the authors' Lightning checkpoints (``factorseg import-checkpoint``, :mod:`factorseg.models.official`).
 
 Reference files: ``../shared/fixtures/official_factorizer`` (made with the authors' code; read only, never
 copied here). Tests that need them skip where that folder is absent.
@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import torch
 
-from factorseg.bundle import build_model, load_bundle
+from factorseg.models.bundle import build_model, load_bundle
 from factorseg.cli import main
 from factorseg.errors import InputError
-from factorseg.official import Placeholder, convert_state_dict, import_official_checkpoint, read_official_checkpoint
+from factorseg.models.official import Placeholder, convert_state_dict, import_official_checkpoint, read_official_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_factorizer"
 SMALL = {"brats": "brats_small", "isles": "isles_small"}
@@ -370,8 +370,8 @@ def test_imported_bundle_loads_and_predicts(fixtures: Path, tmp_path: Path, caps
 
 def test_imported_model_takes_fewer_nmf_iterations_and_explains(fixtures: Path, tmp_path: Path) -> None:
     """The test-time speed-up and explain work on an imported model (the paper's fixed_uv init)."""
-    from factorseg.explain import explain
-    from factorseg.nmf import set_nmf_iters
+    from factorseg.explain.components import explain
+    from factorseg.models.layers.nmf import set_nmf_iters
 
     target = tmp_path / "isles.pt"
     assert main(["import-checkpoint", str(fixtures / "isles_small.ckpt"), "-o", str(target)]) == 0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from factorseg.bundle import load_bundle, save_bundle
+from factorseg.models.bundle import load_bundle, save_bundle
 from factorseg.cli import build_parser, main
 from factorseg.data.synthetic import write_brats_dataset
 
@@ -158,8 +158,8 @@ def test_predict_real_brats2015_keeps_lps_geometry(shared_data: Path, tmp_path: 
 
 
 def test_shipped_hippocampus_model_predicts_offline(tmp_path: Path) -> None:
-    from factorseg.pretrained import shipped_models
-    from factorseg.io import save_nifti
+    from factorseg.inference.loading import shipped_models
+    from factorseg.io.nifti import save_nifti
 
     assert "hippocampus" in shipped_models()
     scan = np.random.default_rng(0).normal(100, 20, (35, 50, 35)).astype(np.float32)

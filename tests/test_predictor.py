@@ -47,7 +47,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_import_is_light_and_exports_the_predictor() -> None:
     code = "import sys, factorseg; assert 'torch' not in sys.modules, 'import factorseg loaded torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert factorseg.Predictor.__module__ == "factorseg.predictor"
+    assert factorseg.Predictor.__module__ == "factorseg.inference.predictor"
     assert callable(factorseg.models.create)
 
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from reference_mixer import effective_layout
 
-from factorseg.matricize import WindowMatricize
-from factorseg.nmf import NMF
+from factorseg.models.layers.windows import WindowMatricize
+from factorseg.models.layers.nmf import NMF
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -23,10 +23,10 @@ import torch
 
 from builders import tiny_bundle
 
-from factorseg.bundle import load_bundle
+from factorseg.models.bundle import load_bundle
 from factorseg.cli import main
 from factorseg.data.synthetic import write_brats_dataset
-from factorseg.io import CHECKPOINT_FORMAT
+from factorseg.io.nifti import CHECKPOINT_FORMAT
 
 SHAPE = (20, 18, 16)
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])

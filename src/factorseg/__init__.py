@@ -1,6 +1,6 @@
 """factorseg: Factorizer models for 3D medical image segmentation.
 
-``factorseg.Predictor`` segments scans from Python (see :mod:`factorseg.predictor`); ``factorseg.models``
+``factorseg.Predictor`` segments scans from Python (see :mod:`factorseg.inference.predictor`); ``factorseg.models``
 builds networks. Both load on first use, so that ``import factorseg`` stays fast (no torch until then).
 """
 
@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from factorseg import models
-    from factorseg.predictor import Prediction, Predictor
+    from factorseg.inference.predictor import Prediction, Predictor
 
-_LAZY = {"Predictor": "factorseg.predictor", "Prediction": "factorseg.predictor"}
+_LAZY = {"Predictor": "factorseg.inference.predictor", "Prediction": "factorseg.inference.predictor"}
 _SUBMODULES = ("models",)
 
 

@@ -127,7 +127,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from factorseg.config import apply_overrides, load_recipe, switch_model
+    from factorseg.config.recipes import apply_overrides, load_recipe, switch_model
     from factorseg.training import train
 
     init_from = args.init_from is not None or any(s.split("=", 1)[0].strip() == "train.init_from" for s in args.set)
@@ -186,7 +186,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_options(args: argparse.Namespace, specs: dict[str, object]) -> None:
-    """Command-line numbers checked with the config's own types (``factorseg.config``), named as options."""
+    """Command-line numbers checked with the config's own types (``factorseg.config.recipes``), named as options."""
     for dest, spec in specs.items():
         value = getattr(args, dest)
         if value is None:
@@ -198,10 +198,10 @@ def _check_options(args: argparse.Namespace, specs: dict[str, object]) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from factorseg.config import schema
+    from factorseg.config.recipes import schema
     from factorseg.data.formats import cases_from_paths
-    from factorseg.inference import InferenceOptions, SegmentationPredictor
-    from factorseg.pretrained import resolve_model
+    from factorseg.inference.pipeline import InferenceOptions, SegmentationPredictor
+    from factorseg.inference.loading import resolve_model
 
     # Types and lower bounds: InferenceOptions.resolved; the config's sanity limits on top.
     inference = schema()["inference"].keys
@@ -216,7 +216,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     )
     networks = None
     if args.backend == "onnxruntime":
-        from factorseg.export import load_onnx_bundle
+        from factorseg.inference.export import load_onnx_bundle
 
         loaded = [load_onnx_bundle(Path(m)) for m in args.model]
         models, networks = [m for m, _ in loaded], [n for _, n in loaded]
@@ -234,13 +234,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from factorseg.metrics import ALL_METRICS, DEFAULT_METRICS
+    from factorseg.evaluation.metrics import ALL_METRICS, DEFAULT_METRICS
 
     p = sub.add_parser(
         "evaluate", help="score predicted masks against references",
         description="Compare predicted masks with reference masks (matched by file name) per class or BraTS region. "
         "Writes per_case.csv and summary.json and prints a table. Empty-mask conventions follow BraTS and "
-        "ISLES'22 (see factorseg.metrics).",
+        "ISLES'22 (see factorseg.evaluation.metrics).",
         epilog="Example: factorseg evaluate -p masks/ -r labelsTr/ --labels-from runs/hippo/model_best.pt -o scores/",
     )
     p.add_argument("-p", "--pred", required=True, type=Path, help="folder of predicted masks")
@@ -260,7 +260,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _labels_from(source: str):  # noqa: ANN202 - returns a LabelSpec
     from factorseg.data.formats import load_dataset
-    from factorseg.pretrained import resolve_model, shipped_models
+    from factorseg.inference.loading import resolve_model, shipped_models
 
     path = Path(source)
     if path.is_dir():
@@ -274,7 +274,7 @@ def _labels_from(source: str):  # noqa: ANN202 - returns a LabelSpec
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from factorseg.data.labels import get_label_spec
-    from factorseg.evaluation import evaluate_folders
+    from factorseg.evaluation.folders import evaluate_folders
 
     if not 0 <= args.workers <= 256:
         raise InputError(f"--num-workers must be an integer in [0, 256], got {args.workers}")
@@ -323,7 +323,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 def _check_inference_caps(args: argparse.Namespace, dests: Sequence[str]) -> None:
     """``--sw-batch-size`` / ``--nmf-iters``: at least 0 / 1 and at most the config's sanity limits."""
-    from factorseg.config import schema
+    from factorseg.config.recipes import schema
 
     inference = schema()["inference"].keys
     for dest in dests:
@@ -357,13 +357,13 @@ def _explain_summary(index: dict, output: Path) -> list[str]:  # type: ignore[ty
 def _cmd_explain(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from factorseg.config import Int
+    from factorseg.config.recipes import Int
     from factorseg.data.transforms import infer_transforms, invert_prediction
-    from factorseg.explain import list_blocks, run_explain
-    from factorseg.inference import resolve_device
-    from factorseg.io import read_image
-    from factorseg.nmf import set_nmf_iters
-    from factorseg.pretrained import resolve_model
+    from factorseg.explain.components import list_blocks, run_explain
+    from factorseg.inference.pipeline import resolve_device
+    from factorseg.io.nifti import read_image
+    from factorseg.models.layers.nmf import set_nmf_iters
+    from factorseg.inference.loading import resolve_model
 
     _check_options(args, {"components": Int(1, cap=4096)})
     _check_inference_caps(args, ["nmf_iters"])
@@ -422,8 +422,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from factorseg.export import export_bundle
-    from factorseg.pretrained import resolve_model
+    from factorseg.inference.export import export_bundle
+    from factorseg.inference.loading import resolve_model
 
     path = export_bundle(resolve_model(args.model), args.output, args.format, nmf_iters=args.nmf_iters,
                          overwrite=args.overwrite)
@@ -457,8 +457,8 @@ def _add_import_checkpoint(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
-    from factorseg.config import Int, Num
-    from factorseg.official import import_official_checkpoint
+    from factorseg.config.recipes import Int, Num
+    from factorseg.models.official import import_official_checkpoint
 
     _check_options(args, {"nmf_iters": Int(0, cap=1000), "window_size": Int(1, cap=512), "crop": Int(1, cap=1024),
                           "spacing": Num(0.0, lo_open=True, cap=100.0)})
@@ -492,7 +492,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from factorseg.demo import run_demo
+    from factorseg.demo.pipeline import run_demo
 
     kwargs = {"cases": args.cases} if args.cases is not None else {}
     run_demo(args.out, minutes=args.minutes, seed=args.seed, progress=not args.no_progress,
@@ -515,7 +515,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from factorseg.config import available_recipes, describe_keys, load_recipe, recipe_description
+    from factorseg.config.recipes import available_recipes, describe_keys, load_recipe, recipe_description
 
     if args.name:
         print(yaml.safe_dump(load_recipe(args.name), sort_keys=False), end="")
@@ -605,7 +605,7 @@ def system_error(exc: BaseException) -> str | None:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: TextIO | None = None, line: str | None = None) -> None:
     """Input warnings (e.g. a channel resampled onto another grid) as one ``factorseg: warning:`` line."""
-    io_module = sys.modules.get("factorseg.io")
+    io_module = sys.modules.get("factorseg.io.nifti")
     if io_module is not None and issubclass(category, io_module.InputWarning):
         print(f"factorseg: warning: {message}", file=file or sys.stderr)
     else:

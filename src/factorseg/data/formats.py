@@ -32,7 +32,7 @@ from typing import Any
 
 from factorseg.data.labels import LABEL_SPECS, LabelSpec, get_label_spec
 from factorseg.errors import InputError
-from factorseg.io import check_regular_file, check_same_grid, join_problems, read_header, read_image
+from factorseg.io.nifti import check_regular_file, check_same_grid, join_problems, read_header, read_image
 
 __all__ = ["FORMATS", "DatasetInfo", "case_problems", "cases_from_paths", "detect_format", "load_dataset"]
 
@@ -481,11 +481,11 @@ def case_problems(
 ) -> list[str]:
     """Every problem of one case to predict, as one-line messages (empty: the case is usable).
 
-    Header checks of every file (:func:`factorseg.io.read_header`: regular NIfTI file, dimensionality, data
+    Header checks of every file (:func:`factorseg.io.nifti.read_header`: regular NIfTI file, dimensionality, data
     type, the size its header promises and the voxel limit), the number of channels (one 4D file with
-    ``channels`` volumes, or ``channels`` 3D files), the channels' grids (:func:`factorseg.io.check_same_grid`
+    ``channels`` volumes, or ``channels`` 3D files), the channels' grids (:func:`factorseg.io.nifti.check_same_grid`
     with ``min_coverage``, default the transforms' :data:`~factorseg.data.transforms.MIN_COVERAGE`) and, with
-    ``voxels``, the voxel data themselves (:func:`factorseg.io.read_image`: corrupt or truncated data, NaN or
+    ``voxels``, the voxel data themselves (:func:`factorseg.io.nifti.read_image`: corrupt or truncated data, NaN or
     infinite values; one file in memory at a time).
     """
     files = _image_list(case)
@@ -637,7 +637,7 @@ def cases_from_paths(paths: Iterable[str | Path], channels: int) -> list[dict[st
     channels in the given order (see :func:`_group_files`; case ids never keep the ``_0000`` suffix).
 
     Every input is checked before anything is returned, and every problem is reported together in one
-    :class:`InputError` line (:func:`factorseg.io.join_problems`): missing paths, FIFOs, devices and sockets
+    :class:`InputError` line (:func:`factorseg.io.nifti.join_problems`): missing paths, FIFOs, devices and sockets
     (never opened), names that are not NIfTI, incomplete channel groups, unreadable or forged headers, wrong
     channel counts, inputs given twice and clashing case ids. When there is any such problem, the voxel data
     of the remaining cases are checked too (:func:`case_problems`), so that the line names every bad input.

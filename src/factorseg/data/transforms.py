@@ -1,7 +1,7 @@
 """MONAI transform pipelines for training, validation and inference.
 
 All pipelines start with :class:`LoadCased`, which reads a case's channel files through the validating
-:func:`factorseg.io.read_image` (one-line errors for bad files), resamples channels that lie on a nearby grid
+:func:`factorseg.io.nifti.read_image` (one-line errors for bad files), resamples channels that lie on a nearby grid
 (ISLES'22 FLAIR) onto the first channel's grid, refuses channels that do not cover the same field of view, and
 checks the label's grid and values.
 The geometry steps (orientation, spacing, foreground crop) are MONAI invertible transforms, so a prediction
@@ -45,7 +45,7 @@ from monai.transforms import (
 
 from factorseg.data.labels import LabelSpec
 from factorseg.errors import InputError
-from factorseg.io import InputWarning, Volume, check_same_grid, read_image
+from factorseg.io.nifti import InputWarning, Volume, check_same_grid, read_image
 
 __all__ = [
     "LabelToTargetd",
@@ -60,7 +60,7 @@ __all__ = [
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 #: A channel (or label) on another grid is resampled when it covers at least this fraction of the first
-#: channel's field of view, and refused otherwise (see :func:`factorseg.io.check_same_grid`).
+#: channel's field of view, and refused otherwise (see :func:`factorseg.io.nifti.check_same_grid`).
 MIN_COVERAGE = 0.8
 
 
@@ -146,7 +146,7 @@ def _nonzero(x: torch.Tensor) -> torch.Tensor:
 
 
 class _VolumeReader(NibabelReader):
-    """MONAI's NibabelReader over an already validated in-memory :class:`~factorseg.io.Volume` (no second read)."""
+    """MONAI's NibabelReader over an already validated in-memory :class:`~factorseg.io.nifti.Volume` (no second read)."""
 
     def __init__(self, volume: Volume) -> None:
         super().__init__()
@@ -162,11 +162,11 @@ class LoadCased(MapTransform):
     """Load a case: channel files -> one channel-first MetaTensor on the first channel's grid; label checked.
 
     ``d[image_key]`` is a path or a list of paths (one 3D file per channel, or one 3D/4D file). Every file is
-    read through :func:`factorseg.io.read_image`, so a corrupt, truncated, non-NIfTI, 2D or 4D (where 3D is
+    read through :func:`factorseg.io.nifti.read_image`, so a corrupt, truncated, non-NIfTI, 2D or 4D (where 3D is
     expected) file or NaN/infinite voxels raise a one-line :class:`InputError`. Channels on a different grid
     that covers at least ``min_coverage`` of the first channel's field of view are resampled (linearly) onto
-    the first channel's grid with an :class:`~factorseg.io.InputWarning`; channels further off are refused
-    (see :func:`factorseg.io.check_same_grid`). The label follows the same rule with nearest-neighbour
+    the first channel's grid with an :class:`~factorseg.io.nifti.InputWarning`; channels further off are refused
+    (see :func:`factorseg.io.nifti.check_same_grid`). The label follows the same rule with nearest-neighbour
     resampling, and with ``labels`` its values are checked against the convention.
     """
 
@@ -193,7 +193,7 @@ class LoadCased(MapTransform):
 
     def _needs_resampling(self, ref: Volume, other: Volume) -> bool:
         """Whether ``other`` lies on another grid than ``ref`` but close enough to be resampled (with a warning);
-        InputError when it is too far off (:func:`factorseg.io.check_same_grid`)."""
+        InputError when it is too far off (:func:`factorseg.io.nifti.check_same_grid`)."""
         messages = check_same_grid([ref, other], min_coverage=self.min_coverage)
         for message in messages:
             warnings.warn(message, InputWarning, stacklevel=3)

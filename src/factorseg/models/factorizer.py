@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from factorseg.blocks import (
+from factorseg.models.blocks import (
     ConvBlock,
     ConvStem,
     Downsample,
@@ -22,7 +22,7 @@ from factorseg.blocks import (
     conv_nd,
     window_path,
 )
-from factorseg.nmf import Init, Solver
+from factorseg.models.layers.nmf import Init, Solver
 
 Variant = Literal["swin", "local", "global"]
 
@@ -87,7 +87,7 @@ class Factorizer(nn.Module):
     ``stem="conv"`` (one bias-free 3x3 conv) or ``"conv_block"`` (two conv + instance norm + LeakyReLU
     with a residual); ``down_norm`` adds a bias and a LayerNorm to the downsampling conv; ``init``
     (default ``"fixed_uv"``, the paper's, or ``"fixed_u"`` (the default of the global variant, which has
-    no fixed window), ``"random"``, ``"nndsvd"``; see :class:`factorseg.nmf.NMF`); ``proj_bias`` gives the mixers' in-projections and the skip fusions
+    no fixed window), ``"random"``, ``"nndsvd"``; see :class:`factorseg.models.layers.nmf.NMF`); ``proj_bias`` gives the mixers' in-projections and the skip fusions
     a bias; ``fuse_dropout`` is the dropout after the fusion; ``pos_embed_size`` the bottleneck's
     positional embedding (``None``: none); ``eps`` the NMF's denominator guard (the paper's 1e-8).
 

@@ -14,7 +14,7 @@ from monai.metrics import DiceMetric
 from monai.utils import convert_to_tensor
 from torch import Tensor
 
-from factorseg.bundle import build_model
+from factorseg.models.bundle import build_model
 from factorseg.data.labels import LabelSpec
 from factorseg.training.data import derive_seed
 

@@ -30,14 +30,14 @@ from rich.progress import track
 from torch.utils.data import DataLoader
 
 from factorseg import models
-from factorseg.bundle import check_weights, save_bundle
-from factorseg.config import SECTIONS, save_config, validate_recipe
+from factorseg.models.bundle import check_weights, save_bundle
+from factorseg.config.recipes import SECTIONS, save_config, validate_recipe
 from factorseg.data.formats import DatasetInfo, load_dataset
 from factorseg.data.labels import LabelSpec, get_label_spec
 from factorseg.data.splits import load_or_create_splits, make_splits
 from factorseg.data.transforms import LoadCased, TransformConfig, train_transforms, val_transforms
 from factorseg.errors import InputError
-from factorseg.io import InputWarning, atomic_path, atomic_write
+from factorseg.io.nifti import InputWarning, atomic_path, atomic_write
 from factorseg.training.data import CaseDataset, EpochSampler
 from factorseg.training.module import SegmentationModule, ValidationStats
 
@@ -246,7 +246,7 @@ _FIXED_ON_RESUME = {
 
 
 def _check_resume_changes(out_dir: Path, cfg: dict[str, Any]) -> None:
-    from factorseg.config import load_recipe
+    from factorseg.config.recipes import load_recipe
 
     saved_path = out_dir / "config.yaml"
     if not saved_path.is_file():
@@ -269,9 +269,9 @@ INIT_HEADS = ("load", "skip")
 
 def init_source(name_or_path: str) -> tuple[str, Any]:
     """What ``train.init_from`` records (a file's absolute path, or a shipped name) and the loaded model
-    (:func:`factorseg.pretrained.resolve_model`: bundles, factorseg Lightning checkpoints and shipped names,
+    (:func:`factorseg.inference.loading.resolve_model`: bundles, factorseg Lightning checkpoints and shipped names,
     read with ``weights_only=True``)."""
-    from factorseg.pretrained import resolve_model
+    from factorseg.inference.loading import resolve_model
 
     path = Path(name_or_path).expanduser()
     recorded = str(path.resolve()) if path.exists() else name_or_path
@@ -283,7 +283,7 @@ def init_source(name_or_path: str) -> tuple[str, Any]:
 
 def _state_shapes(model_cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the state dict the config builds (on the ``meta`` device where it can: no memory)."""
-    from factorseg.bundle import build_model
+    from factorseg.models.bundle import build_model
 
     try:
         with torch.device("meta"), warnings.catch_warnings():
@@ -337,7 +337,7 @@ def init_weights(source: Any, recorded: str, model_cfg: dict[str, Any], heads: s
     if src_cfg.get("name") != model_cfg.get("name"):
         raise InputError(f"{where}: is a {src_cfg.get('name')} model but this run builds {model_cfg.get('name')}; "
                          "fine-tuning needs the same architecture")
-    from factorseg.config import effective_channels
+    from factorseg.config.recipes import effective_channels
 
     src_in, _ = effective_channels(src_cfg)
     new_in = model_cfg.get("in_channels")
@@ -558,7 +558,7 @@ def _check_patch(cfg: dict[str, Any], model: torch.nn.Module) -> None:
     Factorizers say so themselves (:meth:`check_size`); other models run one forward pass on the ``meta`` device
     (shapes only, no memory or compute); where that device is unsupported the check is skipped.
     """
-    from factorseg.bundle import build_model
+    from factorseg.models.bundle import build_model
 
     roi, name = list(cfg["transforms"]["roi_size"]), cfg["model"]["name"]
     check = getattr(model, "check_size", None)
@@ -650,7 +650,7 @@ def train(
 ) -> TrainResult:
     """Train on the dataset at ``data_path`` with the recipe ``cfg``; outputs go to ``out_dir``.
 
-    The recipe is checked first (:func:`factorseg.config.validate_recipe`), then every case; nothing is written
+    The recipe is checked first (:func:`factorseg.config.recipes.validate_recipe`), then every case; nothing is written
     before both pass. ``resume`` continues from ``out_dir/checkpoints/last.ckpt`` (model, optimizer, schedule,
     epoch, and the metrics logged before it). ``data.fold: all`` trains on every case without validation.
     ``train.init_from`` (a new run only; resume ignores it) starts from another model's weights under the rules

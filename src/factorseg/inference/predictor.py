@@ -1,6 +1,6 @@
 """``factorseg.Predictor``: segmentation from Python, the same computation as ``factorseg predict``.
 
-A thin front end to :class:`factorseg.inference.SegmentationPredictor` (sliding windows, Gaussian blending,
+A thin front end to :class:`factorseg.inference.pipeline.SegmentationPredictor` (sliding windows, Gaussian blending,
 flip TTA, ensembles, masks on the input's grid with the dataset's label values): the same options, the same
 defaults (the model's) and the same checks, so that a mask equals ``factorseg predict``'s bit for bit.
 
@@ -32,8 +32,8 @@ from factorseg.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-    from factorseg.bundle import LoadedModel
-    from factorseg.inference import SegmentationPredictor
+    from factorseg.models.bundle import LoadedModel
+    from factorseg.inference.pipeline import SegmentationPredictor
 
 PathLike = Union[str, Path]
 #: What :meth:`Predictor.predict` takes: a NIfTI path, one case's per-channel paths (in the model's channel
@@ -58,8 +58,8 @@ class Prediction:
 
 
 def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Inference options checked with the config's own types and limits (``factorseg.config`` schema)."""
-    from factorseg.config import schema
+    """Inference options checked with the config's own types and limits (``factorseg.config.recipes`` schema)."""
+    from factorseg.config.recipes import schema
 
     specs = schema()["inference"].keys
     for key, value in options.items():
@@ -97,8 +97,8 @@ class Predictor:
     def __init__(self, models: LoadedModel | Sequence[LoadedModel], *, device: str = "cpu",
                  overlap: float | None = None, blend: str | None = None, sw_batch_size: int | None = None,
                  tta: bool | None = None, nmf_iters: int | None = None, networks: Sequence[Any] | None = None) -> None:
-        from factorseg import inference
-        from factorseg.bundle import LoadedModel
+        from factorseg.inference import pipeline as inference
+        from factorseg.models.bundle import LoadedModel
 
         loaded = [models] if isinstance(models, LoadedModel) else list(models)
         if not isinstance(device, str):
@@ -106,20 +106,20 @@ class Predictor:
         options = _checked_options({"overlap": overlap, "blend": blend, "sw_batch_size": sw_batch_size,
                                     "tta": tta, "nmf_iters": nmf_iters})
         self.options = inference.InferenceOptions(**options, device=device)
-        #: The ensemble that does the work (:class:`factorseg.inference.SegmentationPredictor`).
+        #: The ensemble that does the work (:class:`factorseg.inference.pipeline.SegmentationPredictor`).
         self.engine: SegmentationPredictor = inference.SegmentationPredictor(loaded, self.options, networks)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, name: str, **options: Any) -> Predictor:
-        """A model shipped with the package, by name (``factorseg.pretrained.shipped_models()`` lists them).
+        """A model shipped with the package, by name (``factorseg.inference.loading.shipped_models()`` lists them).
 
         >>> import factorseg
         >>> factorseg.Predictor.from_pretrained("hippocampus").channels
         ['MRI']
         """
-        from factorseg.bundle import load_bundle
-        from factorseg.pretrained import shipped_models
+        from factorseg.models.bundle import load_bundle
+        from factorseg.inference.loading import shipped_models
 
         shipped = shipped_models()
         if not isinstance(name, str) or name not in shipped:
@@ -135,11 +135,11 @@ class Predictor:
         Files are read with ``torch.load(weights_only=True)`` (tensors and plain data, never code).
 
         >>> import factorseg
-        >>> from factorseg.pretrained import shipped_models
+        >>> from factorseg.inference.loading import shipped_models
         >>> factorseg.Predictor.from_file(shipped_models()["hippocampus"]).label_names
         ['background', 'Anterior', 'Posterior']
         """
-        from factorseg.bundle import exported_kind, load_bundle
+        from factorseg.models.bundle import exported_kind, load_bundle
 
         paths = [Path(path)] if _is_path(path) else [Path(p) for p in path]  # type: ignore[union-attr]
         if not paths:
@@ -150,7 +150,7 @@ class Predictor:
                 raise InputError("from_file: an ensemble is either all ONNX exports or all bundles/checkpoints")
             if options.get("nmf_iters") is not None:
                 raise InputError("nmf_iters cannot change an exported ONNX graph; re-export with the wanted iterations")
-            from factorseg.export import load_onnx_bundle
+            from factorseg.inference.export import load_onnx_bundle
 
             pairs = [load_onnx_bundle(p) for p in paths]
             return cls([m for m, _ in pairs], networks=[n for _, n in pairs], **options)
@@ -182,7 +182,7 @@ class Predictor:
 
     def _array_case(self, images: Any, affine: Any, folder: Path) -> dict[str, Any]:
         """The voxels written as one float32 NIfTI per channel into ``folder`` (the file path's own pipeline)."""
-        from factorseg.io import save_nifti
+        from factorseg.io.nifti import save_nifti
 
         if type(images).__module__.startswith("torch"):
             images = images.detach().cpu().numpy()
@@ -260,7 +260,7 @@ class Predictor:
         >>> factorseg.Predictor.from_pretrained("hippocampus").predict_to_nifti(np.zeros((24, 24, 24)), out).name
         'mask.nii.gz'
         """
-        from factorseg.io import save_nifti
+        from factorseg.io.nifti import save_nifti
 
         out = Path(output_path)
         if not out.name.endswith((".nii", ".nii.gz")):

@@ -6,12 +6,12 @@ Every step uses the library's normal code path, exactly what the CLI commands ru
    ``cases`` for training (the run's own validation fold is drawn from them) and ``held_out`` more that
    training never sees, with their reference masks kept in a separate folder;
 2. train: the ``demo`` recipe with :func:`factorseg.training.train` (``factorseg train``);
-3. predict: the best model on the held-out scans with :class:`~factorseg.inference.SegmentationPredictor`
+3. predict: the best model on the held-out scans with :class:`~factorseg.inference.pipeline.SegmentationPredictor`
    (``factorseg predict``);
-4. evaluate: Dice and HD95 per BraTS region with :func:`~factorseg.evaluation.evaluate_folders`
+4. evaluate: Dice and HD95 per BraTS region with :func:`~factorseg.evaluation.folders.evaluate_folders`
    (``factorseg evaluate``);
 5. explain: the NMF component maps of one Factorizer block on one held-out case with
-   :func:`~factorseg.explain.run_explain` (``factorseg explain``);
+   :func:`~factorseg.explain.components.run_explain` (``factorseg explain``);
 6. report: ``DIR/report.html`` (scores, learning curve, overlays, component maps) and ``DIR/summary.json``
    with the very numbers the report shows.
 
@@ -157,7 +157,7 @@ def _measure_seconds(cfg: dict[str, Any]) -> tuple[float, float]:
     Measured on noise after a warm-up step (which allocates), averaging up to four steps or about ten
     seconds, whichever comes first.
     """
-    from factorseg.bundle import build_model
+    from factorseg.models.bundle import build_model
     from factorseg.data.labels import get_label_spec
     from factorseg.training.module import make_loss
 
@@ -214,13 +214,13 @@ def _demo_recipe(cases: int, seed: int, overrides: Sequence[str], block: str) ->
 
     Returns the config and the overrides applied to the shipped recipe (to print the equivalent command).
     """
-    from factorseg.bundle import build_model
-    from factorseg.config import apply_overrides, load_recipe, validate_recipe
+    from factorseg.models.bundle import build_model
+    from factorseg.config.recipes import apply_overrides, load_recipe, validate_recipe
 
     cfg = load_recipe("demo")
     applied = [f"train.seed={seed}", f"data.folds={min(int(cfg['data']['folds']), cases)}", *overrides]
     cfg = validate_recipe(apply_overrides(cfg, applied))
-    from factorseg.explain import list_blocks
+    from factorseg.explain.components import list_blocks
 
     # Sizes that do not fit together, and a block the model lacks, are refused now, not after training.
     blocks = list_blocks(build_model(cfg["model"]))
@@ -245,7 +245,7 @@ def _fit_budget(cfg: dict[str, Any], applied: list[str], cases: int, minutes: fl
 
 
 def _read(path: Path) -> np.ndarray:
-    from factorseg.io import read_image
+    from factorseg.io.nifti import read_image
 
     return read_image(path).array
 
@@ -263,8 +263,8 @@ def _pick_cases(per_case: dict[str, dict[str, float]], regions: Sequence[str]) -
 
 def _overlay_cases(picks: dict[str, str], per_case: dict[str, dict[str, float]], regions: Sequence[str],
                    held_dir: Path, ref_dir: Path, pred_dir: Path) -> list[Any]:
-    """The picked cases' FLAIR, T1ce, reference and prediction for :func:`factorseg.report.plot_overlays`."""
-    from factorseg.report import OverlayCase
+    """The picked cases' FLAIR, T1ce, reference and prediction for :func:`factorseg.demo.report.plot_overlays`."""
+    from factorseg.demo.report import OverlayCase
 
     return [
         OverlayCase(
@@ -280,8 +280,8 @@ def _explain_case(loaded: Any, predictor: Any, case: dict[str, Any], ref_path: P
                   block: str) -> dict[str, Any]:
     """Component maps of ``block`` for one held-out case, on the FLAIR grid, scored against its reference."""
     from factorseg.data.transforms import invert_prediction
-    from factorseg.explain import run_explain
-    from factorseg.io import read_image
+    from factorseg.explain.components import run_explain
+    from factorseg.io.nifti import read_image
 
     flair = read_image(case["image"][0])
     data = predictor.transforms(dict(case))
@@ -458,12 +458,12 @@ def _remove_outputs(out_dir: Path, created: bool) -> None:
 def _pipeline(out_dir: Path, minutes: float | None, cases: int, seed: int, progress: bool, held_out: int, shape: int,
               cfg: dict[str, Any], applied: list[str], block: str, console: Console) -> DemoResult:
     """The six steps of :func:`run_demo` into the prepared ``out_dir``."""
-    from factorseg import report
-    from factorseg.bundle import load_bundle
+    from factorseg.demo import report
+    from factorseg.models.bundle import load_bundle
     from factorseg.data.formats import cases_from_paths
-    from factorseg.evaluation import evaluate_folders
-    from factorseg.explain import list_blocks
-    from factorseg.inference import SegmentationPredictor
+    from factorseg.evaluation.folders import evaluate_folders
+    from factorseg.explain.components import list_blocks
+    from factorseg.inference.pipeline import SegmentationPredictor
     from factorseg.training import train
 
     started = time.perf_counter()
@@ -576,8 +576,8 @@ _OVERLAY_CAPTION = (
 def _plot_components(components: dict[str, Any], block: str, case: dict[str, Any], ref_path: Path, explain_dir: Path,
                      out_png: Path) -> Path:
     """The report's component figure, from the maps :func:`run_explain` wrote (on the FLAIR grid)."""
-    from factorseg.io import read_image
-    from factorseg.report import plot_components
+    from factorseg.io.nifti import read_image
+    from factorseg.demo.report import plot_components
 
     info = components["blocks"][block]
     maps = np.moveaxis(read_image(explain_dir / info["files"]["nifti"], expect_3d=False).array, -1, 0)
@@ -664,6 +664,6 @@ def _facts(summary: dict[str, Any], timing: dict[str, float], out_dir: Path) -> 
 def _write_json(path: Path, payload: dict[str, Any]) -> Path:
     import json
 
-    from factorseg.io import atomic_write
+    from factorseg.io.nifti import atomic_write
 
     return atomic_write(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode(), overwrite=True)

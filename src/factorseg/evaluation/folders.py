@@ -5,7 +5,7 @@ an nnU-Net image (``case_0000.nii.gz``) is paired with the reference ``case.nii.
 prediction has the exact name. Both folders are read flat (no sub-folders); hidden files are skipped.
 Each pair must share its voxel grid (shape and affine); distances use the reference's voxel spacing
 (the column norms of its affine, i.e. the NIfTI header's voxel size). Metrics and their empty-mask
-conventions are those of :mod:`factorseg.metrics`.
+conventions are those of :mod:`factorseg.evaluation.metrics`.
 
 Outputs (written atomically into ``out_dir``):
 
@@ -36,8 +36,8 @@ from rich.table import Table
 from factorseg import __version__
 from factorseg.console import output_console
 from factorseg.errors import InputError
-from factorseg.io import NIFTI_SUFFIXES, atomic_write, read_image
-from factorseg.metrics import (
+from factorseg.io.nifti import NIFTI_SUFFIXES, atomic_write, read_image
+from factorseg.evaluation.metrics import (
     CONVENTIONS,
     DEFAULT_METRICS,
     HIGHER_IS_BETTER,
@@ -232,7 +232,7 @@ def evaluate_folders(
         pred_dir: folder of predicted label maps (dataset label values).
         ref_dir: folder of reference label maps; every file in it is a case to evaluate.
         labels: a ``LabelSpec`` (its values are also checked in every file) or ``{name: label values}``.
-        metrics: metric names (see :data:`factorseg.metrics.ALL_METRICS`).
+        metrics: metric names (see :data:`factorseg.evaluation.metrics.ALL_METRICS`).
         out_dir: where to write ``per_case.csv`` and ``summary.json`` (created if needed); None writes nothing.
         nsd_tolerance: surface Dice tolerance in mm, one value or one per structure.
         allow_missing: score a reference case without prediction as an empty prediction (and list it)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from factorseg.bundle import LoadedModel, load_bundle
+from factorseg.models.bundle import LoadedModel, load_bundle
 from factorseg.errors import InputError
 
 

@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch import Tensor, nn
 
-from factorseg.blocks import FactorizerBlock, NMFMixer
+from factorseg.models.blocks import FactorizerBlock, NMFMixer
 from factorseg.errors import InputError
-from factorseg.io import atomic_write, save_nifti
-from factorseg.matricize import WindowMatricize
+from factorseg.io.nifti import atomic_write, save_nifti
+from factorseg.models.layers.windows import WindowMatricize
 from factorseg.models import eval_mode
 
 __all__ = [

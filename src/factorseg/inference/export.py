@@ -2,7 +2,7 @@
 
 ``export_model`` traces the model in eval mode on one example input, checks the exported model
 against PyTorch on that input (max difference at most ``1e-4`` + ``1e-4`` x the output's
-magnitude), and writes the file atomically (:func:`factorseg.io.atomic_path`).
+magnitude), and writes the file atomically (:func:`factorseg.io.nifti.atomic_path`).
 
 Input sizes. The exported graph is specialised to the example's spatial size: the Factorizer's
 window layout (padding, windows shrunk to the input, shifts dropped along single-window axes) is
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from factorseg.bundle import LoadedModel
+from factorseg.models.bundle import LoadedModel
 from factorseg.errors import InputError
-from factorseg.io import atomic_path, atomic_write
+from factorseg.io.nifti import atomic_path, atomic_write
 from factorseg.models import eval_mode
-from factorseg.nmf import NMF, set_nmf_iters
+from factorseg.models.layers.nmf import NMF, set_nmf_iters
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
@@ -277,13 +277,13 @@ def export_bundle(
 
 
 def load_onnx_bundle(path: str | Path) -> tuple[LoadedModel, Callable[[Tensor], Tensor]]:
-    """An exported ONNX model and its config, ready for :class:`~factorseg.inference.SegmentationPredictor`.
+    """An exported ONNX model and its config, ready for :class:`~factorseg.inference.pipeline.SegmentationPredictor`.
 
-    The sidecar's config is checked as a bundle's is (:func:`factorseg.config.validate_bundle_config`).
+    The sidecar's config is checked as a bundle's is (:func:`factorseg.config.recipes.validate_bundle_config`).
     """
-    from factorseg.bundle import exported_kind
-    from factorseg.config import validate_bundle_config
-    from factorseg.pretrained import shipped_models
+    from factorseg.models.bundle import exported_kind
+    from factorseg.config.recipes import validate_bundle_config
+    from factorseg.inference.loading import shipped_models
 
     path = Path(path)
     if not path.exists() and str(path) in shipped_models():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from factorseg.matricize import (
+from factorseg.models.layers.windows import (
     WindowLayout,
     WindowMatricize,
     crop_channels_last,
@@ -28,7 +28,7 @@ from factorseg.matricize import (
     window_sums,
     window_unstack,
 )
-from factorseg.nmf import NMF, Init, Solver, gram_pair, grams_in_range, head_loadings_t, traced
+from factorseg.models.layers.nmf import NMF, Init, Solver, gram_pair, grams_in_range, head_loadings_t, traced
 
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:
@@ -128,15 +128,15 @@ class NMFMixer(nn.Module):
     (``W_out U V^T`` becomes ``V (U^T W_out^T)``). Two equivalent ways to the same values:
 
     * Sub-block path (rank-1 HALS, fixed or random init; the presets): the map is laid out
-      sub-block-major once (:func:`factorseg.matricize.to_subblocks`); one product gives every
+      sub-block-major once (:func:`factorseg.models.layers.windows.to_subblocks`); one product gives every
       sub-block's Gram blocks, which add up to every window's of every shift; the NMF iterates on
-      those ``head_dim x head_dim`` matrices (:meth:`factorseg.nmf.NMF.solve_grams`). Since ``v = a
+      those ``head_dim x head_dim`` matrices (:meth:`factorseg.models.layers.nmf.NMF.solve_grams`). Since ``v = a
       X^T u``, the reconstruction of a voxel is a linear map of its own features, ``x^T (sum_h a_h u_h
       u_h^T W_out^T) / S`` per window; the maps of the windows of all shifts that contain a sub-block
       are added, and one product per sub-block gives the output. No window of any shift is ever
       gathered, and ``v`` is never formed.
     * Window path (other solvers and inits, ranks > 1, huge values, export tracing): the windows of
-      all shifts are gathered into a window-major buffer (:func:`factorseg.matricize.window_stack`),
+      all shifts are gathered into a window-major buffer (:func:`factorseg.models.layers.windows.window_stack`),
       ``nmf.decompose`` factorises its ``(B, S, H, W, head_dim, N)`` matrices (a strided view, the
       values :meth:`matrices` returns), and the reconstruction is scattered back.
 

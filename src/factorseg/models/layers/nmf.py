@@ -124,7 +124,7 @@ _UPDATES = {"hals": _hals_update, "mu": _mu_update}
 def _channels_last_view(x: Tensor) -> Tensor | None:
     """``(Bf, N, C)`` view of matrices ``x (..., H, W, M, N)`` cut from a channels-last window buffer.
 
-    That is the layout of :func:`factorseg.matricize.matrices_view`: for each leading index and
+    That is the layout of :func:`factorseg.models.layers.windows.matrices_view`: for each leading index and
     window, the ``N x (H * M)`` block is contiguous. Returns ``None`` for any other layout.
     """
     if x.dim() < 4:

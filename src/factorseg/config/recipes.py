@@ -385,7 +385,7 @@ def schema() -> dict[str, Section]:
 
 def _factorizer_keys() -> dict[str, Spec]:
     from factorseg.models import PRESETS
-    from factorseg.nmf import Init, Solver
+    from factorseg.models.layers.nmf import Init, Solver
 
     edge = Int(1, cap=512)
     return {
@@ -648,13 +648,13 @@ def describe_keys() -> dict[str, list[tuple[str, str]]]:
 
 def available_recipes() -> list[str]:
     """Names of the recipes shipped in ``factorseg/recipes``."""
-    folder = resources.files("factorseg") / "recipes"
+    folder = resources.files("factorseg.config") / "recipes"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def recipe_description(name: str, width: int = 100) -> str:
     """The first sentence of a shipped recipe's leading comment, shortened to ``width`` characters."""
-    text = (resources.files("factorseg") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8")
+    text = (resources.files("factorseg.config") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8")
     lines = []
     for line in text.splitlines():
         if not line.startswith("#"):
@@ -688,7 +688,7 @@ _MAX_RECIPE_BYTES = 1 << 20
 def _read_recipe(name_or_path: str | Path, near: Path | None) -> tuple[str, str, Path | None]:
     """(identity, text, folder for relative ``base:`` files) of a shipped recipe name or a YAML file."""
     path = Path(name_or_path)
-    shipped = resources.files("factorseg") / "recipes" / f"{name_or_path}.yaml"
+    shipped = resources.files("factorseg.config") / "recipes" / f"{name_or_path}.yaml"
     if path.suffix not in (".yaml", ".yml") and "/" not in str(name_or_path) and shipped.is_file():
         return f"recipe {name_or_path}", shipped.read_text(encoding="utf-8"), None
     if near is not None and not path.is_absolute() and (near / path).is_file():
@@ -815,7 +815,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 
 def save_config(cfg: dict[str, Any], path: Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from factorseg.io import atomic_write
+    from factorseg.io.nifti import atomic_write
 
     atomic_write(path, yaml.safe_dump(_listed(cfg), sort_keys=False).encode(), overwrite=True)
 

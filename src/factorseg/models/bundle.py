@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from factorseg import models
-from factorseg.config import validate_bundle_config
+from factorseg.config.recipes import validate_bundle_config
 from factorseg.data.labels import LabelSpec
 from factorseg.data.transforms import TransformConfig
 from factorseg.errors import InputError
-from factorseg.io import check_regular_file, load_checkpoint, save_checkpoint
+from factorseg.io.nifti import check_regular_file, load_checkpoint, save_checkpoint
 
 BUNDLE_KEYS = ("model", "labels", "transforms", "channels", "inference")
 
@@ -172,7 +172,7 @@ def load_bundle(path: str | Path) -> LoadedModel:
     """Load a bundle (``.pt``) or a Lightning checkpoint (``.ckpt``) for inference, in eval mode.
 
     Both are read with ``torch.load(weights_only=True)``: tensors and plain data only, never code. The config
-    is checked in full (:func:`factorseg.config.validate_bundle_config`) and every weight must be finite.
+    is checked in full (:func:`factorseg.config.recipes.validate_bundle_config`) and every weight must be finite.
     """
     path = Path(path)
     if not path.exists():

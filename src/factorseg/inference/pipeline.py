@@ -18,13 +18,13 @@ from monai.inferers import sliding_window_inference
 from monai.utils import convert_to_tensor
 from rich.progress import Progress
 
-from factorseg.bundle import LoadedModel
+from factorseg.models.bundle import LoadedModel
 from factorseg.data.formats import case_problems
 from factorseg.data.labels import LabelSpec
 from factorseg.data.transforms import MIN_COVERAGE, infer_transforms, invert_prediction
 from factorseg.errors import InputError
-from factorseg.io import InputWarning, join_problems, save_nifti
-from factorseg.nmf import set_nmf_iters
+from factorseg.io.nifti import InputWarning, join_problems, save_nifti
+from factorseg.models.layers.nmf import set_nmf_iters
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 
