@@ -14,6 +14,7 @@ can be told apart from activations.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -31,13 +32,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the reference oracle lives with the tests
+from benchmarks.reference import reference_block
+from factorseg import allocator
+from factorseg.models import create
+from factorseg.models.blocks import FactorizerBlock
+from factorseg.models.factorizer import LEGACY_ARCHITECTURE
 
-from factorseg import allocator  # noqa: E402
-from factorseg.models.blocks import FactorizerBlock, NMFMixer  # noqa: E402
-from factorseg.models import create  # noqa: E402
-from factorseg.models.factorizer import LEGACY_ARCHITECTURE  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 IN_CHANNELS, OUT_CHANNELS = 4, 3
 
@@ -81,23 +82,30 @@ def fits(name: str, size: int) -> bool:
 # --- the reference ("before") implementation of the Factorizer blocks -------------------------------
 
 
-class reference_blocks:  # noqa: N801 - used as a context manager, reads like a function
-    """Within this context every Factorizer block and NMF mixer runs the plain reference formulation.
+class _ReferenceBlock(nn.Module):
+    """A Factorizer block (its weights) run through :func:`benchmarks.reference.reference_block`."""
+
+    def __init__(self, block: FactorizerBlock) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        return reference_block(self.block, x)
+
+
+def reference_model(model: nn.Module, in_place: bool = False) -> nn.Module:
+    """``model`` (a copy, unless ``in_place``) with every Factorizer block run the plain reference way.
 
     That is the straightforward implementation (channels-first 1x1 convolutions, ``torch.roll`` and a
-    reshape per shift, unrolled NMF iterations) of ``tests/reference_mixer.py``: the "before" of the
+    reshape per shift, unrolled NMF iterations) of ``benchmarks/reference.py``: the "before" of the
     optimisations, with the same weights.
     """
-
-    def __enter__(self) -> None:
-        from reference_mixer import reference_block, reference_mixer
-
-        self._saved = (FactorizerBlock.forward, NMFMixer.forward)
-        FactorizerBlock.forward = lambda block, x: reference_block(block, x)  # type: ignore[method-assign]
-        NMFMixer.forward = lambda mixer, x: reference_mixer(mixer, x)  # type: ignore[method-assign]
-
-    def __exit__(self, *exc: object) -> None:
-        FactorizerBlock.forward, NMFMixer.forward = self._saved  # type: ignore[method-assign]
+    out = model if in_place else copy.deepcopy(model)
+    for parent in list(out.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FactorizerBlock):
+                setattr(parent, name, _ReferenceBlock(child))
+    return out
 
 
 # --- process settings ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from benchmarks.common import common_arguments, interleaved, markdown_table, save_json, setup
-from factorseg.models.blocks import Dropout
+from factorseg.models.layers.dropout import Dropout
 
 
 def main() -> None:

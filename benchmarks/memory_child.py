@@ -9,7 +9,6 @@ configuration keeps the peaks independent.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 
@@ -22,7 +21,7 @@ from benchmarks.common import (
     forward_runner,
     inputs,
     max_rss_mib,
-    reference_blocks,
+    reference_model,
     train_runner,
     tune_allocator,
 )
@@ -50,21 +49,21 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = build(args.model, args.size, **overrides).to(device)
+    if args.impl == "reference":
+        model = reference_model(model, in_place=True)
     x, target = inputs(args.size, device)
     run = forward_runner(model, x) if args.mode == "forward" else train_runner(model, x, target)
-    impl = reference_blocks() if args.impl == "reference" else contextlib.nullcontext()
     cuda = device.type == "cuda"
     before = torch.cuda.memory_allocated(device) / 2**20 if cuda else current_rss_mib()
-    with impl:
-        run()
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        run()
-        if cuda:
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
+    run()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    run()
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else max_rss_mib()
     print(json.dumps({"peak_mib": round(peak, 1), "before_mib": round(before, 1), "seconds": seconds}))
 

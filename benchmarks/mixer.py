@@ -7,14 +7,15 @@ the others in one process (minimum and median of ``--repeats``):
 
 * training (forward + backward, gradients for the input and all parameters):
   ``reference`` (roll + reshape per shift, unrolled iterations), ``gather + channels-last``
-  (no roll copies, one window buffer, folded out-projection, plain iterations: ``nmf.fused = False``),
-  ``+ fused rank-1 HALS`` (the window path: ``subblocks = False``), ``+ sub-blocks`` (ours, the
-  default), ``+ one-step gradient`` (``backprop_iters=1``);
+  (no roll copies, one window buffer, folded out-projection, plain iterations: ``path="plain"``),
+  ``+ fused rank-1 HALS`` (the window path: ``path="windows"``), ``+ sub-blocks`` (ours, the
+  default ``path="subblocks"``), ``+ one-step gradient`` (``backprop_iters=1``);
 * inference: ours with autograd recording, under ``torch.no_grad``, under ``torch.inference_mode``,
   with bf16 autocast, and (``--compile``) through ``torch.compile``; the reference under ``no_grad``.
 
-Before timing, outputs and gradients of ours are checked against the reference (float32; the
-largest absolute difference relative to the largest magnitude is reported and must be <= 1e-5).
+Before timing, outputs and gradients of ours are checked against the reference
+(``benchmarks/reference.py``; float32; the largest absolute difference relative to the largest
+magnitude is reported and must be <= 1e-5).
 
     python -m benchmarks.mixer --size 64 --repeats 7
 """
@@ -28,19 +29,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from benchmarks.common import common_arguments, fmt_seconds, markdown_table, save_json, save_plot, setup
-from factorseg.models.blocks import NMFMixer
+from benchmarks.common import common_arguments, fmt_seconds, interleaved, markdown_table, save_json, save_plot, setup
+from benchmarks.reference import reference_mixer
+from factorseg.models.layers.mixer import MixerPath, NMFMixer
+from factorseg.models.layers.nmf import Init, NMFConfig
 
 
 def make_mixer(
-    channels: int, fused: bool = True, backprop_iters: int | None = None, subblocks: bool = True, init: str = "fixed_uv"
+    channels: int, path: MixerPath = "subblocks", backprop_iters: int | None = None, init: Init = "fixed_uv"
 ) -> NMFMixer:
     torch.manual_seed(0)
-    mixer = NMFMixer(channels, 3, head_dim=8, window_size=8, shifts=[0, 4], rank=1, num_iters=5,
-                     solver="hals", init=init, backprop_iters=backprop_iters)
-    mixer.nmf.fused = fused
-    mixer.subblocks = subblocks
-    return mixer
+    nmf = NMFConfig(rank=1, num_iters=5, solver="hals", init=init, backprop_iters=backprop_iters)
+    return NMFMixer(channels, 3, head_dim=8, window_size=8, shifts=[0, 4], nmf=nmf, path=path)
 
 
 def training_step(fn: Callable[[Tensor], Tensor], x: Tensor, params: list[Tensor]) -> Callable[[], object]:
@@ -59,8 +59,6 @@ def relative_error(a: Tensor, b: Tensor) -> float:
 
 def check_equal(mixer: NMFMixer, x: Tensor) -> dict[str, float]:
     """Largest |ours - reference| / max|reference| for the output and every gradient."""
-    from reference_mixer import reference_mixer
-
     params = list(mixer.parameters())
     weight = torch.randn_like(x)
     results = []
@@ -83,14 +81,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(mixer) (slow to compile)")
     args = parser.parse_args()
     env = setup(args)
-    from reference_mixer import reference_mixer
-
-    from benchmarks.common import interleaved
-
     device = torch.device(args.device)
     x = torch.randn(1, args.channels, args.size, args.size, args.size, device=device)
-    ours, plain, onestep, windowed = (make_mixer(args.channels, fused, k, sub).to(device) for fused, k, sub in
-                                      ((True, None, True), (False, None, False), (True, 1, True), (True, None, False)))
+    ours, plain, onestep, windowed = (make_mixer(args.channels, path, k).to(device) for path, k in
+                                      (("subblocks", None), ("plain", None), ("subblocks", 1), ("windows", None)))
     fixed_u = make_mixer(args.channels, init="fixed_u").to(device)
     crop = x[..., :16, :16, :16]
     errors = check_equal(ours, crop)

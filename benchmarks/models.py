@@ -36,14 +36,14 @@ from benchmarks.common import (
     inputs,
     interleaved,
     markdown_table,
-    reference_blocks,
+    reference_model,
     save_json,
     save_plot,
     setup,
     train_runner,
 )
-from factorseg.models.blocks import window_path
 from factorseg.models import count_parameters
+from factorseg.models.layers.mixer import with_mixer_path
 
 REFERENCE = "swin_factorizer (reference impl)"
 BF16 = "swin_factorizer (bf16 autocast)"
@@ -99,12 +99,15 @@ def main() -> None:
         train = {n: train_runner(m, x, target) for n, m in models.items()}
         if "swin_factorizer" in models:
             swin = models["swin_factorizer"]
+            # The same weights, as copies: the reference formulation and the mixers' window path.
             if args.reference and size <= args.reference_max_size:
-                fwd[REFERENCE] = within(reference_blocks, forward_runner(swin, x))
-                train[REFERENCE] = within(reference_blocks, train_runner(swin, x, target))
+                reference = reference_model(swin)
+                fwd[REFERENCE] = forward_runner(reference, x)
+                train[REFERENCE] = train_runner(reference, x, target)
             if args.window_path:
-                fwd[WINDOW_PATH] = within(lambda: window_path(swin), forward_runner(swin, x))
-                train[WINDOW_PATH] = within(lambda: window_path(swin), train_runner(swin, x, target))
+                windowed = with_mixer_path(swin, "windows")
+                fwd[WINDOW_PATH] = forward_runner(windowed, x)
+                train[WINDOW_PATH] = train_runner(windowed, x, target)
             if args.bf16:
                 fwd[BF16] = within(lambda: torch.autocast(device.type, dtype=torch.bfloat16), forward_runner(swin, x))
         errors = {}

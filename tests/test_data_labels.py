@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -176,3 +178,63 @@ def test_dict_round_trip_and_registry() -> None:
         get_label_spec("brats2099")
     with pytest.raises(InputError):
         LabelSpec("classes", ("background",), (0,))
+
+
+# ---------------------------------------------------------------- the spec owns activation, decisions and losses
+REGIONS = LabelSpec.regions_from_sets(["whole", "inner"], [[1, 2], [2]])  # fill: whole -> 1, inner -> 2
+CLASSES = LabelSpec.classes_from_values([0, 5, 10], ["bg", "a", "b"])
+
+
+def test_activate_sigmoid_for_regions_softmax_for_classes_by_hand() -> None:
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(3.0), 0.0]]).view(1, 2, 2, 1, 1)
+    np.testing.assert_allclose(REGIONS.activate(logits).view(-1), [0.5, 0.75, 0.75, 0.5], atol=1e-7)
+    # Classes: softmax over the channels; logits (0, ln 2, ln 5) -> (1, 2, 5) / 8.
+    logits = torch.tensor([0.0, math.log(2.0), math.log(5.0)]).view(1, 3, 1, 1, 1)
+    np.testing.assert_allclose(CLASSES.activate(logits).view(-1), [0.125, 0.25, 0.625], atol=1e-7)
+    for spec, x in ((REGIONS, torch.randn(2, 2, 3, 4, 5) * 30), (CLASSES, torch.randn(2, 3, 3, 4, 5) * 30)):
+        copy = x.clone()
+        out = spec.activate(copy, inplace=True)  # the predictor's memory-saving path: same values, no copy
+        assert out.data_ptr() == copy.data_ptr()
+        torch.testing.assert_close(out, spec.activate(x), rtol=1e-6, atol=1e-7)
+
+
+def test_structure_and_target_masks_by_hand() -> None:
+    # Regions: sigmoid > 0.5, i.e. logit > 0; every region is scored.
+    logits = torch.tensor([[2.0, -1.0, 0.0], [-3.0, 1.0, 4.0]]).view(1, 2, 3, 1, 1)
+    expected = torch.tensor([[True, False, False], [False, True, True]]).view(1, 2, 3, 1, 1)
+    assert torch.equal(REGIONS.structure_masks(logits), expected)
+    assert torch.equal(REGIONS.target_masks(expected.float()), expected)
+    # Classes: the argmax wins; the background channel is not scored (masks of a and b only).
+    logits = torch.tensor([[5.0, 0.0, 0.0, 1.0], [0.0, 5.0, 0.0, 2.0], [0.0, 0.0, 5.0, 0.0]]).view(1, 3, 4, 1, 1)
+    masks = CLASSES.structure_masks(logits)
+    assert masks.shape == (1, 2, 4, 1, 1)
+    assert masks.view(2, 4).tolist() == [[False, True, False, True], [False, False, True, False]]
+    index = torch.tensor([0, 1, 2, 1]).view(1, 1, 4, 1, 1)  # a to_target output, batched
+    assert torch.equal(CLASSES.target_masks(index), masks)
+    assert torch.equal(CLASSES.target_masks(index.float()), masks)
+
+
+def test_structures_names_and_descriptions() -> None:
+    assert REGIONS.structure_names == ("whole", "inner")
+    assert REGIONS.structures() == {"whole": {1, 2}, "inner": {2}}
+    assert CLASSES.structure_names == ("a", "b")
+    assert CLASSES.structures() == {"a": {5}, "b": {10}}
+    assert REGIONS.describe() == "2 sigmoid regions (whole, inner)"
+    assert REGIONS.describe(with_values=True) == "2 sigmoid regions (whole=1+2, inner=2)"
+    assert CLASSES.describe() == "2 classes (a, b)"
+    assert CLASSES.describe(with_values=True) == "3 softmax classes (bg=0, a=5, b=10)"
+    assert LABEL_SPECS["isles22"].describe() == "1 sigmoid region (lesion)"
+    assert LabelSpec.classes_from_values([0, 1], ["bg", "fg"]).describe() == "1 class (fg)"
+
+
+def test_loss_options_by_hand() -> None:
+    assert REGIONS.loss_options == {"sigmoid": True, "include_background": True}
+    assert CLASSES.loss_options == {"to_onehot_y": True, "softmax": True, "include_background": False}
+    # A perfect, confident class prediction: the Dice part (background left out) is ~0, the CE part too.
+    index = torch.tensor([0, 1, 2, 1]).view(1, 1, 4, 1, 1)
+    logits = one_hot(index, num_classes=3) * 40.0
+    assert float(DiceCELoss(**CLASSES.loss_options)(logits, index)) < 1e-4
+    # One region: sigmoid Dice + binary cross-entropy, both ~0 for a confident, perfect prediction.
+    lesion = LABEL_SPECS["isles22"]
+    target = torch.tensor([1.0, 0.0, 1.0]).view(1, 1, 3, 1, 1)
+    assert float(DiceCELoss(**lesion.loss_options)((target * 2 - 1) * 40.0, target)) < 1e-4

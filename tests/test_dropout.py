@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from factorseg.models.blocks import Dropout
+from factorseg.models.layers.dropout import Dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])

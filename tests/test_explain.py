@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from factorseg.models.blocks import NMFMixer
+from factorseg.models.layers.mixer import NMFMixer
+from factorseg.models.layers.nmf import NMFConfig
 from factorseg.errors import InputError
 from factorseg.explain.components import (
     component_label_overlap,
@@ -29,7 +30,7 @@ SMALL = dict(widths=(8, 16), head_dim=4, window_size=4, dropout=0.1, mlp_ratio=1
 
 def identity_mixer(channels: int, dims: int, head_dim: int, window, shifts, **nmf) -> nn.Module:
     """An NMF mixer whose input projection is the identity, so relu(in_proj(x)) = x for x >= 0."""
-    mixer = NMFMixer(channels, dims, head_dim=head_dim, window_size=window, shifts=shifts, rank=1, **nmf)
+    mixer = NMFMixer(channels, dims, head_dim=head_dim, window_size=window, shifts=shifts, nmf=NMFConfig(rank=1, **nmf))
     with torch.no_grad():
         eye = torch.eye(channels).reshape(channels, channels, *([1] * dims))
         mixer.in_proj.weight.copy_(eye)
@@ -294,7 +295,7 @@ def test_run_explain_writes_maps_on_the_scan_grid(tmp_path) -> None:
 
 def test_run_explain_on_a_real_scan(tmp_path, shared_data) -> None:
     """A real hippocampus MRI (odd sizes, 1 mm): maps land on the scan's grid and affine."""
-    from factorseg.io.nifti import read_image
+    from factorseg.io import read_image
 
     case = sorted((shared_data / "hippocampus" / "imagesTr").glob("*.nii.gz"))[0]
     vol = read_image(case)

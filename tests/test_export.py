@@ -10,7 +10,8 @@ from monai.inferers import sliding_window_inference
 
 from factorseg.inference import export as export_mod
 from factorseg.errors import InputError
-from factorseg.inference.export import OnnxRunner, TorchScriptRunner, export_model, load_predictor
+from factorseg.inference.export import export_model
+from factorseg.inference.runners import OnnxRunner, TorchScriptRunner, load_runner
 from factorseg.models import create
 
 SHAPE = (1, 2, 8, 8, 8)
@@ -38,7 +39,7 @@ def _reference(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.slow  # the ONNX translation alone takes ~20 s on 2 cores
 def test_onnx_matches_pytorch_with_dynamic_batch(onnx_file) -> None:
     model, path = onnx_file
-    runner = load_predictor(path)
+    runner = load_runner(path)
     assert isinstance(runner, OnnxRunner) and runner.input_shape == (None, *SHAPE[1:])
     for batch in (1, 3):
         x = torch.randn(batch, *SHAPE[1:])
@@ -63,7 +64,7 @@ def test_onnx_runner_in_sliding_window_inference(onnx_file) -> None:
 def test_torchscript_matches_pytorch_and_rejects_other_sizes(tmp_path: Path) -> None:
     model = _model()
     path = export_model(model, SHAPE, tmp_path / "model.ts", "torchscript")
-    runner = load_predictor(path)
+    runner = load_runner(path)
     assert isinstance(runner, TorchScriptRunner)
     x = torch.randn(2, *SHAPE[1:])
     torch.testing.assert_close(runner(x), _reference(model, x), rtol=1e-4, atol=1e-4)
@@ -98,10 +99,10 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is a folder"):
         export_model(model, SHAPE, tmp_path, "torchscript")
     with pytest.raises(InputError, match="not found"):
-        load_predictor(tmp_path / "missing.onnx")
+        load_runner(tmp_path / "missing.onnx")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(InputError, match="not a readable ONNX model"):
-        load_predictor(tmp_path / "junk.onnx")
+        load_runner(tmp_path / "junk.onnx")
 
 
 def _kill_head(mixer: torch.nn.Module, head: int = 0) -> None:
@@ -127,7 +128,7 @@ def test_onnx_export_of_a_model_with_dead_heads(tmp_path: Path) -> None:
     expected = _reference(model, x)
     assert torch.isfinite(expected).all()
     path = export_model(model, SHAPE, tmp_path / "model.onnx", "onnx")  # its own check passes
-    got = load_predictor(path)(x)
+    got = load_runner(path)(x)
     assert torch.isfinite(got).all()
     bound = export_mod.ATOL + export_mod.RTOL * float(expected.abs().max())
     assert float((got - expected).abs().max()) <= bound

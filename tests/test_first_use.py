@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from builders import refused as _refused
 
 from factorseg.explain import components as explain_module
-from factorseg.models.bundle import load_bundle, save_bundle
+from factorseg.inference.loading import load_model
+from factorseg.models.bundle import save_bundle
 from factorseg.cli import main
-from factorseg.config.recipes import recipe_description
+from factorseg.config import recipe_description
 from factorseg.data.labels import LabelSpec
 from factorseg.data.synthetic import write_brats_dataset
 from factorseg.data.transforms import TransformConfig
@@ -100,13 +101,13 @@ def test_ensemble_of_models_naming_their_channels_differently_runs_with_one_warn
 
 
 def test_ensemble_of_models_naming_their_outputs_differently_warns_and_runs(models: dict[str, Path]) -> None:
-    first, other = load_bundle(models["t1"]), load_bundle(models["renamed"])
+    first, other = load_model(models["t1"]), load_model(models["renamed"])
     with pytest.warns(UserWarning, match=r"outputs bg, left, right where t1.pt has background, a, b"):
         check_ensemble(first, other)
 
 
 def test_ensemble_with_another_window_size_runs_each_network_with_its_own(models: dict[str, Path]) -> None:
-    loaded = [load_bundle(models["t1"]), load_bundle(models["window"])]
+    loaded = [load_model(models["t1"]), load_model(models["window"])]
     predictor = SegmentationPredictor(loaded)
     assert predictor.rois == [(16, 16, 16), (32, 32, 32)]
     probs = predictor.probabilities(torch.rand(1, 20, 24, 16))
@@ -399,7 +400,7 @@ def test_training_ending_at_undefined_dice_says_why(tmp_path: Path, capsys: pyte
     assert status == 0, err
     hints = [line for line in err.splitlines() if "best validation Dice" in line]
     assert len(hints) == 1 and hints[0].startswith("factorseg: warning: "), err
-    assert "best validation Dice is 0.000" in hints[0]  # MONAI scores an empty reference 0 when all are empty
+    assert "best validation Dice is 0.000" in hints[0]  # empty references with foreground predicted score 0
     assert "the labels of the 1 validation case hold no foreground voxel (TC, WT, ET all empty)" in hints[0]
     assert "likely cause: validation labels without foreground" in hints[0]
     assert (out / "model_best.pt").is_file() and os.path.getsize(out / "model_best.pt") > 0

@@ -11,7 +11,8 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
-from factorseg.inference.export import export_model, load_predictor
+from factorseg.inference.export import export_model
+from factorseg.inference.runners import load_runner
 from factorseg.models import create
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -81,14 +82,13 @@ def test_mixed_precision_training_steps(dtype: torch.dtype) -> None:
 
 def test_nmf_paths_agree_on_cuda() -> None:
     """The sub-block and window paths of the paper's mixer give the same values and gradients on the GPU."""
-    from factorseg.models.blocks import NMFMixer
+    from factorseg.models.layers.mixer import NMFMixer, with_mixer_path
 
     mixer = NMFMixer(16, 3, head_dim=8, window_size=4, shifts=[0, 2]).cuda().double()
     x = torch.randn(1, 16, 12, 8, 8, device="cuda", dtype=torch.float64, requires_grad=True)
     results = []
-    for subblocks in (True, False):
-        mixer.subblocks = subblocks
-        out = mixer(x)
+    for same in (mixer, with_mixer_path(mixer, "windows")):
+        out = same(x)
         results.append((out.detach(), torch.autograd.grad(out.square().sum(), x)[0]))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-9, atol=1e-9)
@@ -112,4 +112,4 @@ def test_export_of_a_cuda_model(tmp_path: Path) -> None:
     x = torch.randn(1, 2, 32, 32, 32)
     with torch.inference_mode():
         expected = model(x.cuda()).cpu()
-    torch.testing.assert_close(load_predictor(path, "torchscript")(x), expected, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(load_runner(path, "torchscript")(x), expected, rtol=1e-3, atol=1e-4)

@@ -12,6 +12,7 @@ import copy
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,11 +27,23 @@ import torch
 
 from builders import refused as _refused
 
-from factorseg.config import recipes
+from factorseg.config import (
+    MODEL_COMMON,
+    SCHEMA,
+    DataConfig,
+    InferenceConfig,
+    TrainConfig,
+    apply_overrides,
+    available_recipes,
+    factorizer_keys,
+    load_recipe,
+    validate_recipe,
+)
 from factorseg.models.bundle import save_bundle
 from factorseg.cli import build_parser, main
 from factorseg.data.transforms import TransformConfig
-from factorseg.io.nifti import CHECKPOINT_FORMAT
+from factorseg.errors import InputError
+from factorseg.io import CHECKPOINT_FORMAT
 from factorseg.models import create
 
 CLASSES = {"mode": "classes", "names": ["background", "a", "b"], "values": [0, 1, 2], "convention": "custom"}
@@ -324,7 +337,7 @@ def test_recipe_base_is_found_beside_the_recipe(tmp_path: Path) -> None:
     folder.mkdir()
     _recipe(folder, "parent.yaml", "base: demo\ntrain: {epochs: 3}\n")
     child = _recipe(folder, "child.yaml", "base: parent.yaml\ntrain: {lr: 0.01}\n")
-    cfg = recipes.validate_recipe(recipes.load_recipe(child))
+    cfg = validate_recipe(load_recipe(child))
     assert cfg["train"]["epochs"] == 3 and cfg["train"]["lr"] == 0.01 and cfg["model"]["stem"] == "conv_block"
 
 
@@ -403,7 +416,6 @@ def test_demo_override_and_failure_leave_nothing_behind(tmp_path: Path, monkeypa
 
     from factorseg import training
     from factorseg.demo import pipeline as demo
-    from factorseg.errors import InputError
 
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the test process
     with pytest.raises(InputError, match="model.head_dim"):
@@ -425,34 +437,61 @@ def test_demo_override_and_failure_leave_nothing_behind(tmp_path: Path, monkeypa
 
 # ---------------------------------------------------------------- the types cover every setting there is
 def test_schema_covers_every_setting() -> None:
-    schema = recipes.schema()
-    assert set(schema["transforms"].keys) == {f.name for f in fields(TransformConfig)}
+    assert set(SCHEMA["transforms"].keys) == {f.name for f in fields(TransformConfig)}
     from factorseg.models.factorizer import Factorizer, build_factorizer
 
     params = set(inspect.signature(Factorizer.__init__).parameters) - {"self", "variant"}
     params |= set(inspect.signature(build_factorizer).parameters) - {"variant", "overrides"}
-    known = set(recipes._factorizer_keys()) | set(recipes.MODEL_COMMON)
+    known = set(factorizer_keys()) | set(MODEL_COMMON)
     assert params | {"crop", "pos_embed"} <= known
-    default = recipes.load_recipe("default")
+    default = load_recipe("default")
     for section in ("data", "train", "inference"):
-        assert set(default[section]) == set(schema[section].keys), section
+        assert set(default[section]) == set(SCHEMA[section].keys), section
 
 
-@pytest.mark.parametrize("name", recipes.available_recipes())
+@pytest.mark.parametrize("view", [DataConfig, TrainConfig, InferenceConfig, TransformConfig])
+def test_default_recipe_spells_out_the_section_defaults(view: type) -> None:
+    """default.yaml repeats the views' defaults for users to read: the two must agree."""
+    section = "transforms" if view is TransformConfig else view.section
+    default = load_recipe("default")[section]
+    if view is not TransformConfig:
+        assert {f.name for f in fields(view)} == set(SCHEMA[section].keys)
+    assert default == {k: v for k, v in view().to_dict().items() if k in default}
+
+
+@pytest.mark.parametrize("view,values,fragment", [
+    (InferenceConfig, {"overlap": 1.0}, "inference.overlap must lie in [0, 1)"),
+    (TrainConfig, {"init_from_heads": "maybe"}, "train.init_from_heads must be one of load, skip"),
+    (DataConfig, {"fold": 5}, "data.fold=5 but there are only 5 folds"),
+])
+def test_section_views_check_their_values(view: type, values: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InputError, match=re.escape(fragment)):
+        view(**values)
+    with pytest.raises(InputError, match=re.escape(f"bundle.pt: {fragment}")):
+        view.from_dict(values, "bundle.pt: ")
+
+
+def test_section_views_refuse_unknown_keys_and_fill_in_defaults() -> None:
+    with pytest.raises(InputError, match=r"inference\.window is not a"):
+        InferenceConfig.from_dict({"window": 3})
+    assert InferenceConfig.from_dict({"tta": True}) == InferenceConfig(tta=True)
+
+
+@pytest.mark.parametrize("name", available_recipes())
 def test_every_shipped_recipe_passes_its_own_types(name: str) -> None:
-    recipes.validate_recipe(recipes.load_recipe(name))
+    validate_recipe(load_recipe(name))
 
 
 def test_shipped_model_passes_the_bundle_checks() -> None:
-    from factorseg.inference.loading import resolve_model
+    from factorseg.inference.loading import load_model
 
-    assert resolve_model("hippocampus").labels.num_outputs == 3
+    assert load_model("hippocampus").labels.num_outputs == 3
 
 
 def test_scientific_notation_overrides_are_numbers() -> None:
-    cfg = recipes.apply_overrides(recipes.load_recipe("demo"), ["train.lr=1e-4", "train.max_minutes=2E+1"])
+    cfg = apply_overrides(load_recipe("demo"), ["train.lr=1e-4", "train.max_minutes=2E+1"])
     assert cfg["train"]["lr"] == 1e-4 and cfg["train"]["max_minutes"] == 20.0
-    switched = recipes.apply_overrides(cfg, ["model.name=segresnet", "model.init_filters=8"])
+    switched = apply_overrides(cfg, ["model.name=segresnet", "model.init_filters=8"])
     assert switched["model"] == {"name": "segresnet", "init_filters": 8}
 
 
@@ -481,7 +520,7 @@ def test_start_summary_and_recorded_format(dataset: Path, tmp_path: Path, capsys
     summary = [line for line in lines if line.startswith("data: ")]
     assert summary == ["data: brats2021 layout, 4 labelled cases, 4 channels (flair, t1, t1ce, t2), labels "
                        "brats2021: 3 sigmoid regions (TC, WT, ET); fold 0 of 4: 3 training, 1 validation cases"]
-    saved = recipes.load_recipe(out / "config.yaml")
+    saved = load_recipe(out / "config.yaml")
     assert saved["data"]["format"] == "brats2021"
 
 
@@ -530,7 +569,7 @@ def test_option_spellings_and_defaults_in_help() -> None:
 def test_recipes_lists_descriptions_and_keys(capsys: pytest.CaptureFixture) -> None:
     assert main(["recipes"]) == 0
     text = capsys.readouterr().out
-    for name in recipes.available_recipes():
+    for name in available_recipes():
         line = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
         assert len(line.split(None, 1)[1]) > 10, line
     assert "factorseg demo" in text  # the demo recipe's description

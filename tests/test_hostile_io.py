@@ -284,7 +284,7 @@ def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 from factorseg.errors import InputError
-from factorseg.io.nifti import read_header, read_image
+from factorseg.io import read_header, read_image
 bundle, good, out, *hostile = sys.argv[1:]
 read_image(good)
 start = peak()

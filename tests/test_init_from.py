@@ -9,7 +9,8 @@ import torch
 import yaml
 from builders import CLASSES, tiny_bundle
 
-from factorseg.models.bundle import load_bundle, save_bundle
+from factorseg.inference.loading import load_model
+from factorseg.models.bundle import save_bundle
 from factorseg.cli import main
 from factorseg.data.transforms import TransformConfig
 from factorseg.models import create
@@ -69,21 +70,21 @@ def test_training_starts_from_exactly_the_bundles_weights(tiny_brats: Path, tmp_
     before = source.read_bytes()
     run = tmp_path / "run"
     assert main(_train(tiny_brats, run, "--init-from", str(source))) == 0
-    expected = load_bundle(source).model.state_dict()
+    expected = load_model(source).model.state_dict()
     assert set(first_step_weights) == set(expected)
     for key, value in expected.items():
         assert torch.equal(first_step_weights[key], value), key
     recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert recorded["init_from"] == str(source.resolve()) and recorded["init_from_heads"] == "load"
     assert source.read_bytes() == before
-    trained = load_bundle(run / "model_last.pt").model.state_dict()
+    trained = load_model(run / "model_last.pt").model.state_dict()
     assert any(not torch.equal(trained[k], v) for k, v in expected.items())  # and then it trained
 
     # The run's Lightning checkpoint is a source too.
     again = tmp_path / "again"
     first_step_weights.clear()
     assert main(_train(tiny_brats, again, "--init-from", str(run / "checkpoints" / "last.ckpt"))) == 0
-    for key, value in load_bundle(run / "checkpoints" / "last.ckpt").model.state_dict().items():
+    for key, value in load_model(run / "checkpoints" / "last.ckpt").model.state_dict().items():
         assert torch.equal(first_step_weights[key], value), key
 
 
@@ -97,7 +98,7 @@ def test_skipped_heads_start_fresh_and_may_change_out_channels(
                            "--init-from-heads skip")
     assert str(source) in line
     assert main(_train(tiny_brats, run, "--init-from", str(source), "--init-from-heads", "skip")) == 0
-    expected = load_bundle(source).model.state_dict()
+    expected = load_model(source).model.state_dict()
     assert {k for k in expected if k not in first_step_weights or first_step_weights[k].shape != expected[k].shape} \
         == {"head.weight", "head.bias"}
     for key, value in expected.items():

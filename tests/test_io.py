@@ -1,4 +1,4 @@
-"""Tests for factorseg.io.nifti: every malformed input gives a one-line InputError and is left untouched."""
+"""Tests for factorseg.io: every malformed input gives a one-line InputError and is left untouched."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import torch
 from builders import claiming_nifti
 
 from factorseg import __version__
-from factorseg.errors import InputError
-from factorseg.io.nifti import (
+from factorseg.errors import InputError, join_problems
+from factorseg.io import (
     CHECKPOINT_FORMAT,
     DEFAULT_MAX_VOXELS,
     Volume,
@@ -26,7 +26,6 @@ from factorseg.io.nifti import (
     atomic_write,
     check_regular_file,
     check_same_grid,
-    join_problems,
     load_checkpoint,
     max_voxels,
     read_header,

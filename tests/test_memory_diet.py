@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factorseg.models.blocks import MLP, FactorizerBlock, _MLPResidual, _masked, mlp_residual
+from factorseg.models.blocks import FactorizerBlock
+from factorseg.models.layers.dropout import masked as _masked
+from factorseg.models.layers.mlp import MLP, _MLPResidual, mlp_residual
 
 
 def _plain(y: torch.Tensor, norm: torch.nn.LayerNorm, mlp: MLP) -> torch.Tensor:

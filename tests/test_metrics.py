@@ -308,3 +308,31 @@ def test_label_spec_adapter() -> None:
     assert via_spec == via_mapping
     with pytest.raises(InputError, match="LabelSpec"):
         M.compute_case_metrics(pred, ref, SPACING, ["anterior"], ["dice"])  # type: ignore[arg-type]
+
+
+def test_dice_from_counts_by_hand() -> None:
+    assert M.dice_from_counts(3, 4, 6) == 0.6
+    assert M.dice_from_counts(0, 0, 0) == 1.0  # both empty
+    assert M.dice_from_counts(0, 5, 0) == 0.0  # empty reference, something predicted
+    assert M.dice_from_counts(0, 0, 5) == 0.0  # missed reference
+
+
+def test_validation_dice_scores_empty_references_as_evaluate_does() -> None:
+    """The Dice that picks ``model_best.pt`` counts empty references with ``factorseg evaluate``'s rule."""
+    from factorseg.data.labels import LabelSpec
+    from factorseg.training.module import ValidationDice
+
+    spec = LabelSpec.classes_from_values([0, 1], ["background", "lesion"])
+    # Four cases of 4 x 1 x 1 voxels: label maps in the dataset's values, reference and prediction.
+    refs = np.array([[0, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]).reshape(4, 1, 4, 1, 1)
+    preds = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]).reshape(4, 1, 4, 1, 1)
+    known = [0.5, 1.0, 1.0, 0.0]  # overlap 1 of 2 + 2; both empty (twice); empty reference, one voxel predicted
+    evaluated = [M.compute_case_metrics(p[0], r[0], 1.0, spec, ["dice"])["dice/lesion"] for p, r in zip(preds, refs)]
+    assert evaluated == known
+    logits = torch.from_numpy(np.concatenate([1 - preds, preds], axis=1).astype(np.float32)) * 4.0
+    metric = ValidationDice()
+    for case in range(4):  # one case per validation step, as sliding-window validation runs
+        one = slice(case, case + 1)
+        metric(spec.structure_masks(logits[one]), spec.target_masks(torch.from_numpy(refs[one])))
+    assert metric.get_buffer().view(-1).tolist() == known
+    assert float(metric.aggregate()[0]) == pytest.approx(0.625)  # not 0.5, the mean without the empty references

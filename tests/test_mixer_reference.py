@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_mixer import effective_layout, reference_block, reference_mixer, reference_nmf, to_windows
 
-from factorseg.models.blocks import FactorizerBlock, NMFMixer
+from benchmarks.reference import effective_layout, reference_block, reference_mixer, reference_nmf, to_windows
+from factorseg.models.blocks import FactorizerBlock
+from factorseg.models.layers.mixer import MixerPath, NMFMixer
+from factorseg.models.layers.nmf import NMF, NMFConfig
 from factorseg.models.layers.windows import WindowMatricize, matrices_view, pad_channels_last, window_stack, window_unstack
-from factorseg.models.layers.nmf import NMF
 
 # spatial size, head_dim, window, shifts, rank, solver, backprop_iters, num_iters, init
 CASES = [
@@ -42,11 +43,12 @@ CASES = [
 ]
 
 
-def _mixer(case: tuple, channels: int, dtype: torch.dtype) -> tuple[NMFMixer, torch.Tensor]:
+def _mixer(case: tuple, channels: int, dtype: torch.dtype, path: MixerPath = "subblocks") -> tuple[NMFMixer, torch.Tensor]:
     spatial, head_dim, window, shifts, rank, solver, k, iters, init = case
     torch.manual_seed(len(spatial) + rank)
-    mixer = NMFMixer(channels, len(spatial), head_dim=head_dim, window_size=window, shifts=shifts, rank=rank,
-                     num_iters=iters, solver=solver, init=init, backprop_iters=k, seed=3).to(dtype)
+    nmf = NMFConfig(rank=rank, num_iters=iters, solver=solver, init=init, backprop_iters=k, seed=3)
+    mixer = NMFMixer(channels, len(spatial), head_dim=head_dim, window_size=window, shifts=shifts, nmf=nmf,
+                     path=path).to(dtype)
     x = torch.randn(2, channels, *spatial, dtype=dtype)
     return mixer, x
 
@@ -72,8 +74,7 @@ def _run(fn, x: torch.Tensor, params: list[torch.Tensor], weight: torch.Tensor, 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)], ids=["f64", "f32"])
 @pytest.mark.parametrize("subblocks", [True, False], ids=["subblocks", "windows"])
 def test_mixer_matches_reference(case: tuple, dtype: torch.dtype, tol: float, subblocks: bool) -> None:
-    mixer, x = _mixer(case, 8, dtype)
-    mixer.subblocks = subblocks
+    mixer, x = _mixer(case, 8, dtype, "subblocks" if subblocks else "windows")
     rank, solver = case[4], case[5]
     calls = _count_decompose_calls(mixer)
     params = [p for p in mixer.parameters() if p.requires_grad]
@@ -95,7 +96,7 @@ def test_block_matches_reference(case: tuple) -> None:
     spatial, head_dim, window, shifts, rank, solver, k, iters, init = case
     torch.manual_seed(0)
     block = FactorizerBlock(8, len(spatial), mlp_ratio=2.0, dropout=0.0, head_dim=head_dim, window_size=window,
-                            shifts=shifts, rank=rank, num_iters=iters, solver=solver, init=init).double()
+                            shifts=shifts, nmf=NMFConfig(rank=rank, num_iters=iters, solver=solver, init=init)).double()
     x = torch.randn(1, 8, *spatial, dtype=torch.float64)
     params = list(block.parameters())
     weight = torch.rand(x.shape, dtype=torch.float64)
@@ -148,8 +149,7 @@ def test_negative_input_takes_the_plain_path() -> None:
     """Without the nonnegativity promise, inputs with negative entries use the unfused iterations."""
     x = torch.randn(3, 4, 20, dtype=torch.float64)
     layer = NMF(4, 1, 4, "hals").double()
-    fused_off = NMF(4, 1, 4, "hals").double()
-    fused_off.fused = False
+    fused_off = NMF(4, 1, 4, "hals", fused=False).double()
     torch.testing.assert_close(layer(x), fused_off(x), rtol=0, atol=0)
 
 

@@ -171,8 +171,9 @@ def test_forward_all_returns_every_head_in_eval_mode() -> None:
 
 def test_saved_configs_spell_out_the_architecture_and_old_ones_load_as_they_were(tmp_path) -> None:
     """Bundles record the architectural choices; a config without them (older factorseg) gets the earlier ones."""
-    from factorseg.models.bundle import bundle_config, load_bundle
-    from factorseg.io.nifti import save_checkpoint
+    from factorseg.inference.loading import load_model
+    from factorseg.models.bundle import bundle_config
+    from factorseg.io import save_checkpoint
     from factorseg.models.factorizer import LEGACY_ARCHITECTURE
 
     base = {"name": "swin_factorizer", "in_channels": 1, "out_channels": 2, **SMALL}
@@ -183,7 +184,7 @@ def test_saved_configs_spell_out_the_architecture_and_old_ones_load_as_they_were
     old_model = create("swin_factorizer", **{k: v for k, v in base.items() if k != "name"}, **LEGACY_ARCHITECTURE)
     path = tmp_path / "old.pt"
     save_checkpoint({"config": {"model": base, **rest}, "state_dict": old_model.state_dict()}, path)
-    loaded = load_bundle(path)
+    loaded = load_model(path)
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), old_model.eval()(x), rtol=0, atol=0)

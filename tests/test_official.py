@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import torch
 
-from factorseg.models.bundle import build_model, load_bundle
+from factorseg.inference.loading import load_model
+from factorseg.models.bundle import build_model
 from factorseg.cli import main
 from factorseg.errors import InputError
 from factorseg.models.official import Placeholder, convert_state_dict, import_official_checkpoint, read_official_checkpoint
@@ -153,7 +154,7 @@ def test_hyper_parameters_are_read_without_their_classes(fixtures: Path) -> None
 def test_imported_network_matches_the_authors_outputs(fixtures: Path, tmp_path: Path, preset: str) -> None:
     name = SMALL[preset]
     bundle = import_official_checkpoint(fixtures / f"{name}.ckpt", tmp_path / "model.pt")
-    model = load_bundle(bundle).model.double().eval()
+    model = load_model(bundle).model.double().eval()
     reference = torch.load(fixtures / f"{name}_io.pt", map_location="cpu", weights_only=True)
     with torch.no_grad():
         outputs = model.forward_all(reference["input"])
@@ -313,7 +314,7 @@ def test_refuses_an_existing_output(fixtures: Path, tmp_path: Path, capsys: pyte
                              "--labels", "msd_task01"], tmp_path, [target])
     assert "already exists" in line
     assert main(["import-checkpoint", str(fixtures / "isles_small.ckpt"), "-o", str(target), "--overwrite"]) == 0
-    assert load_bundle(target).config["model"]["out_channels"] == 1
+    assert load_model(target).config["model"]["out_channels"] == 1
 
 
 def test_variant_is_required_without_hyper_parameters(
@@ -327,7 +328,7 @@ def test_variant_is_required_without_hyper_parameters(
     line = _refused(capsys, ["import-checkpoint", str(path), "-o", str(out / "m.pt")], out, [])
     assert "--variant" in line
     assert main(["import-checkpoint", str(path), "-o", str(out / "m.pt"), "--variant", "swin", "--nmf-iters", "3"]) == 0
-    model_cfg = load_bundle(out / "m.pt").config["model"]
+    model_cfg = load_model(out / "m.pt").config["model"]
     assert model_cfg["name"] == "swin_factorizer" and model_cfg["nmf_iters"] == 3 and model_cfg["window_size"] == 4
 
 
@@ -347,7 +348,7 @@ def test_imported_bundle_loads_and_predicts(fixtures: Path, tmp_path: Path, caps
     target = tmp_path / "brats.pt"
     assert main(["import-checkpoint", str(fixtures / "brats_small.ckpt"), "-o", str(target)]) == 0
     assert str(target) in capsys.readouterr().out
-    loaded = load_bundle(target)
+    loaded = load_model(target)
     config = loaded.config
     assert config["channels"] == ["FLAIR", "T1w", "t1gd", "T2w"]
     assert config["labels"]["convention"] == "msd_task01" and loaded.labels.num_outputs == 3
@@ -360,7 +361,7 @@ def test_imported_bundle_loads_and_predicts(fixtures: Path, tmp_path: Path, caps
 
     isles = tmp_path / "isles.pt"
     assert main(["import-checkpoint", str(fixtures / "isles_small.ckpt"), "-o", str(isles), "--crop", "96"]) == 0
-    loaded = load_bundle(isles)
+    loaded = load_model(isles)
     assert loaded.channels == ["DWI", "ADC"] and loaded.labels.num_outputs == 1
     assert loaded.labels.mode == "regions" and loaded.config["transforms"]["spacing"] is None
     assert loaded.config["transforms"]["roi_size"] == [96, 96, 96]
@@ -375,7 +376,7 @@ def test_imported_model_takes_fewer_nmf_iterations_and_explains(fixtures: Path, 
 
     target = tmp_path / "isles.pt"
     assert main(["import-checkpoint", str(fixtures / "isles_small.ckpt"), "-o", str(target)]) == 0
-    model = load_bundle(target).model
+    model = load_model(target).model
     x = torch.rand(1, 2, 32, 32, 32)
     with torch.no_grad():
         full = model(x)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from factorseg.models.bundle import load_bundle, save_bundle
+from factorseg.inference.loading import load_model
+from factorseg.models.bundle import save_bundle
 from factorseg.cli import build_parser, main
 from factorseg.data.synthetic import write_brats_dataset
 
@@ -136,7 +137,7 @@ def test_predict_real_hippocampus_keeps_geometry(shared_data: Path, tmp_path: Pa
     assert out.shape == src.shape and np.allclose(out.affine, src.affine)
     assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1, 2}
     assert Path(case["image"][0]).read_bytes() == before
-    assert load_bundle(bundle).labels.names == info.labels.names
+    assert load_model(bundle).labels.names == info.labels.names
 
 
 def test_predict_real_brats2015_keeps_lps_geometry(shared_data: Path, tmp_path: Path) -> None:
@@ -159,7 +160,7 @@ def test_predict_real_brats2015_keeps_lps_geometry(shared_data: Path, tmp_path: 
 
 def test_shipped_hippocampus_model_predicts_offline(tmp_path: Path) -> None:
     from factorseg.inference.loading import shipped_models
-    from factorseg.io.nifti import save_nifti
+    from factorseg.io import save_nifti
 
     assert "hippocampus" in shipped_models()
     scan = np.random.default_rng(0).normal(100, 20, (35, 50, 35)).astype(np.float32)

@@ -154,6 +154,38 @@ def test_onnx_export_runs_through_the_predictor(bundle: Path, tmp_path: Path, ca
         factorseg.Predictor.from_file(onnx, nmf_iters=1)
 
 
+@pytest.mark.parametrize("format", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
+def test_prediction_and_export_leave_the_callers_model_as_it_was(format: str, bundle: Path, tmp_path: Path) -> None:
+    """They run copies where the model must change (mode, NMF iterations, device, zero biases for ONNX)."""
+    if format == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    from factorseg.inference.export import export_bundle
+    from factorseg.inference.loading import load_model
+    from factorseg.models.layers.nmf import NMF
+
+    loaded = load_model(bundle)
+    model = loaded.model.train()  # the caller's own state, e.g. in the middle of fine-tuning
+
+    def state() -> tuple[list[bool], list[int], list[tuple[str, str, torch.Tensor]]]:
+        return ([m.training for m in model.modules()], [m.num_iters for m in model.modules() if isinstance(m, NMF)],
+                [(k, str(v.device), v.clone()) for k, v in model.state_dict().items()])
+
+    modes, iters, weights = state()
+    assert all(modes) and iters and 1 not in iters and 2 not in iters
+    zeros = np.zeros((16, 16, 16), np.float32)
+    factorseg.Predictor(loaded, nmf_iters=1, tta=False).predict(zeros)
+    exported = export_bundle(loaded, tmp_path / f"tiny.{format}", format, nmf_iters=2)  # type: ignore[arg-type]
+    after_modes, after_iters, after_weights = state()
+    assert after_modes == modes and after_iters == iters
+    assert [(k, d) for k, d, _ in after_weights] == [(k, d) for k, d, _ in weights]  # no bias added, none moved
+    assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(after_weights, weights))
+    # The export runs through the same interface, with the iterations it was made with (and no others).
+    assert factorseg.Predictor.from_file(exported, nmf_iters=2).predict(zeros).mask.shape == zeros.shape
+    with pytest.raises(InputError, match="ONNX" if format == "onnx" else "TorchScript"):
+        factorseg.Predictor.from_file(exported, nmf_iters=3)
+
+
 def test_shipped_model_on_a_real_case_matches_the_cli(shared_data: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     folder = shared_data / "hippocampus" / "imagesTr"

@@ -14,10 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from reference_mixer import effective_layout
 
-from factorseg.models.layers.windows import WindowMatricize
+from benchmarks.reference import effective_layout
 from factorseg.models.layers.nmf import NMF
+from factorseg.models.layers.windows import WindowMatricize
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

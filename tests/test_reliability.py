@@ -23,10 +23,10 @@ import torch
 
 from builders import tiny_bundle
 
-from factorseg.models.bundle import load_bundle
+from factorseg.inference.loading import load_model
 from factorseg.cli import main
 from factorseg.data.synthetic import write_brats_dataset
-from factorseg.io.nifti import CHECKPOINT_FORMAT
+from factorseg.io import CHECKPOINT_FORMAT
 
 SHAPE = (20, 18, 16)
 AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -329,7 +329,7 @@ def test_pickle_bearing_checkpoint_is_refused(suffix: str, models: dict[int, Pat
                                               capsys: pytest.CaptureFixture) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / f"evil{suffix}"
-    config = load_bundle(models[1]).config
+    config = load_model(models[1]).config
     torch.save({"format_version": CHECKPOINT_FORMAT, "config": config, "state_dict": {}, "hyper_parameters":
                 {"config": config}, "hook": _Exploit(marker)}, evil)
     scan = _save(tmp_path / "scan.nii.gz", _scan())
@@ -352,7 +352,7 @@ def test_checkpoint_of_another_format_version(models: dict[int, Path], tmp_path:
 
 def test_lightning_checkpoint_of_an_old_version(models: dict[int, Path], tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
-    config = dict(load_bundle(models[1]).config)
+    config = dict(load_model(models[1]).config)
     del config["channels"]
     old = tmp_path / "old.ckpt"
     torch.save({"hyper_parameters": {"config": config}, "state_dict": {}}, old)

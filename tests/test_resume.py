@@ -26,7 +26,7 @@ import torch
 
 from factorseg.cli import main
 from factorseg.data.synthetic import write_brats_dataset
-from factorseg.io.nifti import load_checkpoint
+from factorseg.io import load_checkpoint
 from factorseg.training.module import SegmentationModule
 
 EPOCHS = 3  # epoch 1 is validated (val_interval 2); epoch 2 is not, so the final validation runs too

@@ -14,12 +14,13 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn, TextIO
 
 from factorseg import __version__
-from factorseg.errors import InputError
+from factorseg.errors import InputError, InputWarning
 
 EPILOG = "Docs: README.md. Every command prints its own help: factorseg COMMAND --help."
 
@@ -127,7 +128,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from factorseg.config.recipes import apply_overrides, load_recipe, switch_model
+    from factorseg.config import apply_overrides, load_recipe, switch_model
     from factorseg.training import train
 
     init_from = args.init_from is not None or any(s.split("=", 1)[0].strip() == "train.init_from" for s in args.set)
@@ -186,7 +187,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_options(args: argparse.Namespace, specs: dict[str, object]) -> None:
-    """Command-line numbers checked with the config's own types (``factorseg.config.recipes``), named as options."""
+    """Command-line numbers checked with the config's own types (``factorseg.config.schema``), named as options."""
     for dest, spec in specs.items():
         value = getattr(args, dest)
         if value is None:
@@ -198,13 +199,13 @@ def _check_options(args: argparse.Namespace, specs: dict[str, object]) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from factorseg.config.recipes import schema
+    from factorseg.config import SCHEMA
     from factorseg.data.formats import cases_from_paths
+    from factorseg.inference.loading import load_model
     from factorseg.inference.pipeline import InferenceOptions, SegmentationPredictor
-    from factorseg.inference.loading import resolve_model
 
     # Types and lower bounds: InferenceOptions.resolved; the config's sanity limits on top.
-    inference = schema()["inference"].keys
+    inference = SCHEMA["inference"].keys
     for dest in ("sw_batch_size", "nmf_iters"):
         value, cap = getattr(args, dest), getattr(getattr(inference[dest], "inner", inference[dest]), "cap", None)
         if value is not None and cap is not None and value > cap:
@@ -214,17 +215,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size, tta=args.tta,
         nmf_iters=args.nmf_iters, device=args.device, save_probabilities=args.probabilities, overwrite=args.overwrite,
     )
-    networks = None
-    if args.backend == "onnxruntime":
-        from factorseg.inference.export import load_onnx_bundle
-
-        loaded = [load_onnx_bundle(Path(m)) for m in args.model]
-        models, networks = [m for m, _ in loaded], [n for _, n in loaded]
-        if args.nmf_iters is not None:
-            raise InputError("--nmf-iters cannot change an exported ONNX graph; re-export with the wanted iterations")
-    else:
-        models = [resolve_model(m) for m in args.model]
-    predictor = SegmentationPredictor(models, options, networks)
+    predictor = SegmentationPredictor([load_model(m, backend=args.backend) for m in args.model], options)
     cases = cases_from_paths(args.input, len(predictor.channels))
     if not cases:
         raise InputError("no NIfTI cases found in the input")
@@ -260,7 +251,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _labels_from(source: str):  # noqa: ANN202 - returns a LabelSpec
     from factorseg.data.formats import load_dataset
-    from factorseg.inference.loading import resolve_model, shipped_models
+    from factorseg.inference.loading import load_model, shipped_models
 
     path = Path(source)
     if path.is_dir():
@@ -269,7 +260,7 @@ def _labels_from(source: str):  # noqa: ANN202 - returns a LabelSpec
         names = ", ".join(sorted(shipped_models())) or "none"
         raise InputError(f"--labels-from {source}: not a model file, a dataset folder or a shipped model name "
                          f"(shipped: {names})")
-    return resolve_model(source).labels
+    return load_model(source, backend="torch").labels
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -323,9 +314,9 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 def _check_inference_caps(args: argparse.Namespace, dests: Sequence[str]) -> None:
     """``--sw-batch-size`` / ``--nmf-iters``: at least 0 / 1 and at most the config's sanity limits."""
-    from factorseg.config.recipes import schema
+    from factorseg.config import SCHEMA
 
-    inference = schema()["inference"].keys
+    inference = SCHEMA["inference"].keys
     for dest in dests:
         value, spec = getattr(args, dest), inference[dest]
         if value is not None:
@@ -357,51 +348,25 @@ def _explain_summary(index: dict, output: Path) -> list[str]:  # type: ignore[ty
 def _cmd_explain(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from factorseg.config.recipes import Int
-    from factorseg.data.transforms import infer_transforms, invert_prediction
-    from factorseg.explain.components import list_blocks, run_explain
-    from factorseg.inference.pipeline import resolve_device
-    from factorseg.io.nifti import read_image
-    from factorseg.models.layers.nmf import set_nmf_iters
-    from factorseg.inference.loading import resolve_model
+    from factorseg.config import Int
+    from factorseg.explain.components import explain_case, list_blocks
+    from factorseg.inference.loading import load_model
 
     _check_options(args, {"components": Int(1, cap=4096)})
     _check_inference_caps(args, ["nmf_iters"])
-    if not args.list_blocks:
-        missing = [flag for flag, value in (("-i/--input", args.input), ("-o/--output", args.output)) if not value]
-        if missing:
-            raise InputError(f"explain needs {' and '.join(missing)} (only --list-blocks goes without them)")
-    device = None if args.list_blocks else resolve_device(args.device)
-    loaded = resolve_model(args.model)
+    missing = [flag for flag, value in (("-i/--input", args.input), ("-o/--output", args.output)) if not value]
+    if missing and not args.list_blocks:
+        raise InputError(f"explain needs {' and '.join(missing)} (only --list-blocks goes without them)")
+    loaded = load_model(args.model, backend="torch")
     if args.list_blocks:
         print("\n".join(list_blocks(loaded.model)))
         return 0
-    images = [str(p) for p in args.input]
-    if len(images) not in (1, len(loaded.channels)):
-        raise InputError(f"give one 4D file or {len(loaded.channels)} channel files ({', '.join(loaded.channels)})")
-    transforms = infer_transforms(loaded.transforms)
-    data = transforms({"id": "case", "image": images})
-    reference = read_image(images[0], expect_3d=len(images) > 1)
-    scan = reference.array if reference.array.ndim == 3 else reference.array[..., 0]
-    label = read_image(args.label).array.round().astype(int) if args.label else None
-    if label is not None and label.shape != scan.shape:
-        raise InputError(f"{args.label}: shape {label.shape} differs from the scan's {scan.shape}")
-    model = loaded.model.to(device)
-    if args.nmf_iters is not None:
-        set_nmf_iters(model, args.nmf_iters)
-
-    def to_scan_grid(maps):  # noqa: ANN001, ANN202 - numpy in, numpy out
-        import torch
-
-        return invert_prediction(torch.as_tensor(maps), data, transforms, mode="linear").numpy()
-
     with Progress(disable=args.no_progress, transient=True) as bar:
         task = bar.add_task("Explaining", total=None)
-        index = run_explain(model, data["image"].as_tensor(), scan, reference.affine, args.output, args.blocks,
-                            label=label, to_scan_grid=to_scan_grid, per_component=args.per_component,
-                            montage_components=args.components, overwrite=args.overwrite,
-                            maps_dtype=args.maps_dtype,
-                            progress=lambda step: bar.update(task, description=f"Explaining: {step}"))
+        index = explain_case(loaded, args.input, args.output, label=args.label, device=args.device,
+                             nmf_iters=args.nmf_iters, blocks=args.blocks, per_component=args.per_component,
+                             montage_components=args.components, overwrite=args.overwrite, maps_dtype=args.maps_dtype,
+                             progress=lambda step: bar.update(task, description=f"Explaining: {step}"))
     print("\n".join(_explain_summary(index, args.output)))
     return 0
 
@@ -423,9 +388,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from factorseg.inference.export import export_bundle
-    from factorseg.inference.loading import resolve_model
+    from factorseg.inference.loading import load_model
 
-    path = export_bundle(resolve_model(args.model), args.output, args.format, nmf_iters=args.nmf_iters,
+    path = export_bundle(load_model(args.model, backend="torch"), args.output, args.format, nmf_iters=args.nmf_iters,
                          overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
@@ -457,7 +422,7 @@ def _add_import_checkpoint(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
-    from factorseg.config.recipes import Int, Num
+    from factorseg.config import Int, Num
     from factorseg.models.official import import_official_checkpoint
 
     _check_options(args, {"nmf_iters": Int(0, cap=1000), "window_size": Int(1, cap=512), "crop": Int(1, cap=1024),
@@ -478,7 +443,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help="the whole idea in minutes on synthetic data",
         description="Generate synthetic brain-tumour MRI, train a small Swin Factorizer, predict held-out cases, "
         "evaluate them and write report.html with scores, learning curve, overlays and NMF component maps. "
-        "Nothing is downloaded.",
+        "Nothing is downloaded. The command runs torch on all CPU cores but one (at least one).",
         epilog="Example: factorseg demo -o demo_out --minutes 3",
     )
     p.add_argument("-o", "--output", "--out", dest="out", metavar="OUTPUT", type=Path, default=Path("demo_out"),
@@ -491,12 +456,32 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+@contextmanager
+def _spare_one_core() -> Iterator[None]:
+    """torch on all cores but one (at least one thread) for the body, then the thread count as it was.
+
+    The demo command's choice, made here because the command owns the process (``run_demo``, like all library
+    code, leaves the thread count alone). On a 2-core machine two torch threads are only faster while nothing
+    else runs: with any other load one thread waits for the other at every parallel region, and training steps
+    were measured up to 20x slower (6 s instead of 0.3 s); a single thread stays at about 0.3 s.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from factorseg.demo.pipeline import run_demo
 
     kwargs = {"cases": args.cases} if args.cases is not None else {}
-    run_demo(args.out, minutes=args.minutes, seed=args.seed, progress=not args.no_progress,
-             overwrite=args.overwrite, **kwargs)
+    with _spare_one_core():
+        run_demo(args.out, minutes=args.minutes, seed=args.seed, progress=not args.no_progress,
+                 overwrite=args.overwrite, **kwargs)
     return 0
 
 
@@ -515,7 +500,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
     import yaml
 
-    from factorseg.config.recipes import available_recipes, describe_keys, load_recipe, recipe_description
+    from factorseg.config import available_recipes, describe_keys, load_recipe, recipe_description
 
     if args.name:
         print(yaml.safe_dump(load_recipe(args.name), sort_keys=False), end="")
@@ -605,8 +590,7 @@ def system_error(exc: BaseException) -> str | None:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: TextIO | None = None, line: str | None = None) -> None:
     """Input warnings (e.g. a channel resampled onto another grid) as one ``factorseg: warning:`` line."""
-    io_module = sys.modules.get("factorseg.io.nifti")
-    if io_module is not None and issubclass(category, io_module.InputWarning):
+    if issubclass(category, InputWarning):
         print(f"factorseg: warning: {message}", file=file or sys.stderr)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)

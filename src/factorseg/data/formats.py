@@ -32,16 +32,24 @@ from typing import Any
 
 from factorseg.data.labels import LABEL_SPECS, LabelSpec, get_label_spec
 from factorseg.errors import InputError
-from factorseg.io.nifti import check_regular_file, check_same_grid, join_problems, read_header, read_image
+from factorseg.errors import join_problems
+from factorseg.io import (
+    NIFTI_SUFFIXES,
+    check_regular_file,
+    check_same_grid,
+    is_nifti_name,
+    read_header,
+    read_image,
+    split_channel_suffix,
+    strip_nifti,
+)
 
 __all__ = ["FORMATS", "DatasetInfo", "case_problems", "cases_from_paths", "detect_format", "load_dataset"]
 
 FORMATS = ("msd", "nnunet", "brats2021", "brats2023", "brats2015", "isles22", "datalist")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 _BRATS2021_DIR = re.compile(r"^BraTS2021_\d+$")
 _BRATS2023_DIR = re.compile(r"^BraTS-[A-Za-z]+-\d+-\d+$")
-_NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 _SEPARATORS = "_-. "
 _MSD_TASK01_NAMES = {"background", "edema", "non-enhancing tumor", "enhancing tumour"}
 
@@ -64,16 +72,8 @@ class DatasetInfo:
 
 
 # ---------------------------------------------------------------------------- helpers
-def strip_nifti(name: str) -> str:
-    """File name without its ``.nii`` / ``.nii.gz`` ending."""
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(NIFTI_SUFFIXES) and not path.name.startswith(".")
+    return path.is_file() and is_nifti_name(path.name) and not path.name.startswith(".")
 
 
 def _existing(path: Path, what: str) -> str:
@@ -152,7 +152,7 @@ def _dataset_json_format(root: Path) -> str:
             return "nnunet"
         return "msd"  # loading will name the missing file
     images = root / "imagesTr"
-    if images.is_dir() and any(_NNUNET_CHANNEL.match(strip_nifti(p.name)) for p in images.iterdir()):
+    if images.is_dir() and any(split_channel_suffix(strip_nifti(p.name))[1] is not None for p in images.iterdir()):
         return "nnunet"
     raise InputError(f"{root / 'dataset.json'}: neither an MSD (no 'training' list) nor an nnU-Net dataset.json")
 
@@ -228,10 +228,10 @@ def _nnunet_cases(folder: Path, ending: str, n_channels: int, labels_dir: Path |
     for p in sorted(folder.iterdir()):
         if not p.name.endswith(ending) or p.name.startswith("."):
             continue
-        m = _NNUNET_CHANNEL.match(p.name[: -len(ending)])
-        if m is None:
+        case, channel = split_channel_suffix(p.name[: -len(ending)])
+        if channel is None:
             raise InputError(f"{p}: nnU-Net image names must end with _XXXX (channel index) before {ending}")
-        groups.setdefault(m["case"], {})[int(m["ch"])] = p
+        groups.setdefault(case, {})[channel] = p
     cases = []
     for cid, chans in groups.items():
         if sorted(chans) != list(range(n_channels)):
@@ -562,11 +562,11 @@ def _group_files(
     groups: dict[str, dict[int, Path]] = {}
     plain: list[Path] = []
     for p in files:
-        m = _NNUNET_CHANNEL.match(strip_nifti(p.name))
-        if m is None:
+        case, channel = split_channel_suffix(strip_nifti(p.name))
+        if channel is None:
             plain.append(p)
         else:
-            groups.setdefault(m["case"], {})[int(m["ch"])] = p
+            groups.setdefault(case, {})[channel] = p
     cases: list[dict[str, Any]] = []
     for cid, chans in groups.items():
         found = sorted(chans)
@@ -612,7 +612,7 @@ def _folder_cases(folder: Path, channels: int, problems: list[str]) -> list[dict
     are not regular files (FIFOs, devices, folders, broken links) are problems, never read."""
     files = []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.name.endswith(NIFTI_SUFFIXES):
+        if p.name.startswith(".") or not is_nifti_name(p.name):
             continue
         try:
             check_regular_file(p)
@@ -637,7 +637,7 @@ def cases_from_paths(paths: Iterable[str | Path], channels: int) -> list[dict[st
     channels in the given order (see :func:`_group_files`; case ids never keep the ``_0000`` suffix).
 
     Every input is checked before anything is returned, and every problem is reported together in one
-    :class:`InputError` line (:func:`factorseg.io.nifti.join_problems`): missing paths, FIFOs, devices and sockets
+    :class:`InputError` line (:func:`factorseg.errors.join_problems`): missing paths, FIFOs, devices and sockets
     (never opened), names that are not NIfTI, incomplete channel groups, unreadable or forged headers, wrong
     channel counts, inputs given twice and clashing case ids. When there is any such problem, the voxel data
     of the remaining cases are checked too (:func:`case_problems`), so that the line names every bad input.
@@ -664,7 +664,7 @@ def cases_from_paths(paths: Iterable[str | Path], channels: int) -> list[dict[st
             except InputError as exc:
                 problems.append(str(exc))
                 continue
-            if not path.name.endswith(NIFTI_SUFFIXES):
+            if not is_nifti_name(path.name):
                 problems.append(f"{path}: not a NIfTI file (.nii/.nii.gz)")
             elif path.resolve() in seen_files:
                 problems.append(f"{path}: given twice, so its case would occur in more than one input")
@@ -672,7 +672,7 @@ def cases_from_paths(paths: Iterable[str | Path], channels: int) -> list[dict[st
                 seen_files.add(path.resolve())
                 loose.append(path)
             continue
-        if path.name.endswith(NIFTI_SUFFIXES):  # a folder named like a scan: a file was meant
+        if is_nifti_name(path.name):  # a folder named like a scan: a file was meant
             problems.append(f"{path}: is a folder, expected a NIfTI file (.nii or .nii.gz)")
             continue
         try:

@@ -11,6 +11,11 @@ network's output channels, and how the network's decisions map back to those val
   dataset values in ``regions[i]`` (e.g. tumour core = necrosis + enhancing). Targets are float 0/1 maps,
   one channel per region. Back to dataset values, regions are painted from the largest to the smallest,
   each with its ``fill`` value (e.g. BraTS 2021: WT -> 2, then TC -> 1, then ET -> 4).
+
+The spec is the one place that knows which of the two it is: the loss flags (:attr:`LabelSpec.loss_options`),
+the activation (:meth:`LabelSpec.activate`), the decisions per scored structure (:meth:`LabelSpec.structure_masks`,
+as validation scores them), the structures evaluation scores (:meth:`LabelSpec.structures`) and the map back to
+dataset values (:meth:`LabelSpec.to_label`) all live here, so no caller branches on the mode.
 """
 
 from __future__ import annotations
@@ -25,21 +30,20 @@ from monai.data import MetaTensor
 
 from factorseg.errors import InputError
 
-__all__ = ["LABEL_SPECS", "LabelSpec", "get_label_spec"]
+__all__ = ["LABEL_SPECS", "LabelSpec", "get_label_spec", "round_labels"]
 
 # Float label files (e.g. BRATS 2015 OTMultiClass) are rounded; values further than this from an
 # integer mean the label was interpolated or is not a label at all.
 _ROUND_TOLERANCE = 1e-3
 
 
-def _as_int_array(label: np.ndarray | torch.Tensor, source: str) -> np.ndarray:
-    """Return ``label`` as an int64 numpy array, rounding float labels and rejecting non-integers."""
-    if isinstance(label, MetaTensor):
-        label = label.as_tensor()
-    if isinstance(label, torch.Tensor):
-        arr = label.detach().cpu().numpy()
-    else:
-        arr = np.asarray(label)
+def round_labels(values: np.ndarray, source: str = "label") -> np.ndarray:
+    """Label values as int64: booleans and integers as they are, floats (label files with a scale slope, as
+    every NIfTI read gives) rounded to the nearest integer; NaN, non-integers and non-numbers raise InputError.
+
+    The one place where label maps become integers: ``source`` (a file name) starts the error message.
+    """
+    arr = np.asarray(values)
     if arr.dtype == bool:
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.integer):
@@ -50,8 +54,17 @@ def _as_int_array(label: np.ndarray | torch.Tensor, source: str) -> np.ndarray:
     if arr.size and not np.all(np.isfinite(arr)):
         raise InputError(f"{source}: label contains NaN or infinite values")
     if arr.size and float(np.max(np.abs(arr - rounded))) > _ROUND_TOLERANCE:
-        raise InputError(f"{source}: label has non-integer values (interpolated with a non-nearest mode?)")
+        raise InputError(f"{source}: not a label map (non-integer values: interpolated with a non-nearest mode?)")
     return rounded.astype(np.int64)
+
+
+def _as_int_array(label: np.ndarray | torch.Tensor, source: str) -> np.ndarray:
+    """``label`` (numpy, torch or MetaTensor) as an int64 numpy array (:func:`round_labels`)."""
+    if isinstance(label, MetaTensor):
+        label = label.as_tensor()
+    if isinstance(label, torch.Tensor):
+        label = label.detach().cpu().numpy()
+    return round_labels(label, source)
 
 
 def _smallest_int_dtype(values: Iterable[int]) -> np.dtype:
@@ -225,6 +238,75 @@ class LabelSpec:
     def num_outputs(self) -> int:
         """Number of network output channels."""
         return len(self.names)
+
+    # ------------------------------------------------------------------ what callers need, one home per mode
+    @property
+    def _first_scored(self) -> int:
+        """First output channel that is a scored structure: classes skip the background channel 0."""
+        return 0 if self.mode == "regions" else 1
+
+    @property
+    def structure_names(self) -> tuple[str, ...]:
+        """Names of the scored structures (every region; every class but the background), in channel order."""
+        return self.names[self._first_scored :]
+
+    def _channel_values(self) -> tuple[tuple[int, ...], ...]:
+        """The dataset values each output channel stands for (a region's value set, a class's one value)."""
+        return self.regions if self.mode == "regions" else tuple((v,) for v in self.values)
+
+    def structures(self) -> dict[str, set[int]]:
+        """``{structure name: dataset label values}`` of the scored structures, as the evaluation scores them."""
+        return {n: set(v) for n, v in zip(self.structure_names, self._channel_values()[self._first_scored :])}
+
+    def describe(self, with_values: bool = False) -> str:
+        """The outputs in words for messages: the scored structures (``3 sigmoid regions (TC, WT, ET)``,
+        ``2 classes (PZ, TZ)``), or with ``with_values`` every output channel and the dataset values it stands
+        for (``3 softmax classes (background=0, PZ=1, TZ=2)``, ``2 sigmoid regions (WT=1+2, ET=2)``)."""
+        regions = self.mode == "regions"
+        if with_values:
+            parts = [f"{n}={'+'.join(map(str, v))}" for n, v in zip(self.names, self._channel_values())]
+            noun = "sigmoid region" if regions else "softmax class"
+        else:
+            parts, noun = list(self.structure_names), "sigmoid region" if regions else "class"
+        plural = "" if len(parts) == 1 else "s" if regions else "es"
+        return f"{len(parts)} {noun}{plural} ({', '.join(parts)})"
+
+    @property
+    def loss_options(self) -> dict[str, bool]:
+        """MONAI ``DiceCELoss`` flags for these targets: sigmoid Dice on every region, or softmax Dice on one-hot
+        class indices with the background left out of the Dice (MONAI's CE term is then BCE for one output
+        channel and cross-entropy over the channels otherwise)."""
+        if self.mode == "regions":
+            return {"sigmoid": True, "include_background": True}
+        return {"to_onehot_y": True, "softmax": True, "include_background": False}
+
+    def activate(self, logits: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Probabilities of ``(B, C, *spatial)`` logits: sigmoid per region, or softmax over the class channels.
+
+        ``inplace`` overwrites ``logits`` (floating point) and returns it, so that full-volume maps are not
+        copied; :meth:`to_label` turns the (averaged) probabilities into dataset values.
+        """
+        if not inplace:
+            return torch.sigmoid(logits) if self.mode == "regions" else torch.softmax(logits, dim=1)
+        if self.mode == "regions":
+            return logits.sigmoid_()
+        logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
+        return logits.div_(logits.sum(dim=1, keepdim=True))
+
+    def structure_masks(self, logits: torch.Tensor) -> torch.Tensor:
+        """Boolean decisions ``(B, S, *spatial)`` per scored structure from ``(B, C, *spatial)`` logits: regions
+        where the sigmoid is above 0.5 (as in :meth:`to_label`), classes where they win the argmax."""
+        if self.mode == "regions":
+            return self.activate(logits) > 0.5
+        return self.target_masks(logits.argmax(dim=1, keepdim=True))
+
+    def target_masks(self, target: torch.Tensor) -> torch.Tensor:
+        """Boolean masks ``(B, S, *spatial)`` per scored structure from batched :meth:`to_target` outputs
+        (``(B, C, *spatial)`` 0/1 regions or ``(B, 1, *spatial)`` class indices)."""
+        if self.mode == "regions":
+            return target > 0.5
+        channels = torch.arange(1, self.num_outputs, device=target.device).view(1, -1, *[1] * (target.dim() - 2))
+        return target.long() == channels
 
     def validate(self, values: Iterable[int] | np.ndarray | torch.Tensor, source: str = "label") -> None:
         """Raise InputError if any value (or any voxel of a label array) is not an allowed dataset value."""

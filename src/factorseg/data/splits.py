@@ -7,8 +7,6 @@ splits can be shared between the two tools.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from factorseg.errors import InputError
+from factorseg.io import write_json
 
 __all__ = ["load_or_create_splits", "make_splits"]
 
@@ -78,12 +77,5 @@ def load_or_create_splits(
         return _check_stored(stored, path, ids, folds)
     splits = make_splits(case_ids, folds, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(splits, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, splits, overwrite=True)  # a file written meanwhile holds the same splits (same ids, seed)
     return splits

@@ -26,7 +26,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from factorseg.errors import InputError
-from factorseg.io.nifti import save_nifti
+from factorseg.io import save_nifti
 
 __all__ = [
     "ED",

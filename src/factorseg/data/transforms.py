@@ -44,8 +44,8 @@ from monai.transforms import (
 )
 
 from factorseg.data.labels import LabelSpec
-from factorseg.errors import InputError
-from factorseg.io.nifti import InputWarning, Volume, check_same_grid, read_image
+from factorseg.errors import InputError, InputWarning
+from factorseg.io import Volume, check_same_grid, read_image
 
 __all__ = [
     "LabelToTargetd",
@@ -140,7 +140,7 @@ class TransformConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def _nonzero(x: torch.Tensor) -> torch.Tensor:
+def nonzero(x: torch.Tensor) -> torch.Tensor:
     """Foreground for cropping: any non-zero voxel (z-scored inputs have negative brain values)."""
     return x != 0
 
@@ -165,7 +165,7 @@ class LoadCased(MapTransform):
     read through :func:`factorseg.io.nifti.read_image`, so a corrupt, truncated, non-NIfTI, 2D or 4D (where 3D is
     expected) file or NaN/infinite voxels raise a one-line :class:`InputError`. Channels on a different grid
     that covers at least ``min_coverage`` of the first channel's field of view are resampled (linearly) onto
-    the first channel's grid with an :class:`~factorseg.io.nifti.InputWarning`; channels further off are refused
+    the first channel's grid with an :class:`~factorseg.errors.InputWarning`; channels further off are refused
     (see :func:`factorseg.io.nifti.check_same_grid`). The label follows the same rule with nearest-neighbour
     resampling, and with ``labels`` its values are checked against the convention.
     """
@@ -246,19 +246,51 @@ class LabelToTargetd(MapTransform):
         return d
 
 
-def _geometry(cfg: TransformConfig, keys: list[str], modes: list[str]) -> list[Any]:
-    """Orientation, spacing, foreground crop and intensity normalisation shared by all pipelines."""
-    out: list[Any] = []
+class ToLabeld(MapTransform):
+    """Network probabilities ``(C, *spatial)`` -> dataset label values ``(1, *spatial)`` with
+    :meth:`LabelSpec.to_label` (argmax for classes, nested regions painted with their values); metadata kept.
+
+    ``labels``: a :class:`LabelSpec`, its :meth:`~LabelSpec.to_dict` form (as MONAI bundle configs give it)
+    or a convention name.
+    """
+
+    def __init__(self, keys: str | Sequence[str], labels: LabelSpec | Mapping[str, Any] | str) -> None:
+        super().__init__(keys)
+        if isinstance(labels, LabelSpec):
+            self.labels = labels
+        elif isinstance(labels, str):
+            from factorseg.data.labels import get_label_spec
+
+            self.labels = get_label_spec(labels)
+        else:
+            self.labels = LabelSpec.from_dict(labels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            out = torch.from_numpy(self.labels.to_label(d[key])[None])
+            d[key] = MetaTensor(out, meta=copy.deepcopy(d[key].meta)) if isinstance(d[key], MetaTensor) else out
+        return d
+
+
+def geometry_steps(cfg: TransformConfig, keys: list[str], modes: list[str]) -> list[tuple[type, dict[str, Any]]]:
+    """Orientation, spacing, foreground crop and intensity normalisation shared by all pipelines, as
+    (MONAI transform class, arguments): built by the pipelines here and spelt out in exported MONAI bundles."""
+    out: list[tuple[type, dict[str, Any]]] = []
     if cfg.orientation:
-        out.append(Orientationd(keys, axcodes=cfg.orientation, labels=None))
+        out.append((Orientationd, {"keys": keys, "axcodes": cfg.orientation, "labels": None}))
     if cfg.spacing:
-        out.append(Spacingd(keys, pixdim=cfg.spacing, mode=modes))
+        out.append((Spacingd, {"keys": keys, "pixdim": list(cfg.spacing), "mode": modes}))
     if cfg.crop_foreground:
-        out.append(
-            CropForegroundd(keys, source_key=IMAGE_KEY, select_fn=_nonzero, start_coord_key=None, end_coord_key=None)
-        )
-    out.append(NormalizeIntensityd(IMAGE_KEY, nonzero=True, channel_wise=True))
+        out.append((CropForegroundd, {"keys": keys, "source_key": IMAGE_KEY, "select_fn": nonzero,
+                                      "start_coord_key": None, "end_coord_key": None}))
+    out.append((NormalizeIntensityd, {"keys": IMAGE_KEY, "nonzero": True, "channel_wise": True}))
     return out
+
+
+def _geometry(cfg: TransformConfig, keys: list[str], modes: list[str]) -> list[Any]:
+    """The :func:`geometry_steps` as transforms."""
+    return [cls(**kwargs) for cls, kwargs in geometry_steps(cfg, keys, modes)]
 
 
 def _augmentations(cfg: TransformConfig, keys: list[str]) -> list[Any]:

@@ -11,18 +11,18 @@ Every step uses the library's normal code path, exactly what the CLI commands ru
 4. evaluate: Dice and HD95 per BraTS region with :func:`~factorseg.evaluation.folders.evaluate_folders`
    (``factorseg evaluate``);
 5. explain: the NMF component maps of one Factorizer block on one held-out case with
-   :func:`~factorseg.explain.components.run_explain` (``factorseg explain``);
+   :func:`~factorseg.explain.components.explain_case` (``factorseg explain``);
 6. report: ``DIR/report.html`` (scores, learning curve, overlays, component maps) and ``DIR/summary.json``
    with the very numbers the report shows.
 
 ``minutes`` turns a training time budget into a number of epochs from a measured step time; without it the
-recipe's fixed schedule runs (reproducible for a seed on a given machine).
+recipe's fixed schedule runs (reproducible for a seed on a given machine). Torch's thread count is the caller's
+(``factorseg demo`` leaves one core free); ``summary.json`` records it.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import shlex
 import shutil
 import time
@@ -41,6 +41,7 @@ from rich.table import Table
 from factorseg import __version__
 from factorseg.console import output_console
 from factorseg.errors import InputError
+from factorseg.io import write_json
 
 __all__ = ["DEFAULT_BLOCK", "DemoResult", "plan_epochs", "run_demo"]
 
@@ -85,22 +86,6 @@ class DemoResult:
         console.print(table)
         console.print(f"Wall time {self.seconds / 60:.1f} min ({_plural(self.steps, 'training step')})")
         console.print(f"Report: {self.report}", soft_wrap=True)
-
-
-@contextmanager
-def _spare_one_core() -> Iterator[None]:
-    """Run torch on all cores but one (at least one thread), then restore the thread count.
-
-    On a 2-core machine, two torch threads are only faster while nothing else runs: with any other load one
-    thread waits for the other at every parallel region, and training steps were measured up to 20x slower
-    (6 s instead of 0.3 s); a single thread stays at about 0.3 s.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _quiet_lightning():  # noqa: ANN202 - the context manager of factorseg.training.run
@@ -157,15 +142,18 @@ def _measure_seconds(cfg: dict[str, Any]) -> tuple[float, float]:
     Measured on noise after a warm-up step (which allocates), averaging up to four steps or about ten
     seconds, whichever comes first.
     """
-    from factorseg.models.bundle import build_model
+    from factorseg.config import TrainConfig
     from factorseg.data.labels import get_label_spec
+    from factorseg.data.transforms import TransformConfig
+    from factorseg.models.bundle import build_model
     from factorseg.training.module import make_loss
 
     roi = tuple(int(s) for s in cfg["transforms"]["roi_size"])
     model = build_model(cfg["model"])
-    loss_fn = make_loss(get_label_spec("brats2021"), cfg["train"].get("deep_supervision_weights"))
+    train = TrainConfig.from_dict(cfg["train"])
+    loss_fn = make_loss(get_label_spec("brats2021"), train.deep_supervision_weights)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    patches = int(cfg["train"]["batch_size"]) * int(cfg["transforms"].get("num_samples", 1))
+    patches = train.batch_size * TransformConfig.from_dict(cfg["transforms"]).num_samples
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(patches, int(cfg["model"]["in_channels"]), *roi, generator=generator)
     y = (torch.rand(patches, int(cfg["model"]["out_channels"]), *roi, generator=generator) > 0.5).float()
@@ -200,12 +188,14 @@ def plan_epochs(cfg: dict[str, Any], minutes: float, n_val: int, shape: int) -> 
     """
     if minutes <= 0:
         raise InputError(f"--minutes must be positive, got {minutes}")
+    from factorseg.config import InferenceConfig, TrainConfig
+
     step, forward = _measure_seconds(cfg)
-    train, inference = cfg["train"], cfg["inference"]
+    train, inference = TrainConfig.from_dict(cfg["train"]), InferenceConfig.from_dict(cfg["inference"])
     roi = [int(s) for s in cfg["transforms"]["roi_size"]]
-    windows = math.prod(_windows(shape, r, float(inference.get("overlap", 0.5))) for r in roi)
-    validation = n_val * windows * forward / max(1, int(inference.get("sw_batch_size", 1)))
-    epoch = 1.15 * (int(train["steps_per_epoch"]) * step + validation / int(train["val_interval"]))
+    windows = math.prod(_windows(shape, r, inference.overlap) for r in roi)
+    validation = n_val * windows * forward / inference.sw_batch_size
+    epoch = 1.15 * (train.steps_per_epoch * step + validation / train.val_interval)
     return max(1, int(minutes * 60 / epoch))
 
 
@@ -215,7 +205,7 @@ def _demo_recipe(cases: int, seed: int, overrides: Sequence[str], block: str) ->
     Returns the config and the overrides applied to the shipped recipe (to print the equivalent command).
     """
     from factorseg.models.bundle import build_model
-    from factorseg.config.recipes import apply_overrides, load_recipe, validate_recipe
+    from factorseg.config import apply_overrides, load_recipe, validate_recipe
 
     cfg = load_recipe("demo")
     applied = [f"train.seed={seed}", f"data.folds={min(int(cfg['data']['folds']), cases)}", *overrides]
@@ -245,7 +235,7 @@ def _fit_budget(cfg: dict[str, Any], applied: list[str], cases: int, minutes: fl
 
 
 def _read(path: Path) -> np.ndarray:
-    from factorseg.io.nifti import read_image
+    from factorseg.io import read_image
 
     return read_image(path).array
 
@@ -274,26 +264,6 @@ def _overlay_cases(picks: dict[str, str], per_case: dict[str, dict[str, float]],
         )
         for title, case in picks.items()
     ]
-
-
-def _explain_case(loaded: Any, predictor: Any, case: dict[str, Any], ref_path: Path, out_dir: Path,
-                  block: str) -> dict[str, Any]:
-    """Component maps of ``block`` for one held-out case, on the FLAIR grid, scored against its reference."""
-    from factorseg.data.transforms import invert_prediction
-    from factorseg.explain.components import run_explain
-    from factorseg.io.nifti import read_image
-
-    flair = read_image(case["image"][0])
-    data = predictor.transforms(dict(case))
-
-    def to_scan_grid(maps: np.ndarray) -> np.ndarray:
-        return invert_prediction(torch.from_numpy(maps), data, predictor.transforms, mode="linear").numpy()
-
-    return run_explain(
-        loaded.model, data["image"].as_tensor(), flair.array, flair.affine, out_dir, blocks=[block],
-        label=_read(ref_path), label_values=REGION_VALUES, mask=flair.array > 0, to_scan_grid=to_scan_grid,
-        slices=3, montage_components=6, overwrite=True,
-    )
 
 
 def _plural(count: int, word: str) -> str:
@@ -422,8 +392,7 @@ def run_demo(
     created = not out_dir.exists()
     _prepare_out_dir(out_dir, overwrite)
     try:
-        with _spare_one_core():
-            return _pipeline(out_dir, minutes, cases, seed, progress, held_out, shape, cfg, applied, block, console)
+        return _pipeline(out_dir, minutes, cases, seed, progress, held_out, shape, cfg, applied, block, console)
     except BaseException:
         _remove_outputs(out_dir, created)  # nothing half-made stays behind
         raise
@@ -459,10 +428,10 @@ def _pipeline(out_dir: Path, minutes: float | None, cases: int, seed: int, progr
               cfg: dict[str, Any], applied: list[str], block: str, console: Console) -> DemoResult:
     """The six steps of :func:`run_demo` into the prepared ``out_dir``."""
     from factorseg.demo import report
-    from factorseg.models.bundle import load_bundle
     from factorseg.data.formats import cases_from_paths
     from factorseg.evaluation.folders import evaluate_folders
-    from factorseg.explain.components import list_blocks
+    from factorseg.explain.components import explain_case, list_blocks
+    from factorseg.inference.loading import load_model
     from factorseg.inference.pipeline import SegmentationPredictor
     from factorseg.training import train
 
@@ -490,7 +459,7 @@ def _pipeline(out_dir: Path, minutes: float | None, cases: int, seed: int, progr
     now = stage("train", now)
 
     console.print(f"[bold]3/6[/] Predicting the {held_out} held-out cases with {trained.best_model.name}")
-    loaded = load_bundle(trained.best_model)
+    loaded = load_model(trained.best_model)
     predictor = SegmentationPredictor([loaded])
     test_cases = cases_from_paths([held_dir], len(predictor.channels))
     predictor.predict_to_folder(test_cases, out_dir / "predictions", progress=progress)
@@ -509,7 +478,10 @@ def _pipeline(out_dir: Path, minutes: float | None, cases: int, seed: int, progr
         raise InputError(f"block {block!r} is not in the demo model; its blocks are {', '.join(blocks)}")
     console.print(f"[bold]5/6[/] Extracting the NMF components of block {block} on case {explained}")
     case = next(c for c in test_cases if c["id"] == explained)
-    components = _explain_case(loaded, predictor, case, ref_dir / f"{case['id']}.nii.gz", out_dir / "explain", block)
+    # On the FLAIR grid, scored inside the brain against the case's reference regions.
+    components = explain_case(loaded, case["image"], out_dir / "explain", label=ref_dir / f"{explained}.nii.gz",
+                              brain_mask=True, blocks=[block], label_values=REGION_VALUES, slices=3,
+                              montage_components=6, overwrite=True)
     now = stage("explain", now)
 
     console.print("[bold]6/6[/] Writing the report")
@@ -545,7 +517,7 @@ def _pipeline(out_dir: Path, minutes: float | None, cases: int, seed: int, progr
     stage("report", now)
     timing["total"] = round(time.perf_counter() - started, 2)
     summary["timing_s"] = timing
-    summary_path = _write_json(out_dir / "summary.json", summary)
+    summary_path = write_json(out_dir / "summary.json", summary, overwrite=True)
 
     dice = {r: summary["scores"][r]["dice"]["mean"] for r in regions}
     result = DemoResult(out_dir, report_path, summary_path, dice, summary["mean_dice"], timing["total"],
@@ -576,7 +548,7 @@ _OVERLAY_CAPTION = (
 def _plot_components(components: dict[str, Any], block: str, case: dict[str, Any], ref_path: Path, explain_dir: Path,
                      out_png: Path) -> Path:
     """The report's component figure, from the maps :func:`run_explain` wrote (on the FLAIR grid)."""
-    from factorseg.io.nifti import read_image
+    from factorseg.io import read_image
     from factorseg.demo.report import plot_components
 
     info = components["blocks"][block]
@@ -661,9 +633,3 @@ def _facts(summary: dict[str, Any], timing: dict[str, float], out_dir: Path) -> 
     ]
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> Path:
-    import json
-
-    from factorseg.io.nifti import atomic_write
-
-    return atomic_write(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode(), overwrite=True)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from factorseg.errors import InputError
-from factorseg.io.nifti import atomic_write
+from factorseg.io import atomic_write
 
 __all__ = [
     "LABEL_COLOURS",

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import multiprocessing
-import re
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -36,7 +34,8 @@ from rich.table import Table
 from factorseg import __version__
 from factorseg.console import output_console
 from factorseg.errors import InputError
-from factorseg.io.nifti import NIFTI_SUFFIXES, atomic_write, read_image
+from factorseg.data.labels import LabelSpec, round_labels
+from factorseg.io import atomic_write, is_nifti_name, read_image, split_channel_suffix, strip_nifti, write_json
 from factorseg.evaluation.metrics import (
     CONVENTIONS,
     DEFAULT_METRICS,
@@ -47,19 +46,13 @@ from factorseg.evaluation.metrics import (
     resolve_structures,
 )
 
-if TYPE_CHECKING:
-    from factorseg.data.labels import LabelSpec
-
 __all__ = ["EvaluationResult", "evaluate_folders", "find_nifti_cases", "pair_cases"]
 
 PER_CASE_CSV = "per_case.csv"
 SUMMARY_JSON = "summary.json"
 
-# Label files stored as floats (with scale slopes) are rounded; farther than this from an integer is an error.
-_ROUND_TOLERANCE = 1e-3
 # Largest allowed difference between the affines of a prediction and its reference (mm).
 _AFFINE_ATOL_MM = 1e-3
-_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_\d{4}$")
 _UNITS = {"hd95": " (mm)", "avd": " (ml)"}
 
 
@@ -75,10 +68,9 @@ def find_nifti_cases(folder: str | Path, what: str) -> dict[str, Path]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
-        suffix = next((s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)), None)
-        if suffix is None:
+        if not is_nifti_name(path.name):
             continue
-        case = path.name[: -len(suffix)]
+        case = strip_nifti(path.name)
         if case in cases:
             raise InputError(f"{what} folder {folder}: case {case!r} has two files ({cases[case].name}, {path.name})")
         cases[case] = path
@@ -96,11 +88,10 @@ def pair_cases(preds: Mapping[str, Path], refs: Mapping[str, Path]) -> tuple[dic
         if case in refs:
             target = case
         else:
-            match = _CHANNEL_SUFFIX.match(case)
-            if match is None or match["case"] not in refs or match["case"] in preds:
+            target, channel = split_channel_suffix(case)
+            if channel is None or target not in refs or target in preds:
                 unmatched.append(path.name)
                 continue
-            target = match["case"]
         if target in paired:
             raise InputError(f"case {target!r} has two predictions ({paired[target].name}, {path.name})")
         paired[target] = path
@@ -110,10 +101,7 @@ def pair_cases(preds: Mapping[str, Path], refs: Mapping[str, Path]) -> tuple[dic
 def _read_label(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """Read a 3D label map as int64 values with its affine and voxel spacing (mm)."""
     volume = read_image(path)
-    rounded = np.rint(volume.array)
-    if rounded.size and float(np.max(np.abs(volume.array - rounded))) > _ROUND_TOLERANCE:
-        raise InputError(f"{path}: not a label map (non-integer voxel values)")
-    return rounded.astype(np.int64), volume.affine, volume.spacing
+    return round_labels(volume.array, str(path)), volume.affine, volume.spacing
 
 
 @dataclass(frozen=True)
@@ -294,6 +282,5 @@ def evaluate_folders(
             "factorseg_version": __version__,
         }
         result.per_case_csv = atomic_write(out / PER_CASE_CSV, _csv_bytes(result, columns), overwrite=True)
-        text = json.dumps(document, indent=2) + "\n"
-        result.summary_json = atomic_write(out / SUMMARY_JSON, text.encode(), overwrite=True)
+        result.summary_json = write_json(out / SUMMARY_JSON, document, overwrite=True)
     return result

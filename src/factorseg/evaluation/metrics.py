@@ -62,6 +62,7 @@ __all__ = [
     "check_metric_names",
     "compute_case_metrics",
     "dice",
+    "dice_from_counts",
     "hd95",
     "image_diagonal_mm",
     "lesion_count_difference",
@@ -200,9 +201,16 @@ def _ratio(num: int, den: int, both_empty: bool) -> float:
     return num / den
 
 
+def dice_from_counts(intersection: int, pred_voxels: int, ref_voxels: int) -> float:
+    """Dice from the voxel counts |P∩R|, |P|, |R| with this module's empty-mask convention: 1 when both masks
+    are empty, 0 when one is. The one home of that rule: ``factorseg evaluate`` and the validation Dice that
+    picks ``model_best.pt`` both score through it."""
+    total = pred_voxels + ref_voxels
+    return _ratio(2 * intersection, total, total == 0)
+
+
 def _dice(p: _Pair, tolerance: float) -> float:
-    inter, n_pred, n_ref = p.counts
-    return _ratio(2 * inter, n_pred + n_ref, n_pred + n_ref == 0)
+    return dice_from_counts(*p.counts)
 
 
 def _sensitivity(p: _Pair, tolerance: float) -> float:
@@ -304,16 +312,14 @@ def lesion_count_difference(pred: np.ndarray, ref: np.ndarray) -> float:
 def structures_from_labels(labels: LabelSpec) -> dict[str, set[int]]:
     """Map each evaluated structure name to the dataset label values that make it up.
 
-    Classes mode: every foreground class against the rest (the background channel is skipped).
-    Regions mode: each region's value set (e.g. BraTS ``TC`` = {1, 3}).
+    Classes: every foreground class against the rest (the background is skipped); regions: each region's
+    value set (e.g. BraTS ``TC`` = {1, 3}). See :meth:`LabelSpec.structures`.
     """
     from factorseg.data.labels import LabelSpec as _LabelSpec  # deferred: the label module imports torch
 
     if not isinstance(labels, _LabelSpec):
         raise InputError(f"expected a LabelSpec or a {{name: label values}} mapping, got {type(labels).__name__}")
-    if labels.mode == "classes":
-        return {name: {value} for name, value in zip(labels.names[1:], labels.values[1:])}
-    return {name: set(region) for name, region in zip(labels.names, labels.regions)}
+    return labels.structures()
 
 
 def resolve_structures(structures: Mapping[str, Collection[int]] | LabelSpec) -> dict[str, tuple[int, ...]]:

@@ -17,20 +17,20 @@ Maps are resampled to the input grid (:func:`upsample_maps`), written as NIfTI o
 (:func:`write_maps_nifti`: 16-bit integers with a scale factor by default, within 5e-4 of each component's
 maximum, a third to a half of the float32 size) and as a PNG montage (:func:`save_montage`), and scored
 against a reference mask (:func:`component_label_overlap`: AUC and best Dice per component and label), so
-that "this component follows the tumour core" becomes a number. :func:`run_explain` does all of it for one case.
+that "this component follows the tumour core" becomes a number. :func:`run_explain` does all of it for one
+preprocessed case; :func:`explain_case` for a loaded model and a case's files (``factorseg explain``, the demo).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -39,17 +39,23 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch import Tensor, nn
 
-from factorseg.models.blocks import FactorizerBlock, NMFMixer
+from factorseg.models.blocks import FactorizerBlock
+from factorseg.models.layers.mixer import NMFMixer
 from factorseg.errors import InputError
-from factorseg.io.nifti import atomic_write, save_nifti
+from factorseg.data.labels import round_labels
+from factorseg.io import atomic_write, is_nifti_name, json_ready, save_nifti, write_json
 from factorseg.models.layers.windows import WindowMatricize
 from factorseg.models import eval_mode
+
+if TYPE_CHECKING:
+    from factorseg.inference.loading import LoadedModel
 
 __all__ = [
     "MAP_DTYPES",
     "ComponentMaps",
     "component_label_overlap",
     "explain",
+    "explain_case",
     "label_centre",
     "list_blocks",
     "quantise_maps",
@@ -321,7 +327,7 @@ def component_label_overlap(
     Both are ``nan`` for a region without voxels (or covering every voxel, for the AUC).
     """
     maps = maps.detach().cpu().numpy() if isinstance(maps, Tensor) else np.asarray(maps)
-    label = np.rint(np.asarray(label)).astype(np.int64)
+    label = round_labels(label)
     if maps.shape[1:] != label.shape:
         raise InputError(f"label of shape {label.shape} does not match component maps of shape {maps.shape[1:]}")
     if mask is None:
@@ -432,7 +438,7 @@ def _save_maps(stack: np.ndarray, affine: np.ndarray, out_path: str | Path, over
     if single:
         quantised = quantised[..., 0]
     path = Path(out_path)
-    if not path.name.lower().endswith((".nii", ".nii.gz")):
+    if not is_nifti_name(path.name):
         raise InputError(f"{path}: output name must end in .nii or .nii.gz")
     img = nib.Nifti1Image(quantised, affine)
     img.set_data_dtype(quantised.dtype)
@@ -583,24 +589,6 @@ def save_montage(
     return atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100), overwrite=overwrite)
 
 
-def _json_ready(obj: Any) -> Any:
-    """Replace NaN/inf by None (JSON has no NaN) and numpy scalars by Python numbers."""
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_json(path: Path, payload: Any, overwrite: bool) -> None:
-    text = json.dumps(_json_ready(payload), indent=2)
-    atomic_write(path, (text + "\n").encode(), overwrite=overwrite)
-
-
 def _write_overlap_csv(path: Path, rows: Sequence[Mapping[str, Any]], overwrite: bool) -> None:
     fields = ["block", "component", "name", "label", "values", "voxels", "auc", "best_dice", "threshold"]
     buffer = io.StringIO()
@@ -702,6 +690,52 @@ def run_explain(
         return _write_explanation(found, scan, affine, out_dir, spatial, padded, label, label_values, mask,
                                   to_scan_grid, per_component, montage_components, slices, overwrite, maps_dtype,
                                   progress)
+
+
+def explain_case(
+    loaded: LoadedModel,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    label: str | Path | None = None,
+    brain_mask: bool = False,
+    device: str = "cpu",
+    nmf_iters: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Explain one case of a loaded model on the grid of its first image file (what ``factorseg explain`` runs).
+
+    ``images`` (one file, 4D for several channels, or the channel files in the model's order) are preprocessed
+    as the model was trained, and the maps go back through that preprocessing onto the first file's grid.
+    ``label``: a reference mask file on that grid, for the overlap scores; ``brain_mask``: score only where
+    the scan is non-zero (a skull-stripped brain). The model runs on ``device`` with ``nmf_iters`` NMF
+    iterations (default: as trained); ``loaded`` is left as it is. ``options`` go to :func:`run_explain`
+    (``blocks``, ``label_values``, ``per_component``, ``montage_components``, ``slices``, ``overwrite``,
+    ``maps_dtype``, ``progress``). Returns the content of ``components.json``.
+    """
+    from factorseg.data.transforms import infer_transforms, invert_prediction
+    from factorseg.inference.pipeline import resolve_device
+    from factorseg.inference.runners import prepared_module
+    from factorseg.io import read_image
+
+    files = [str(p) for p in images]
+    channels = loaded.channels
+    if len(files) not in (1, len(channels)):
+        raise InputError(f"give one 4D file or {len(channels)} channel files ({', '.join(channels)})")
+    transforms = infer_transforms(loaded.transforms)
+    data = transforms({"id": "case", "image": files})
+    reference = read_image(files[0], expect_3d=len(files) > 1)
+    scan = reference.array if reference.array.ndim == 3 else reference.array[..., 0]
+    reference_label = round_labels(read_image(label).array, str(label)) if label is not None else None
+    if reference_label is not None and reference_label.shape != scan.shape:
+        raise InputError(f"{label}: shape {reference_label.shape} differs from the scan's {scan.shape}")
+    network = prepared_module(loaded.model, resolve_device(device), nmf_iters)
+
+    def to_scan_grid(maps: np.ndarray) -> np.ndarray:
+        return invert_prediction(torch.as_tensor(maps), data, transforms, mode="linear").numpy()
+
+    return run_explain(network, data["image"].as_tensor(), scan, reference.affine, out_dir,
+                       label=reference_label, mask=scan > 0 if brain_mask else None, to_scan_grid=to_scan_grid, **options)
 
 
 def _output_names(found: Mapping[str, ComponentMaps], per_component: bool, overlap: bool) -> list[str]:
@@ -818,5 +852,5 @@ def _write_explanation(
         summary["overlap"] = overlap_rows
         summary["files"] = {"overlap": "overlap.csv"}
         _write_overlap_csv(out_dir / "overlap.csv", overlap_rows, overwrite)
-    _write_json(out_dir / "components.json", summary, overwrite)
-    return _json_ready(summary)
+    write_json(out_dir / "components.json", summary, overwrite=overwrite)
+    return json_ready(summary)

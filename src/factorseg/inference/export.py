@@ -1,8 +1,8 @@
-"""Export a trained model to ONNX or TorchScript, and run an exported model as a predictor.
+"""Export a trained model to ONNX or TorchScript (run by :mod:`factorseg.inference.runners`), with its config.
 
 ``export_model`` traces the model in eval mode on one example input, checks the exported model
 against PyTorch on that input (max difference at most ``1e-4`` + ``1e-4`` x the output's
-magnitude), and writes the file atomically (:func:`factorseg.io.nifti.atomic_path`).
+magnitude), and writes the file atomically (:func:`factorseg.io.atomic_path`).
 
 Input sizes. The exported graph is specialised to the example's spatial size: the Factorizer's
 window layout (padding, windows shrunk to the input, shifts dropped along single-window axes) is
@@ -10,28 +10,30 @@ decided in Python from the input size, so an ONNX graph cannot serve every size;
 predictor always feeds patches of one size anyway, so export with that size. The batch axis is
 dynamic in ONNX (named ``batch``); TorchScript graphs also accept other batch sizes. Runners
 check the spatial size and raise :class:`~factorseg.errors.InputError` on a mismatch.
+
+The model exported is never changed: where it must be (on a GPU, in training mode, other NMF iterations),
+a copy is traced instead.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from factorseg.models.bundle import LoadedModel
+from factorseg.config import validate_bundle_config
 from factorseg.errors import InputError
-from factorseg.io.nifti import atomic_path, atomic_write
-from factorseg.models import eval_mode
-from factorseg.models.layers.nmf import NMF, set_nmf_iters
+from factorseg.inference.runners import CPU, FORMATS, Format, load_runner, prepared_module
+from factorseg.io import atomic_path, write_json
+from factorseg.models.layers.nmf import NMF
 
-Format = Literal["onnx", "torchscript"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+if TYPE_CHECKING:
+    from factorseg.inference.loading import LoadedModel
 
 #: Exported outputs must match PyTorch within ``ATOL + RTOL * max|output|``.
 ATOL = 1e-4
@@ -49,13 +51,6 @@ def _example(model: nn.Module, shape: tuple[int, ...]) -> Tensor:
     param = next(model.parameters(), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     return torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
-
-
-def _on_cpu(model: nn.Module) -> nn.Module:
-    """The model itself if it lives on the CPU, else a CPU copy (exports are traced and checked there)."""
-    if all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()]):
-        return model
-    return copy.deepcopy(model).cpu()
 
 
 def _with_zero_biases(model: nn.Module) -> nn.Module:
@@ -119,8 +114,8 @@ def export_model(
 
     ``format`` is ``"onnx"`` (opset from the dynamo exporter, dynamic batch axis) or
     ``"torchscript"`` (a traced module for ``torch.jit.load``). Tracing and the check against
-    PyTorch run on the CPU (a GPU model is copied there); the file replaces ``path`` only after the
-    check passes, and the model's training flag is restored afterwards. Returns the written path.
+    PyTorch run on the CPU in eval mode (on a copy where ``model`` is on a GPU or training: ``model`` is left
+    as it is); the file replaces ``path`` only after the check passes. Returns the written path.
     """
     if format not in FORMATS:
         raise InputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -136,12 +131,12 @@ def export_model(
         raise InputError(f"{path}: is a folder; give the output file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, overwrite=True) as tmp:
-        with eval_mode(model), torch.no_grad():
-            cpu_model = _on_cpu(model)
+        with torch.no_grad():
+            cpu_model = prepared_module(model, CPU)
             example = _example(cpu_model, shape)
             (_export_onnx if format == "onnx" else _export_torchscript)(cpu_model, example, tmp)
             expected = cpu_model(example)
-            got = load_predictor(tmp, format)(example)
+            got = load_runner(tmp, format)(example)
         _verify(expected, got, format)
     return path
 
@@ -156,83 +151,6 @@ def _verify(expected: Tensor, got: Tensor, format: str) -> None:
         raise RuntimeError(f"exported {format} model differs from PyTorch by {diff:.3g} (allowed {bound:.3g})")
 
 
-class OnnxRunner:
-    """An ONNX model as a predictor: ``runner(x: Tensor) -> Tensor``, e.g. for sliding-window inference.
-
-    Runs with onnxruntime on the CPU (or the given ``providers``); inputs are converted to float32
-    NumPy arrays and outputs come back as tensors on the input's device.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: ONNX model not found")
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=list(providers or ["CPUExecutionProvider"])
-            )
-        except Exception as err:  # onnxruntime raises its own exception types for unreadable models
-            raise InputError(f"{path}: not a readable ONNX model ({err})") from err
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise InputError(f"{path}: expected a model with one input, found {len(inputs)}")
-        self.input_name = inputs[0].name
-        #: Expected input shape; ``None`` marks a dynamic axis.
-        self.input_shape: tuple[int | None, ...] = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
-        self.path = path
-
-    def __call__(self, x: Tensor) -> Tensor:
-        shape = tuple(x.shape)
-        expected = self.input_shape
-        if len(shape) != len(expected) or any(e is not None and e != s for e, s in zip(expected, shape)):
-            raise InputError(
-                f"{self.path.name}: input of shape {shape} does not match the exported shape "
-                f"{tuple('batch' if e is None else e for e in expected)}; export again for this patch size"
-            )
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        (out,) = self.session.run(None, {self.input_name: array})
-        return torch.from_numpy(out).to(x.device)
-
-
-class TorchScriptRunner:
-    """A traced TorchScript model as a predictor, with the same input check as :class:`OnnxRunner`."""
-
-    def __init__(self, path: str | Path, map_location: str | torch.device = "cpu") -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path}: TorchScript model not found")
-        try:
-            self.module = torch.jit.load(str(path), map_location=map_location)
-        except RuntimeError as err:
-            raise InputError(f"{path}: not a readable TorchScript model ({err})") from err
-        self.module.eval()
-        self.path = path
-
-    def __call__(self, x: Tensor) -> Tensor:
-        try:
-            with torch.no_grad():
-                return self.module(x)
-        except RuntimeError as err:
-            raise InputError(
-                f"{self.path.name}: the traced model cannot run on input of shape {tuple(x.shape)} "
-                f"(traced graphs are fixed to the export's spatial size): {str(err).splitlines()[0]}"
-            ) from err
-
-
-def load_predictor(path: str | Path, format: Format | None = None) -> Callable[[Tensor], Tensor]:
-    """A predictor for an exported model: ONNX (``.onnx``) runs on onnxruntime, anything else as TorchScript."""
-    path = Path(path)
-    kind = format or ("onnx" if path.suffix.lower() == ".onnx" else "torchscript")
-    if kind not in FORMATS:
-        raise InputError(f"unknown export format {kind!r}; choose one of {', '.join(FORMATS)}")
-    return OnnxRunner(path) if kind == "onnx" else TorchScriptRunner(path)
-
-
 def _sidecar(path: Path) -> Path:
     """The JSON file beside an exported model that carries its config as plain data."""
     return path.with_name(path.name + ".json")
@@ -244,55 +162,42 @@ def export_bundle(
 ) -> Path:
     """Export a trained bundle for its sliding-window patch size, with its config in ``<file>.json``.
 
-    ``nmf_iters`` bakes that many NMF iterations into the graph (the test-time speed-up).
+    ``nmf_iters`` bakes that many NMF iterations into the graph (the test-time speed-up; default: the config's
+    ``inference.nmf_iters``, else as trained); ``loaded`` is left as it is.
     """
     path = Path(path)
     sidecar = _sidecar(path)
     if not overwrite and (path.exists() or sidecar.exists()):
         raise InputError(f"{path} exists; pass --overwrite to replace it")
-    if loaded.model is None:
-        raise InputError(f"{loaded.path}: is already an exported graph")
+    network = loaded.model  # refuses an exported graph
     source = Path(loaded.path).resolve()
     if path.resolve() == source or sidecar.resolve() == source:
         raise InputError(f"{path}: would replace the model it is exported from; choose another --output")
     if nmf_iters is not None:
         if not isinstance(nmf_iters, int) or isinstance(nmf_iters, bool) or not 0 <= nmf_iters <= 1000:
             raise InputError(f"--nmf-iters must be an integer in [0, 1000], got {nmf_iters!r}")
-        if not any(isinstance(m, NMF) for m in loaded.model.modules()):
+        if not any(isinstance(m, NMF) for m in network.modules()):
             raise InputError("--nmf-iters: this model has no NMF layers")
     if format not in FORMATS:
         raise InputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     config = json.loads(json.dumps(loaded.config))
     if nmf_iters is not None:
-        set_nmf_iters(loaded.model, nmf_iters)
         config["inference"]["nmf_iters"] = nmf_iters
+    # The graph runs the NMF iterations its config records: those prediction with the bundle runs.
+    baked = config["inference"].get("nmf_iters")
     shape = (1, len(loaded.channels), *loaded.transforms.roi_size)
-    export_model(loaded.model, shape, path, format)
+    export_model(prepared_module(network, CPU, baked), shape, path, format)
     try:
-        atomic_write(sidecar, json.dumps({"format": format, "config": config}, indent=2).encode(), overwrite=True)
+        write_json(sidecar, {"format": format, "config": config}, overwrite=True)
     except BaseException:
         path.unlink(missing_ok=True)  # an export without its config is unusable: leave neither
         raise
     return path
 
 
-def load_onnx_bundle(path: str | Path) -> tuple[LoadedModel, Callable[[Tensor], Tensor]]:
-    """An exported ONNX model and its config, ready for :class:`~factorseg.inference.pipeline.SegmentationPredictor`.
-
-    The sidecar's config is checked as a bundle's is (:func:`factorseg.config.recipes.validate_bundle_config`).
-    """
-    from factorseg.models.bundle import exported_kind
-    from factorseg.config.recipes import validate_bundle_config
-    from factorseg.inference.loading import shipped_models
-
-    path = Path(path)
-    if not path.exists() and str(path) in shipped_models():
-        raise InputError(f"{path} is a shipped model bundle, not an ONNX export; drop --backend onnxruntime")
-    if not path.is_file():
-        raise InputError(f"{path}: exported model not found")
-    if exported_kind(path) != "onnx":
-        raise InputError(f"{path}: is not an ONNX model (--backend onnxruntime runs `factorseg export` output); "
-                         "drop --backend onnxruntime to run a bundle")
+def read_export_config(path: Path) -> dict[str, Any]:
+    """The config of an exported graph, from its sidecar ``<file>.json``, checked as a bundle's is
+    (:func:`factorseg.config.validate_bundle_config`)."""
     sidecar = _sidecar(path)
     if not sidecar.is_file():
         raise InputError(f"{path}: its config {sidecar.name} is missing (export with `factorseg export`)")
@@ -306,5 +211,4 @@ def load_onnx_bundle(path: str | Path) -> tuple[LoadedModel, Callable[[Tensor], 
         raise InputError(f"{sidecar}: cannot be read ({err.strerror})") from err
     if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
         raise InputError(f"{sidecar}: not a factorseg export config (no 'config' mapping)")
-    config = validate_bundle_config(payload["config"], str(sidecar))
-    return LoadedModel(None, config, path), load_predictor(path, "onnx")
+    return validate_bundle_config(payload["config"], str(sidecar))

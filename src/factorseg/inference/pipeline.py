@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,19 @@ from monai.inferers import sliding_window_inference
 from monai.utils import convert_to_tensor
 from rich.progress import Progress
 
-from factorseg.models.bundle import LoadedModel
+from factorseg.config import InferenceConfig
+from factorseg.inference.loading import LoadedModel
+from factorseg.inference.runners import Runner
 from factorseg.data.formats import case_problems
 from factorseg.data.labels import LabelSpec
 from factorseg.data.transforms import MIN_COVERAGE, infer_transforms, invert_prediction
-from factorseg.errors import InputError
-from factorseg.io.nifti import InputWarning, join_problems, save_nifti
-from factorseg.models.layers.nmf import set_nmf_iters
-
-Predictor = Callable[[torch.Tensor], torch.Tensor]
+from factorseg.errors import InputError, InputWarning, join_problems
+from factorseg.io import save_nifti
 
 
 @dataclass
 class InferenceOptions:
-    """How to run the networks; ``None`` fields take the model's recipe defaults."""
+    """How to run the networks; ``None`` fields take the model's settings (:class:`InferenceConfig`)."""
 
     overlap: float | None = None
     blend: str | None = None
@@ -42,22 +41,19 @@ class InferenceOptions:
     save_probabilities: bool = False
     overwrite: bool = False
 
-    def resolved(self, defaults: dict[str, Any]) -> dict[str, Any]:
-        """The model's inference defaults overridden by the options that are set, checked."""
-        out = dict(defaults)
-        for key in ("overlap", "blend", "sw_batch_size", "tta", "nmf_iters"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        if not 0 <= float(out.get("overlap", 0.5)) < 1:
+    def resolved(self, model: Mapping[str, Any]) -> InferenceConfig:
+        """The model's inference settings (its config's ``inference`` section) overridden by the options that are set;
+        the options are checked here, with their own names, and again with the config's types and limits."""
+        out = {f.name: getattr(self, f.name) for f in fields(InferenceConfig) if getattr(self, f.name) is not None}
+        if "overlap" in out and not 0 <= float(out["overlap"]) < 1:
             raise InputError(f"overlap must lie in [0, 1), got {out['overlap']}")
-        if int(out.get("sw_batch_size", 1)) < 1:
+        if "sw_batch_size" in out and int(out["sw_batch_size"]) < 1:
             raise InputError(f"sw_batch_size must be >= 1, got {out['sw_batch_size']}")
-        if out.get("blend", "gaussian") not in ("gaussian", "constant"):
+        if "blend" in out and out["blend"] not in ("gaussian", "constant"):
             raise InputError(f"blend must be 'gaussian' or 'constant', got {out['blend']!r}")
-        if out.get("nmf_iters") is not None and int(out["nmf_iters"]) < 0:
+        if "nmf_iters" in out and int(out["nmf_iters"]) < 0:
             raise InputError(f"nmf_iters must be >= 0, got {out['nmf_iters']}")
-        return out
+        return replace(InferenceConfig.from_dict(model), **out)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,19 +79,6 @@ def flip_sets(spatial_dims: int) -> list[tuple[int, ...]]:
     return [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
 
 
-def activation(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """Sigmoid (regions) or softmax over channels (classes) of ``(B, C, ...)`` logits."""
-    return torch.sigmoid(logits) if mode == "regions" else torch.softmax(logits, dim=1)
-
-
-def activation_(logits: torch.Tensor, mode: str) -> torch.Tensor:
-    """:func:`activation` in place (float logits), so that full-volume maps are not copied."""
-    if mode == "regions":
-        return logits.sigmoid_()
-    logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()
-    return logits.div_(logits.sum(dim=1, keepdim=True))
-
-
 def _image_files(case: dict[str, Any]) -> list[str | Path]:
     """A case's image path(s) as a list."""
     return [case["image"]] if isinstance(case["image"], (str, Path)) else list(case["image"])
@@ -116,14 +99,6 @@ ENSEMBLE_TRANSFORMS = ("orientation", "spacing", "crop_foreground")
 def _label_meaning(labels: LabelSpec) -> tuple[Any, ...]:
     """What a label spec means for the outputs, names aside: mode, values, regions and their fill values."""
     return (labels.mode, labels.values, labels.regions, labels.fill)
-
-
-def _describe_labels(labels: LabelSpec) -> str:
-    if labels.mode == "regions":
-        parts = [f"{n}={'+'.join(map(str, r))}" for n, r in zip(labels.names, labels.regions)]
-        return f"{len(labels.names)} sigmoid regions ({', '.join(parts)})"
-    parts = [f"{n}={v}" for n, v in zip(labels.names, labels.values)]
-    return f"{len(labels.names)} softmax classes ({', '.join(parts)})"
 
 
 def _describe_channels(channels: Sequence[str]) -> str:
@@ -147,7 +122,7 @@ def check_ensemble(first: LoadedModel, other: LoadedModel) -> None:
                         f"{b} {_describe_channels(other.channels)}")
     la, lb = first.labels, other.labels
     if _label_meaning(la) != _label_meaning(lb):
-        problems.append(f"labels: {a} predicts {_describe_labels(la)}, {b} {_describe_labels(lb)}")
+        problems.append(f"labels: {a} predicts {la.describe(with_values=True)}, {b} {lb.describe(with_values=True)}")
     ta, tb = first.transforms, other.transforms
     for key in ENSEMBLE_TRANSFORMS:
         va, vb = getattr(ta, key), getattr(tb, key)
@@ -180,8 +155,7 @@ class SegmentationPredictor:
     at 2.5 GB (18.9 bytes per voxel above the fixed cost).
     """
 
-    def __init__(self, models: Sequence[LoadedModel], options: InferenceOptions | None = None,
-                 networks: Sequence[Predictor] | None = None) -> None:
+    def __init__(self, models: Sequence[LoadedModel], options: InferenceOptions | None = None) -> None:
         if not models:
             raise InputError("no model given")
         first = models[0]
@@ -192,15 +166,8 @@ class SegmentationPredictor:
         self.labels, self.tcfg, self.channels = first.labels, first.transforms, first.channels
         self.transforms = infer_transforms(self.tcfg)
         device = resolve_device(self.options.device)
-        for m in self.models:
-            if m.model is None:
-                continue  # an exported graph (see ``networks``) replaces the PyTorch model
-            m.model.to(device).eval()
-            if self.settings.get("nmf_iters") is not None:
-                set_nmf_iters(m.model, int(self.settings["nmf_iters"]))
-        if networks is None and any(m.model is None for m in self.models):
-            raise InputError("an exported model needs its runner (use --backend onnxruntime)")
-        self.networks: list[Predictor] = list(networks) if networks is not None else [m.model for m in self.models]
+        # Each model's runner on the device (copied where it must change: the loaded models stay as they are).
+        self.networks: list[Runner] = [m.runner.prepared(device, self.settings.nmf_iters) for m in self.models]
         self.device = device
         # Each network slides its own training window (preprocessing is shared: check_ensemble).
         self.rois = [tuple(int(r) for r in m.transforms.roi_size) for m in self.models]
@@ -209,19 +176,19 @@ class SegmentationPredictor:
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """Averaged class/region probabilities ``(C, *spatial)`` for a preprocessed ``(channels, *spatial)`` image."""
         x = convert_to_tensor(image, track_meta=False)[None].to(self.device)
-        flips = flip_sets(x.dim() - 2) if self.settings.get("tta") else [()]
+        flips = flip_sets(x.dim() - 2) if self.settings.tta else [()]
         total: torch.Tensor | None = None
         with torch.inference_mode():
             for net, roi in zip(self.networks, self.rois):
                 for dims in flips:
                     xi = torch.flip(x, dims) if dims else x
                     logits = sliding_window_inference(
-                        xi, roi, int(self.settings.get("sw_batch_size", 1)), net,
-                        overlap=float(self.settings.get("overlap", 0.5)), mode=self.settings.get("blend", "gaussian"),
-                        sw_device=self.device, device=torch.device("cpu"),
+                        xi, roi, self.settings.sw_batch_size, net, overlap=self.settings.overlap,
+                        mode=self.settings.blend,
+                        sw_device=net.device, device=torch.device("cpu"),
                     )
                     del xi
-                    probs = activation_(convert_to_tensor(logits, track_meta=False).float(), self.labels.mode)
+                    probs = self.labels.activate(convert_to_tensor(logits, track_meta=False).float(), inplace=True)
                     probs = torch.flip(probs, dims) if dims else probs
                     if total is None:
                         total = probs

@@ -32,7 +32,7 @@ from factorseg.errors import InputError
 if TYPE_CHECKING:
     import torch
 
-    from factorseg.models.bundle import LoadedModel
+    from factorseg.inference.loading import LoadedModel
     from factorseg.inference.pipeline import SegmentationPredictor
 
 PathLike = Union[str, Path]
@@ -58,10 +58,10 @@ class Prediction:
 
 
 def _checked_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Inference options checked with the config's own types and limits (``factorseg.config.recipes`` schema)."""
-    from factorseg.config.recipes import schema
+    """Inference options checked with the config's own types and limits (``factorseg.config.SCHEMA``)."""
+    from factorseg.config import SCHEMA
 
-    specs = schema()["inference"].keys
+    specs = SCHEMA["inference"].keys
     for key, value in options.items():
         if value is not None:
             specs[key].check(value, key)
@@ -76,13 +76,15 @@ class Predictor:
     """Segment scans with a trained model (or an ensemble) from Python.
 
     Build one with :meth:`from_pretrained` (a model shipped with the package) or :meth:`from_file` (a bundle
-    ``.pt``, a Lightning ``.ckpt`` of ``factorseg train``, or an exported ``.onnx`` with its sidecar config).
+    ``.pt``, a Lightning ``.ckpt`` of ``factorseg train``, or an exported ONNX / TorchScript graph with its sidecar
+    config), or from models loaded with :func:`factorseg.inference.loading.load_model`, which are left as they are
+    (the predictor runs its own copy where the device or ``nmf_iters`` differ).
     Options are those of ``factorseg predict``; ``None`` takes the model's own default:
 
     * ``device``: ``cpu`` (default), ``cuda`` or ``cuda:N``;
     * ``overlap``: sliding-window overlap in [0, 1); ``blend``: ``gaussian`` or ``constant``;
     * ``sw_batch_size``: windows per forward pass (1 to 1024); ``tta``: average over all axis flips;
-    * ``nmf_iters``: NMF iterations at test time (0 to 1000; fewer = faster; not for ONNX graphs).
+    * ``nmf_iters``: NMF iterations at test time (0 to 1000; fewer = faster; fixed in exported graphs).
 
     Bad options or inputs raise a one-line :class:`factorseg.errors.InputError`. Inputs are never modified.
 
@@ -96,9 +98,9 @@ class Predictor:
 
     def __init__(self, models: LoadedModel | Sequence[LoadedModel], *, device: str = "cpu",
                  overlap: float | None = None, blend: str | None = None, sw_batch_size: int | None = None,
-                 tta: bool | None = None, nmf_iters: int | None = None, networks: Sequence[Any] | None = None) -> None:
+                 tta: bool | None = None, nmf_iters: int | None = None) -> None:
         from factorseg.inference import pipeline as inference
-        from factorseg.models.bundle import LoadedModel
+        from factorseg.inference.loading import LoadedModel
 
         loaded = [models] if isinstance(models, LoadedModel) else list(models)
         if not isinstance(device, str):
@@ -107,7 +109,7 @@ class Predictor:
                                     "tta": tta, "nmf_iters": nmf_iters})
         self.options = inference.InferenceOptions(**options, device=device)
         #: The ensemble that does the work (:class:`factorseg.inference.pipeline.SegmentationPredictor`).
-        self.engine: SegmentationPredictor = inference.SegmentationPredictor(loaded, self.options, networks)
+        self.engine: SegmentationPredictor = inference.SegmentationPredictor(loaded, self.options)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -118,19 +120,18 @@ class Predictor:
         >>> factorseg.Predictor.from_pretrained("hippocampus").channels
         ['MRI']
         """
-        from factorseg.models.bundle import load_bundle
-        from factorseg.inference.loading import shipped_models
+        from factorseg.inference.loading import load_model, shipped_models
 
         shipped = shipped_models()
         if not isinstance(name, str) or name not in shipped:
             names = ", ".join(sorted(shipped)) or "none"
             raise InputError(f"{name!r} is not a shipped model (shipped: {names}); use Predictor.from_file for a file")
-        return cls(load_bundle(shipped[name]), **options)
+        return cls(load_model(shipped[name]), **options)
 
     @classmethod
     def from_file(cls, path: PathLike | Sequence[PathLike], **options: Any) -> Predictor:
-        """A model file: bundle (``.pt``), Lightning checkpoint (``.ckpt``) or exported ONNX graph (``.onnx``,
-        run with onnxruntime; its ``.onnx.json`` config beside it). Several paths make an ensemble.
+        """A model file: bundle (``.pt``), Lightning checkpoint (``.ckpt``) or exported graph (``.onnx`` run with
+        onnxruntime, or TorchScript; its ``<file>.json`` config beside it). Several paths make an ensemble.
 
         Files are read with ``torch.load(weights_only=True)`` (tensors and plain data, never code).
 
@@ -139,22 +140,12 @@ class Predictor:
         >>> factorseg.Predictor.from_file(shipped_models()["hippocampus"]).label_names
         ['background', 'Anterior', 'Posterior']
         """
-        from factorseg.models.bundle import exported_kind, load_bundle
+        from factorseg.inference.loading import load_model
 
         paths = [Path(path)] if _is_path(path) else [Path(p) for p in path]  # type: ignore[union-attr]
         if not paths:
             raise InputError("from_file: no model file given")
-        onnx = [exported_kind(p) == "onnx" for p in paths if p.exists()]
-        if any(onnx):
-            if not all(onnx) or len(onnx) != len(paths):
-                raise InputError("from_file: an ensemble is either all ONNX exports or all bundles/checkpoints")
-            if options.get("nmf_iters") is not None:
-                raise InputError("nmf_iters cannot change an exported ONNX graph; re-export with the wanted iterations")
-            from factorseg.inference.export import load_onnx_bundle
-
-            pairs = [load_onnx_bundle(p) for p in paths]
-            return cls([m for m, _ in pairs], networks=[n for _, n in pairs], **options)
-        return cls([load_bundle(p) for p in paths], **options)
+        return cls([load_model(p) for p in paths], **options)
 
     # ------------------------------------------------------------------ what the model expects
     @property
@@ -169,7 +160,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def _case(self, images: Sequence[PathLike]) -> dict[str, Any]:
-        from factorseg.data.formats import strip_nifti
+        from factorseg.io import strip_nifti
 
         n = len(self.channels)
         if len(images) not in (1, n):
@@ -182,7 +173,7 @@ class Predictor:
 
     def _array_case(self, images: Any, affine: Any, folder: Path) -> dict[str, Any]:
         """The voxels written as one float32 NIfTI per channel into ``folder`` (the file path's own pipeline)."""
-        from factorseg.io.nifti import save_nifti
+        from factorseg.io import save_nifti
 
         if type(images).__module__.startswith("torch"):
             images = images.detach().cpu().numpy()
@@ -260,10 +251,10 @@ class Predictor:
         >>> factorseg.Predictor.from_pretrained("hippocampus").predict_to_nifti(np.zeros((24, 24, 24)), out).name
         'mask.nii.gz'
         """
-        from factorseg.io.nifti import save_nifti
+        from factorseg.io import is_nifti_name, save_nifti
 
         out = Path(output_path)
-        if not out.name.endswith((".nii", ".nii.gz")):
+        if not is_nifti_name(out.name):
             raise InputError(f"{out}: output name must end in .nii or .nii.gz")
         if out.is_dir():
             raise InputError(f"{out}: is a folder, cannot write a file there")

@@ -1,12 +1,15 @@
-"""Safe file I/O: validated NIfTI reading, grid consistency checks, atomic writes and checkpoints.
+"""NIfTI files: their names, validated reading, grid checks and writing.
 
-Everything a user hands to the CLI goes through here, so that a bad file produces a one-line
-:class:`~factorseg.errors.InputError` naming the file and the problem instead of a traceback from deep
-inside nibabel, gzip or pickle. Inputs are only ever opened for reading, and only if they are regular files
-(FIFOs, devices and sockets are refused before opening). Memory is bounded before any voxel is read: a header
-that promises more voxel data than its file can hold, or more than :func:`max_voxels` voxels
-(``FACTORSEG_MAX_VOXELS``), is refused from the header alone. Outputs are written to a temporary file in the
-destination folder and renamed into place, so an interrupted run never leaves a half-written file.
+Names: :data:`NIFTI_SUFFIXES` (``.nii.gz``, ``.nii``, in any letter case), :func:`is_nifti_name`,
+:func:`strip_nifti` (the case id of a file name) and :func:`split_channel_suffix` (nnU-Net's ``_XXXX`` channel
+suffix), used by every stage that lists, pairs or names NIfTI files.
+
+Reading: everything a user hands to the CLI goes through here, so that a bad file produces a one-line
+:class:`~factorseg.errors.InputError` naming the file and the problem instead of a traceback from deep inside
+nibabel or gzip. Inputs are only opened if they are regular files (see :mod:`factorseg.io.files`). Memory is
+bounded before any voxel is read: a header that promises more voxel data than its file can hold, or more than
+:func:`max_voxels` voxels (``FACTORSEG_MAX_VOXELS``), is refused from the header alone. :func:`save_nifti`
+writes atomically.
 """
 
 from __future__ import annotations
@@ -15,50 +18,39 @@ import gzip
 import io
 import math
 import os
-import secrets
-import stat
+import re
 import zlib
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import nibabel as nib
 import numpy as np
-import torch
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError, SpatialImage
 
-from factorseg import __version__
 from factorseg.errors import InputError
+from factorseg.io.files import PathLike, _one_line, _open_regular, _stat_regular, atomic_write
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "DEFAULT_MAX_VOXELS",
     "MAX_VOXELS_ENV",
     "NIFTI_SUFFIXES",
-    "InputWarning",
     "Volume",
-    "atomic_path",
-    "atomic_write",
-    "check_regular_file",
     "check_same_grid",
-    "join_problems",
-    "load_checkpoint",
+    "is_nifti_name",
     "max_voxels",
     "read_header",
     "read_image",
-    "save_checkpoint",
     "save_nifti",
+    "split_channel_suffix",
+    "strip_nifti",
 ]
 
-#: Version of the checkpoint layout written by :func:`save_checkpoint`; bump it on incompatible changes.
-CHECKPOINT_FORMAT = 1
-
-#: File name endings accepted as NIfTI (single-file NIfTI-1 or NIfTI-2, optionally gzip-compressed).
+#: File name endings accepted as NIfTI (single-file NIfTI-1 or NIfTI-2, optionally gzip-compressed), matched
+#: in any letter case.
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 #: Environment variable that sets the largest number of voxels a NIfTI file may hold (see :func:`max_voxels`).
@@ -74,15 +66,31 @@ _NIFTI1_HEADER_SIZE = 348
 _NIFTI2_HEADER_SIZE = 540
 # Errors that nibabel raises for a header it cannot use or voxel data shorter than the header says.
 _READ_ERRORS = (OSError, ValueError, ImageFileError, HeaderDataError)
+# nnU-Net names channel files <case>_<XXXX>: a four-digit channel index after the case id.
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
-PathLike = str | os.PathLike[str]
+
+def _nifti_suffix(name: str) -> str | None:
+    """The NIfTI ending of a file name, lower-cased (``.nii.gz`` or ``.nii``), or None."""
+    lower = name.lower()
+    return next((s for s in NIFTI_SUFFIXES if lower.endswith(s)), None)
 
 
-class InputWarning(UserWarning):
-    """A user file was usable only after an adjustment (e.g. resampled onto another channel's grid).
+def is_nifti_name(name: str) -> bool:
+    """Whether a file name ends in ``.nii`` or ``.nii.gz`` (any letter case)."""
+    return _nifti_suffix(name) is not None
 
-    The CLI prints these as one ``factorseg: warning: ...`` line.
-    """
+
+def strip_nifti(name: str) -> str:
+    """File name without its NIfTI ending (the case id of ``case.nii.gz``); other names unchanged."""
+    suffix = _nifti_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def split_channel_suffix(stem: str) -> tuple[str, int | None]:
+    """nnU-Net channel files: ``"case_0001"`` -> ``("case", 1)``; a stem without ``_XXXX`` -> ``(stem, None)``."""
+    match = _CHANNEL_SUFFIX.match(stem)
+    return (stem, None) if match is None else (match["case"], int(match["channel"]))
 
 
 @dataclass(frozen=True)
@@ -104,82 +112,10 @@ class Volume:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
 
 
-def _one_line(exc: BaseException) -> str:
-    """First line of an exception message, so that InputError messages stay one line."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _nifti_suffix(path: Path) -> str | None:
-    name = path.name.lower()
-    return next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
-
-
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-
-
-def check_regular_file(path: PathLike, what: str = "file", expected: str = "a NIfTI file (.nii or .nii.gz)") -> int:
-    """Size of ``path`` if it is a regular file (symbolic links followed); a one-line InputError otherwise.
-
-    Missing paths and broken links (``<path>: <what> not found``), folders (``expected <expected>``), FIFOs,
-    devices (such as ``/dev/zero`` behind a link named ``.nii.gz``) and sockets are refused from ``os.stat``
-    alone, before anything is opened: reading them would block or never end.
-    """
-    return _stat_regular(Path(path), what, expected).st_size
-
-
-def _stat_regular(path: Path, what: str = "file", expected: str = "a NIfTI file (.nii or .nii.gz)") -> os.stat_result:
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        broken = " (broken symbolic link)" if os.path.islink(path) else ""
-        raise InputError(f"{path}: {what} not found{broken}") from None
-    except PermissionError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
-    except OSError as exc:  # symbolic-link loops, names too long, ...
-        raise InputError(f"{path}: cannot be read ({exc.strerror or _one_line(exc)})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise InputError(f"{path}: is a folder, expected {expected}")
-    if not stat.S_ISREG(info.st_mode):
-        target = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
-        raise InputError(f"{path}: is {_kind(info.st_mode)}{target}, not a regular file")
-    return info
-
-
-def _open_regular(path: Path) -> tuple[BinaryIO, int]:
-    """Open a regular file for reading; return it and its size.
-
-    The file is opened with ``O_NONBLOCK`` and checked again with ``fstat`` on the open descriptor, so that a
-    path swapped for a FIFO or device after :func:`_stat_regular` still cannot block or stream forever.
-    """
-    _stat_regular(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except PermissionError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror or _one_line(exc)})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise InputError(f"{path}: is {_kind(info.st_mode)}, not a regular file")
-    return os.fdopen(fd, "rb"), info.st_size
-
-
 def _check_nifti_path(path: Path) -> str:
     """Refuse missing paths, folders, special files and names without a NIfTI ending; return the ending."""
     _stat_regular(path)
-    suffix = _nifti_suffix(path)
+    suffix = _nifti_suffix(path.name)
     if suffix is None:
         raise InputError(f"{path}: not a NIfTI file (expected a name ending in .nii or .nii.gz)")
     return suffix
@@ -512,25 +448,6 @@ def read_header(path: PathLike, expect_3d: bool = True) -> tuple[tuple[int, ...]
     return layout.shape, affine
 
 
-def join_problems(problems: Sequence[str], shown: int = 5, named: int = 20) -> str:
-    """One line for a list of one-line problems: the problem itself, or ``N unusable inputs: a; b; ...``.
-
-    The first ``shown`` problems are quoted in full and the next ``named`` only by what they are about (the text
-    before their first ``": "``, normally the file), so that the line names every bad input of any sensible
-    batch; beyond that it ends with how many more there are.
-    """
-    problems = list(dict.fromkeys(problems))  # the same problem found twice is one problem
-    if len(problems) == 1:
-        return problems[0]
-    line = f"{len(problems)} unusable inputs: " + "; ".join(problems[:shown])
-    rest = problems[shown:]
-    if rest:
-        names = ", ".join(p.split(": ", 1)[0] for p in rest[:named])
-        beyond = f" and {len(rest) - named} more" if len(rest) > named else ""
-        line += f"; and {len(rest)} more: {names}{beyond}"
-    return line
-
-
 def _grid_of(item: Volume | SpatialImage | PathLike, index: int) -> tuple[str, tuple[int, int, int], np.ndarray]:
     """(name, spatial shape, affine) of an image given as Volume, nibabel image or path (read and validated)."""
     if isinstance(item, Volume):
@@ -617,52 +534,6 @@ def check_same_grid(
     return warnings
 
 
-@contextmanager
-def atomic_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place on success, delete it on any error.
-
-    The temporary name keeps the destination's file name as its ending (``.tmp-<random>-<name>``) so that
-    writers which pick a format from the suffix (nibabel: ``.nii.gz``) behave as for the final name. An
-    existing destination is refused with :class:`InputError` unless ``overwrite`` is true; without
-    overwrite the final step is a hard link, which fails instead of clobbering a file created meanwhile.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: output folder {path.parent} does not exist")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, cannot write a file there")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: already exists (pass overwrite to replace it)")
-    tmp = path.with_name(f".tmp-{secrets.token_hex(6)}-{path.name}")
-    try:
-        yield tmp
-        if not tmp.is_file():
-            raise FileNotFoundError(f"the writer did not create {tmp}")
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError as exc:
-                raise InputError(f"{path}: already exists (pass overwrite to replace it)") from exc
-            except OSError:  # file systems without hard links
-                if path.exists():
-                    raise InputError(f"{path}: already exists (pass overwrite to replace it)") from None
-                os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write(path: PathLike, content: bytes | Callable[[Path], object], overwrite: bool = False) -> Path:
-    """Write ``content`` (bytes, or a function that writes to the path it is given) atomically to ``path``."""
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        if isinstance(content, bytes | bytearray | memoryview):
-            tmp.write_bytes(bytes(content))
-        else:
-            content(tmp)
-    return Path(path)
-
-
 def save_nifti(
     array: np.ndarray,
     affine: np.ndarray,
@@ -677,7 +548,7 @@ def save_nifti(
     updated and its display window and intent are cleared; without one, qform and sform are both set to ``affine`` with code 1 (scanner coordinates).
     """
     path = Path(path)
-    if _nifti_suffix(path) is None:
+    if not is_nifti_name(path.name):
         raise InputError(f"{path}: output name must end in .nii or .nii.gz")
     data = np.asarray(array) if dtype is None else np.asarray(array, dtype=dtype)
     img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64), header=header)
@@ -690,66 +561,3 @@ def save_nifti(
         img.header.set_intent("none")
     atomic_write(path, img.to_filename, overwrite=overwrite)
     return path
-
-
-def _check_plain(obj: Any, where: str) -> None:
-    """Raise TypeError unless ``obj`` is built from types that ``torch.load(weights_only=True)`` restores."""
-    if obj is None or type(obj) in (str, int, float, bool) or isinstance(obj, torch.Tensor):
-        return
-    if type(obj) in (dict, OrderedDict):
-        for key, value in obj.items():
-            if type(key) not in (str, int):
-                raise TypeError(f"checkpoint key {key!r} in {where} must be str or int")
-            _check_plain(value, f"{where}[{key!r}]")
-        return
-    if type(obj) in (list, tuple):
-        for i, value in enumerate(obj):
-            _check_plain(value, f"{where}[{i}]")
-        return
-    raise TypeError(
-        f"{where} has type {type(obj).__name__}; checkpoints hold only tensors, str/int/float/bool/None, "
-        "lists, tuples and dicts"
-    )
-
-
-def save_checkpoint(obj: Mapping[str, Any], path: PathLike, overwrite: bool = False) -> Path:
-    """Write a checkpoint dict atomically, stamped with ``format_version`` and ``factorseg_version``.
-
-    Only plain data is accepted (tensors, numbers, strings, lists, tuples, dicts) so that
-    :func:`load_checkpoint` can read it back without unpickling arbitrary objects.
-    """
-    payload = dict(obj)
-    payload["format_version"] = CHECKPOINT_FORMAT
-    payload["factorseg_version"] = __version__
-    _check_plain(payload, "checkpoint")
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), overwrite=overwrite)
-
-
-def load_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` on the CPU, refusing to unpickle code.
-
-    Uses ``torch.load(weights_only=True)``, which only restores tensors and plain containers; files that
-    are not torch checkpoints, hold other objects, or use another checkpoint format raise :class:`InputError`.
-    """
-    path = Path(path)
-    # FIFOs and devices would block or never end: refused from os.stat before torch opens anything
-    if _stat_regular(path, "checkpoint", "a checkpoint file").st_size == 0:
-        raise InputError(f"{path}: checkpoint file is empty")
-    refused = f"{path}: is not a factorseg checkpoint or contains untrusted objects (refused to unpickle)"
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
-    except Exception as exc:  # noqa: BLE001 - arbitrary bytes make the weights-only unpickler fail in many ways
-        raise InputError(refused) from exc
-    if not isinstance(obj, dict) or "format_version" not in obj:
-        raise InputError(f"{path}: is not a factorseg checkpoint (no format_version entry)")
-    version = obj["format_version"]
-    if version != CHECKPOINT_FORMAT:
-        written_by = obj.get("factorseg_version", "an unknown version")
-        hint = "upgrade factorseg" if isinstance(version, int) and version > CHECKPOINT_FORMAT else "re-export it"
-        raise InputError(
-            f"{path}: checkpoint format {version!r} (written by factorseg {written_by}) is not supported; "
-            f"factorseg {__version__} reads format {CHECKPOINT_FORMAT}: {hint}"
-        )
-    return obj

@@ -1,16 +1,16 @@
-"""Trained-model files: plain-data config + weights, loaded without unpickling code.
+"""Trained-model files: plain-data config + weights, read without unpickling code.
 
 A bundle holds what prediction needs and nothing that executes: the model's registry name and
 constructor arguments, the label convention, the preprocessing, the channel names, inference
-defaults and the ``state_dict``. Lightning ``.ckpt`` files from ``factorseg train`` load too
-(``weights_only=True``).
+defaults and the ``state_dict``. Lightning ``.ckpt`` files from ``factorseg train`` read too
+(``weights_only=True``). This module owns the file format (:func:`save_bundle`, :func:`read_bundle`,
+:func:`exported_kind`); :func:`factorseg.inference.loading.load_model` is where every model is loaded.
 """
 
 from __future__ import annotations
 
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,9 @@ import torch
 from torch import nn
 
 from factorseg import models
-from factorseg.config.recipes import validate_bundle_config
-from factorseg.data.labels import LabelSpec
-from factorseg.data.transforms import TransformConfig
+from factorseg.config import validate_bundle_config
 from factorseg.errors import InputError
-from factorseg.io.nifti import check_regular_file, load_checkpoint, save_checkpoint
+from factorseg.io import load_checkpoint, save_checkpoint
 
 BUNDLE_KEYS = ("model", "labels", "transforms", "channels", "inference")
 
@@ -54,30 +52,6 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
         named = [key for key in kwargs if re.search(rf"\b{re.escape(key)}\b", first)]
         where = f"model.{named[0]}" if named else f"model {name!r}"
         raise InputError(f"{where}: cannot build {name} with these settings ({first})") from None
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for inference and the settings it was trained with.
-
-    ``model`` is None for an exported graph, which runs through its own runner instead.
-    """
-
-    model: nn.Module | None
-    config: dict[str, Any]
-    path: Path
-
-    @property
-    def labels(self) -> LabelSpec:
-        return LabelSpec.from_dict(self.config["labels"])
-
-    @property
-    def transforms(self) -> TransformConfig:
-        return TransformConfig.from_dict(self.config["transforms"])
-
-    @property
-    def channels(self) -> list[str]:
-        return list(self.config["channels"])
 
 
 def bundle_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -143,16 +117,6 @@ def exported_kind(path: Path) -> str | None:
     return None
 
 
-def _refuse_exported(path: Path) -> None:
-    kind = exported_kind(path)
-    if kind == "onnx":
-        raise InputError(f"{path}: is an exported ONNX model, not a bundle; run it with `factorseg predict "
-                         "--backend onnxruntime` (other commands need the .pt bundle it was exported from)")
-    if kind == "torchscript":
-        raise InputError(f"{path}: is an exported TorchScript model, not a bundle; use the .pt bundle it was "
-                         "exported from (or run it with torch.jit.load)")
-
-
 def check_weights(state: Any, path: Path | str) -> dict[str, torch.Tensor]:
     """A state dict of tensors whose floating-point values are all finite (one-line InputError otherwise)."""
     if not isinstance(state, dict) or not state or not all(
@@ -168,19 +132,13 @@ def check_weights(state: Any, path: Path | str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_bundle(path: str | Path) -> LoadedModel:
-    """Load a bundle (``.pt``) or a Lightning checkpoint (``.ckpt``) for inference, in eval mode.
+def read_bundle(path: Path) -> tuple[dict[str, Any], nn.Module]:
+    """The config and the network (eval mode, on the CPU) of a bundle (``.pt``) or a Lightning checkpoint (``.ckpt``).
 
     Both are read with ``torch.load(weights_only=True)``: tensors and plain data only, never code. The config
-    is checked in full (:func:`factorseg.config.recipes.validate_bundle_config`) and every weight must be finite.
+    is checked in full (:func:`factorseg.config.validate_bundle_config`) and every weight must be finite.
+    ``path`` is a regular file that is no exported graph (:func:`factorseg.inference.loading.load_model` sees to it).
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: model file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a model file (.pt or .ckpt)")
-    check_regular_file(path, "model file", "a model file (.pt or .ckpt)")  # a FIFO or device would block
-    _refuse_exported(path)
     raw = _from_lightning(path) if path.suffix == ".ckpt" else load_checkpoint(path)
     config, state = raw.get("config"), raw.get("state_dict")
     if not isinstance(config, dict):
@@ -196,4 +154,4 @@ def load_bundle(path: str | Path) -> LoadedModel:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit the model it describes ({str(exc).splitlines()[0]})") from exc
-    return LoadedModel(model.eval(), config, path)
+    return config, model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
@@ -11,18 +12,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from factorseg.models.blocks import (
-    ConvBlock,
-    ConvStem,
-    Downsample,
-    Dropout,
-    FactorizerBlock,
-    PositionalEmbedding,
-    Upsample,
-    conv_nd,
-    window_path,
-)
-from factorseg.models.layers.nmf import Init, Solver
+from factorseg.models.blocks import ConvBlock, ConvStem, Downsample, FactorizerBlock, PositionalEmbedding, Upsample
+from factorseg.models.layers.conv import conv_nd
+from factorseg.models.layers.dropout import Dropout
+from factorseg.models.layers.mixer import with_mixer_path
+from factorseg.models.layers.nmf import Init, NMFConfig, Solver
 
 Variant = Literal["swin", "local", "global"]
 
@@ -157,6 +151,7 @@ class Factorizer(nn.Module):
         self.checkpoint_blocks = checkpoint_blocks
         self.total_stride = 2 ** (levels - 1)
         self._seed = seed
+        nmf = NMFConfig(rank, nmf_iters, solver, init, backprop_iters, seed, eps)
 
         def blocks(channels: int, depth: int) -> nn.Sequential:
             made = []
@@ -164,8 +159,7 @@ class Factorizer(nn.Module):
                 made.append(
                     FactorizerBlock(
                         channels, spatial_dims, mlp_ratio, dropout, head_dim=head_dim, window_size=window,
-                        shifts=shift_list, rank=rank, num_iters=nmf_iters, solver=solver, init=init,
-                        backprop_iters=backprop_iters, seed=self._seed, in_bias=proj_bias, eps=eps,
+                        shifts=shift_list, nmf=dataclasses.replace(nmf, seed=self._seed), in_bias=proj_bias,
                     )
                 )
                 self._seed += 1
@@ -278,11 +272,13 @@ def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
     """Floating-point operations (a multiply-add counts 2) of one eval-mode forward pass on zeros.
 
     Convolutions and matrix products only. The NMF mixers are counted in their window formulation
-    (``X^T u`` and ``V (U^T W_out^T)`` per window, as in the paper), whatever path they run by default,
-    so that the figure describes the architecture rather than this implementation's shortcuts.
+    (``X^T u`` and ``V (U^T W_out^T)`` per window, as in the paper; a copy of ``model`` whose mixers
+    take the window path runs), so that the figure describes the architecture rather than this
+    implementation's shortcuts.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with window_path(model), eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(*shape))
+    counted = with_mixer_path(model, "windows").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        counted(torch.zeros(*shape))
     return int(counter.get_total_flops())

@@ -604,7 +604,7 @@ def bundle_config(
     ``spacing="auto"``: 1 mm isotropic for MSD Task01 (BraTS) labels, the images' own spacing otherwise.
     ``crop`` (the training patch edge) defaults to the positional embedding's size times the total stride.
     """
-    from factorseg.config.recipes import load_recipe
+    from factorseg.config import load_recipe
     from factorseg.data.transforms import TransformConfig
 
     label_dict = _labels(labels, int(model_cfg["out_channels"]))

@@ -10,12 +10,15 @@ import lightning.pytorch as pl
 import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DeepSupervisionLoss, DiceCELoss
-from monai.metrics import DiceMetric
+from monai.metrics import CumulativeIterationMetric
+from monai.metrics.utils import do_metric_reduction
 from monai.utils import convert_to_tensor
 from torch import Tensor
 
+from factorseg.config import InferenceConfig, TrainConfig
 from factorseg.models.bundle import build_model
 from factorseg.data.labels import LabelSpec
+from factorseg.evaluation.metrics import dice_from_counts
 from factorseg.training.data import derive_seed
 
 
@@ -25,24 +28,29 @@ def _plain(x: Any) -> Tensor:
 
 
 def make_loss(labels: LabelSpec, ds_weights: list[float] | None, squared_pred: bool = False) -> torch.nn.Module:
-    """Dice + cross-entropy (softmax classes) or Dice + binary cross-entropy (sigmoid regions, every channel).
+    """MONAI's Dice + cross-entropy with the flags of ``labels`` (:attr:`LabelSpec.loss_options`), deep-supervised.
 
     ``squared_pred`` squares the predictions in the Dice denominator (the paper's BraTS and ISLES'22 loss).
     """
-    common = dict(smooth_nr=1e-5, smooth_dr=1e-5, squared_pred=squared_pred)
-    if labels.mode == "regions":
-        base = DiceCELoss(sigmoid=True, include_background=True, **common)
-    else:
-        base = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, **common)
+    base = DiceCELoss(smooth_nr=1e-5, smooth_dr=1e-5, squared_pred=squared_pred, **labels.loss_options)
     return DeepSupervisionLoss(base, weight_mode="exp", weights=ds_weights)
 
 
-def discretize(logits: Tensor, labels: LabelSpec) -> Tensor:
-    """One-hot decisions ``(B, C, ...)``: thresholded sigmoids for regions, argmax for classes."""
-    if labels.mode == "regions":
-        return (torch.sigmoid(logits) > 0.5).float()
-    index = logits.argmax(dim=1, keepdim=True)
-    return torch.zeros_like(logits).scatter_(1, index, 1.0)
+class ValidationDice(CumulativeIterationMetric):
+    """Per-case Dice of each scored structure, scored as ``factorseg evaluate`` scores it (an empty reference
+    gives 1 with an empty prediction and 0 otherwise, through :func:`dice_from_counts`), so that the model kept
+    as ``model_best.pt`` is the best by the evaluation's own rule; cases are gathered across processes."""
+
+    def _compute_tensor(self, y_pred: Tensor, y: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """Dice ``(B, S)`` of boolean decisions ``y_pred`` against boolean references ``y``, ``(B, S, *spatial)``."""
+        assert y is not None
+        counts = [m.flatten(2).sum(-1).tolist() for m in (y_pred & y, y_pred, y)]
+        scores = [[dice_from_counts(*c) for c in zip(*case)] for case in zip(*counts)]
+        return torch.tensor(scores, dtype=torch.float32, device=y_pred.device)
+
+    def aggregate(self) -> Tensor:
+        """Mean Dice of each structure ``(S,)`` over the cases seen since the last reset."""
+        return do_metric_reduction(self.get_buffer(), "mean_batch")[0]
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -63,12 +71,11 @@ class ValidationStats:
     predicted: int = 0
     reference: list[int] = field(default_factory=list)
 
-    def add(self, pred: Tensor, target: Tensor, mode: str) -> None:
-        """One batch of discretised predictions and one-hot / region targets ``(B, C, *spatial)``."""
-        first = 0 if mode == "regions" else 1  # classes: channel 0 is the background
+    def add(self, pred: Tensor, target: Tensor) -> None:
+        """One batch of boolean decisions and references per scored structure ``(B, S, *spatial)``."""
         self.cases += int(pred.shape[0])
-        self.predicted += int((pred[:, first:] > 0.5).any(dim=1).sum())
-        counts = (target[:, first:] > 0.5).flatten(2).sum(dim=(0, 2)).tolist()
+        self.predicted += int(pred.any(dim=1).sum())
+        counts = target.flatten(2).sum(dim=(0, 2)).tolist()
         self.reference = [a + int(b) for a, b in zip(self.reference, counts)] if self.reference else [
             int(b) for b in counts]
 
@@ -82,9 +89,10 @@ class SegmentationModule(pl.LightningModule):
         self.config = config
         self.labels = LabelSpec.from_dict(config["labels"])
         self.model = build_model(config["model"])
-        train = config["train"]
-        self.loss = make_loss(self.labels, train.get("deep_supervision_weights"), train.get("squared_pred", False))
-        self.dice = DiceMetric(include_background=self.labels.mode == "regions", reduction="mean_batch")
+        self.train_cfg = TrainConfig.from_dict(config["train"])
+        self.inference_cfg = InferenceConfig.from_dict(config["inference"])
+        self.loss = make_loss(self.labels, self.train_cfg.deep_supervision_weights, self.train_cfg.squared_pred)
+        self.dice = ValidationDice()
         self.val_stats = ValidationStats()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -92,7 +100,7 @@ class SegmentationModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Dropout and any in-model randomness: a pure function of (seed, epoch, rank), so resuming is exact.
-        torch.manual_seed(derive_seed(self.config["train"]["seed"], self.current_epoch, self.global_rank, 1))
+        torch.manual_seed(derive_seed(self.train_cfg.seed, self.current_epoch, self.global_rank, 1))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         image, target = _plain(batch["image"]), _plain(batch["label"])
@@ -106,15 +114,13 @@ class SegmentationModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, target = _plain(batch["image"]), _plain(batch["label"])
-        inf = self.config["inference"]
+        inf = self.inference_cfg
         logits = sliding_window_inference(
-            image, self.config["transforms"]["roi_size"], inf.get("sw_batch_size", 1), self.model,
-            overlap=inf.get("overlap", 0.5), mode=inf.get("blend", "gaussian"),
+            image, self.config["transforms"]["roi_size"], inf.sw_batch_size, self.model, overlap=inf.overlap,
+            mode=inf.blend,
         )
-        pred = discretize(logits, self.labels)
-        if self.labels.mode == "classes":
-            target = torch.zeros_like(pred).scatter_(1, target.long(), 1.0)
-        self.val_stats.add(pred, target, self.labels.mode)
+        pred, target = self.labels.structure_masks(logits), self.labels.target_masks(target)
+        self.val_stats.add(pred, target)
         self.dice(pred, target)
 
     def on_validation_epoch_start(self) -> None:
@@ -123,15 +129,14 @@ class SegmentationModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         per_structure = self.dice.aggregate()
         self.dice.reset()
-        names = self.labels.names if self.labels.mode == "regions" else self.labels.names[1:]
-        for name, value in zip(names, per_structure):
+        for name, value in zip(self.labels.structure_names, per_structure):
             self.log(f"val/dice_{name}", value, sync_dist=True)
         self.log("val/dice", per_structure.nanmean(), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        train = self.config["train"]
-        optimizer = torch.optim.AdamW(self.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
-        steps = train["steps_per_epoch"]
-        warmup, total = max(1, int(train["warmup_epochs"] * steps)), train["epochs"] * steps
+        train = self.train_cfg
+        optimizer = torch.optim.AdamW(self.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        steps = train.steps_per_epoch
+        warmup, total = max(1, int(train.warmup_epochs * steps)), train.epochs * steps
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import platform
@@ -31,13 +30,22 @@ from torch.utils.data import DataLoader
 
 from factorseg import models
 from factorseg.models.bundle import check_weights, save_bundle
-from factorseg.config.recipes import SECTIONS, save_config, validate_recipe
+from factorseg.config import (
+    SCHEMA,
+    SECTIONS,
+    DataConfig,
+    TrainConfig,
+    effective_channels,
+    load_recipe,
+    save_config,
+    validate_recipe,
+)
 from factorseg.data.formats import DatasetInfo, load_dataset
 from factorseg.data.labels import LabelSpec, get_label_spec
 from factorseg.data.splits import load_or_create_splits, make_splits
 from factorseg.data.transforms import LoadCased, TransformConfig, train_transforms, val_transforms
-from factorseg.errors import InputError
-from factorseg.io.nifti import InputWarning, atomic_path, atomic_write
+from factorseg.errors import InputError, InputWarning
+from factorseg.io import atomic_path, atomic_write, write_json
 from factorseg.training.data import CaseDataset, EpochSampler
 from factorseg.training.module import SegmentationModule, ValidationStats
 
@@ -246,8 +254,6 @@ _FIXED_ON_RESUME = {
 
 
 def _check_resume_changes(out_dir: Path, cfg: dict[str, Any]) -> None:
-    from factorseg.config.recipes import load_recipe
-
     saved_path = out_dir / "config.yaml"
     if not saved_path.is_file():
         raise InputError(f"--resume: {saved_path} not found; is {out_dir} a factorseg run?")
@@ -263,20 +269,16 @@ def _check_resume_changes(out_dir: Path, cfg: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
-#: What ``train.init_from_heads`` may say: load the source's output heads too, or let them start fresh.
-INIT_HEADS = ("load", "skip")
-
-
 def init_source(name_or_path: str) -> tuple[str, Any]:
     """What ``train.init_from`` records (a file's absolute path, or a shipped name) and the loaded model
-    (:func:`factorseg.inference.loading.resolve_model`: bundles, factorseg Lightning checkpoints and shipped names,
+    (:func:`factorseg.inference.loading.load_model`: bundles, factorseg Lightning checkpoints and shipped names,
     read with ``weights_only=True``)."""
-    from factorseg.inference.loading import resolve_model
+    from factorseg.inference.loading import load_model
 
     path = Path(name_or_path).expanduser()
     recorded = str(path.resolve()) if path.exists() else name_or_path
     try:
-        return recorded, resolve_model(str(path) if path.exists() else name_or_path)
+        return recorded, load_model(str(path) if path.exists() else name_or_path, backend="torch")
     except InputError as exc:
         raise InputError(f"train.init_from: {exc}") from None
 
@@ -330,15 +332,12 @@ def init_weights(source: Any, recorded: str, model_cfg: dict[str, Any], heads: s
     out (they start fresh, so out_channels may differ); everything else still has to match. Otherwise one
     :class:`InputError` line names the first differing key and both shapes.
     """
-    if heads not in INIT_HEADS:
-        raise InputError(f"train.init_from_heads must be one of {', '.join(INIT_HEADS)}, got {heads!r}")
+    SCHEMA["train"].keys["init_from_heads"].check(heads, "train.init_from_heads")
     where = f"train.init_from {recorded}"
     src_cfg = source.config["model"]
     if src_cfg.get("name") != model_cfg.get("name"):
         raise InputError(f"{where}: is a {src_cfg.get('name')} model but this run builds {model_cfg.get('name')}; "
                          "fine-tuning needs the same architecture")
-    from factorseg.config.recipes import effective_channels
-
     src_in, _ = effective_channels(src_cfg)
     new_in = model_cfg.get("in_channels")
     if src_in != new_in:
@@ -424,8 +423,8 @@ def _precision(setting: str | int) -> str | int:
     return "32-true"
 
 
-def _strategy(train: dict[str, Any]) -> str:
-    devices, nodes = train["devices"], train["num_nodes"]
+def _strategy(train: TrainConfig) -> str:
+    devices, nodes = train.devices, train.num_nodes
     multi = (nodes > 1 or (isinstance(devices, int) and devices > 1) or devices == -1
              or (isinstance(devices, list) and len(devices) > 1) or "WORLD_SIZE" in os.environ)
     return "ddp" if multi else "auto"
@@ -447,22 +446,22 @@ def _write_run_info(out_dir: Path, trainer: pl.Trainer, seconds: float, metrics:
         "torch": torch.__version__,
         "metrics": metrics,
     }
-    atomic_write(out_dir / "run_info.json", json.dumps(info, indent=2).encode(), overwrite=True)
+    write_json(out_dir / "run_info.json", info, overwrite=True)
 
 
-def _trainer(tr: dict[str, Any], callbacks: list[Callback], out_dir: Path, progress: bool, kept: Rows | None,
+def _trainer(tr: TrainConfig, callbacks: list[Callback], out_dir: Path, progress: bool, kept: Rows | None,
              validate: bool) -> pl.Trainer:
     """The Lightning trainer for the ``train`` settings (creates no files by itself)."""
     return pl.Trainer(
-        max_epochs=tr["epochs"],
-        max_time={"minutes": float(tr["max_minutes"])} if tr.get("max_minutes") else None,
-        accelerator=tr["accelerator"],
-        devices=tr["devices"],
-        num_nodes=tr["num_nodes"],
+        max_epochs=tr.epochs,
+        max_time={"minutes": float(tr.max_minutes)} if tr.max_minutes else None,
+        accelerator=tr.accelerator,
+        devices=tr.devices,
+        num_nodes=tr.num_nodes,
         strategy=_strategy(tr),
-        precision=_precision(tr["precision"]),
-        gradient_clip_val=tr["grad_clip"] or None,
-        check_val_every_n_epoch=tr["val_interval"],
+        precision=_precision(tr.precision),
+        gradient_clip_val=tr.grad_clip or None,
+        check_val_every_n_epoch=tr.val_interval,
         limit_val_batches=None if validate else 0,
         num_sanity_val_steps=0,
         callbacks=callbacks,
@@ -471,7 +470,7 @@ def _trainer(tr: dict[str, Any], callbacks: list[Callback], out_dir: Path, progr
         use_distributed_sampler=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
-        log_every_n_steps=min(10, tr["steps_per_epoch"]),
+        log_every_n_steps=min(10, tr.steps_per_epoch),
         default_root_dir=out_dir,
     )
 
@@ -536,10 +535,6 @@ def _remove_new(out_dir: Path, before: set[str] | None, extra: list[Path]) -> No
 def _data_summary(info: DatasetInfo, cfg: dict[str, Any], n_train: int, n_val: int) -> str:
     """One line: what the run found and how it splits it."""
     labels = get_label_spec(cfg["labels"])
-    names = labels.names if labels.mode == "regions" else labels.names[1:]
-    kind = ("sigmoid region" if labels.mode == "regions" else "class") + (
-        ("es" if labels.mode == "classes" else "s") if len(names) != 1 else ""
-    )
     unlabelled = f" (+{len(info.test_cases)} unlabelled)" if info.test_cases else ""
     fold, folds = cfg["data"]["fold"], cfg["data"]["folds"]
     if n_val:
@@ -549,7 +544,7 @@ def _data_summary(info: DatasetInfo, cfg: dict[str, Any], n_train: int, n_val: i
                  "epoch's model, model_last.pt")
     return (f"data: {info.format} layout, {len(info.cases)} labelled cases{unlabelled}, {len(info.channels)} "
             f"channel{'s' if len(info.channels) != 1 else ''} ({', '.join(info.channels)}), labels "
-            f"{labels.convention}: {len(names)} {kind} ({', '.join(names)}); {split}")
+            f"{labels.convention}: {labels.describe()}; {split}")
 
 
 def _check_patch(cfg: dict[str, Any], model: torch.nn.Module) -> None:
@@ -568,7 +563,7 @@ def _check_patch(cfg: dict[str, Any], model: torch.nn.Module) -> None:
         except ValueError as exc:
             raise InputError(f"transforms.roi_size={roi} does not fit {name}: {exc}") from None
         return
-    batch = int(cfg["train"]["batch_size"]) * int(cfg["transforms"].get("num_samples", 1))
+    batch = TrainConfig.from_dict(cfg["train"]).batch_size * TransformConfig.from_dict(cfg["transforms"]).num_samples
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -599,7 +594,7 @@ def zero_dice_hint(best: float, stats: ValidationStats, labels: LabelSpec, steps
     if best > 0:
         return None
     what = "0.000" if best == 0 else "undefined (NaN: no validation case gave a score)"
-    names = list(labels.names if labels.mode == "regions" else labels.names[1:])
+    names = list(labels.structure_names)
     if stats.cases == 0:
         return f"best validation Dice is {what}: no validation case was scored"
     reference = stats.reference or [0] * len(names)
@@ -650,7 +645,7 @@ def train(
 ) -> TrainResult:
     """Train on the dataset at ``data_path`` with the recipe ``cfg``; outputs go to ``out_dir``.
 
-    The recipe is checked first (:func:`factorseg.config.recipes.validate_recipe`), then every case; nothing is written
+    The recipe is checked first (:func:`factorseg.config.validate_recipe`), then every case; nothing is written
     before both pass. ``resume`` continues from ``out_dir/checkpoints/last.ckpt`` (model, optimizer, schedule,
     epoch, and the metrics logged before it). ``data.fold: all`` trains on every case without validation.
     ``train.init_from`` (a new run only; resume ignores it) starts from another model's weights under the rules
@@ -668,35 +663,34 @@ def train(
         raise InputError(f"--resume: {last_ckpt} does not exist")
     if not resume and last_ckpt.exists():
         raise InputError(f"{out_dir} already holds a run; use --resume to continue it or choose another --output")
-    data_cfg = cfg["data"]
-    info = load_dataset(data_path, data_cfg.get("format"), labels=data_cfg.get("labels"),
-                        use_flair=bool(data_cfg.get("use_flair", False)))
+    data = DataConfig.from_dict(cfg["data"])
+    info = load_dataset(data_path, data.format, labels=data.labels, use_flair=data.use_flair)
     if not info.cases:
         raise InputError(f"{data_path}: no labelled training cases found")
     cfg = resolve_config(cfg, info)
+    tr = TrainConfig.from_dict(cfg["train"])
     init_state: dict[str, torch.Tensor] | None = None
     if resume:
         _check_resume_changes(out_dir, cfg)  # train.init_from is ignored: the checkpoint holds the weights
-    elif cfg["train"].get("init_from"):
-        recorded, source = init_source(cfg["train"]["init_from"])
+    elif tr.init_from:
+        recorded, source = init_source(tr.init_from)
         cfg["train"]["init_from"] = recorded
-        init_state = init_weights(source, recorded, cfg["model"], cfg["train"].get("init_from_heads", "load"))
+        init_state = init_weights(source, recorded, cfg["model"], tr.init_from_heads)
         del source
     started = time.perf_counter()
-    data, tr = cfg["data"], cfg["train"]
-    pl.seed_everything(tr["seed"], workers=True, verbose=False)
+    pl.seed_everything(tr.seed, workers=True, verbose=False)
 
-    fold = data["fold"]
+    fold = data.fold
     by_id = {c["id"]: c for c in info.cases}
     splits_file: Path | None = None
     if fold == "all":
         train_cases, val_cases = list(info.cases), []
     else:
-        splits_file = Path(data.get("splits_file") or out_dir / "splits.json")
+        splits_file = Path(data.splits_file or out_dir / "splits.json")
         if splits_file.exists():
-            splits = load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
+            splits = load_or_create_splits(splits_file, info.case_ids, data.folds, tr.seed)
         else:  # written once the data have passed the checks below
-            splits = make_splits(info.case_ids, data["folds"], tr["seed"])
+            splits = make_splits(info.case_ids, data.folds, tr.seed)
         if not 0 <= fold < len(splits):
             raise InputError(f"data.fold={fold} but there are {len(splits)} folds")
         train_cases = [by_id[i] for i in splits[fold]["train"]]
@@ -712,7 +706,7 @@ def train(
     # file stops the run with one line up front instead of mid-training: caching does it while loading.
     labels = get_label_spec(cfg["labels"])
     tcfg = TransformConfig.from_dict(cfg["transforms"])
-    cache = bool(data.get("cache", True))
+    cache = data.cache
     train_set = CaseDataset(train_cases, train_transforms(tcfg, labels), cache, "Caching training cases", progress)
     val_set = CaseDataset(val_cases, val_transforms(tcfg, labels), cache, "Caching validation cases", progress)
     if not cache:
@@ -720,10 +714,9 @@ def train(
         for case in track(train_cases + val_cases, description="Checking cases", transient=True, disable=not progress):
             check(case)
 
-    workers = tr["num_workers"]
-    sampler = EpochSampler(len(train_set), tr["steps_per_epoch"] * tr["batch_size"], tr["seed"])
+    sampler = EpochSampler(len(train_set), tr.steps_per_epoch * tr.batch_size, tr.seed)
     train_loader = DataLoader(
-        train_set, batch_size=tr["batch_size"], sampler=sampler, num_workers=workers,
+        train_set, batch_size=tr.batch_size, sampler=sampler, num_workers=tr.num_workers,
         collate_fn=list_data_collate, persistent_workers=False,
     )
     validate = bool(val_cases)
@@ -737,7 +730,7 @@ def train(
     resume_step = _resume_point(last_ckpt, module) if resume else None
     kept = _metrics_before(out_dir / "logs" / "metrics.csv", resume_step) if resume_step is not None else None
     bundles = BundleWriter(out_dir, cfg)
-    callbacks: list[Callback] = [FiniteGuard(float(tr["lr"]))]
+    callbacks: list[Callback] = [FiniteGuard(tr.lr)]
     if validate:
         callbacks.append(ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val/dice",
                                          mode="max", save_top_k=1, enable_version_counter=False))
@@ -766,7 +759,7 @@ def train(
         if resume:
             _remove_stale_temporaries(out_dir)
         if splits_file is not None and not splits_file.exists():
-            load_or_create_splits(splits_file, info.case_ids, data["folds"], tr["seed"])
+            load_or_create_splits(splits_file, info.case_ids, data.folds, tr.seed)
             if out_dir.resolve() not in splits_file.resolve().parents:
                 written.append(splits_file)
         # Only the recipe sections: config.yaml is then a valid recipe, reloaded by --resume (labels and channels
@@ -774,12 +767,12 @@ def train(
         save_config({key: cfg[key] for key in SECTIONS}, out_dir / "config.yaml")
         with quiet_lightning():
             trainer.fit(module, train_loader, val_loader, ckpt_path=last_ckpt if resume else None, weights_only=True)
-            if validate and trainer.current_epoch % tr["val_interval"] != 0:
+            if validate and trainer.current_epoch % tr.val_interval != 0:
                 # The last epochs were not validated: score the final weights too (may become the best model).
                 trainer.validate(module, val_loader, verbose=False)
-        planned = tr["epochs"] * tr["steps_per_epoch"]
-        if trainer.global_step < planned and tr.get("max_minutes") and trainer.is_global_zero:
-            warnings.warn(f"training stopped at the time limit train.max_minutes={tr['max_minutes']:g} after "
+        planned = tr.epochs * tr.steps_per_epoch
+        if trainer.global_step < planned and tr.max_minutes and trainer.is_global_zero:
+            warnings.warn(f"training stopped at the time limit train.max_minutes={tr.max_minutes:g} after "
                           f"{trainer.global_step} of {planned} planned steps", InputWarning, stacklevel=2)
         best = out_dir / "model_best.pt" if validate else None
         if best is not None and trainer.is_global_zero:

@@ -32,14 +32,16 @@ zeroes (as in the mixer). Matrices that are strided views of a channels-last win
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from factorseg.models.layers.fastpath import traced
 
 Solver = Literal["hals", "mu"]
 Init = Literal["fixed_uv", "fixed_u", "random", "nndsvd"]
@@ -72,11 +74,6 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _is_nonnegative(x: Tensor) -> bool:
     return x.numel() == 0 or bool(x.min() >= 0)
-
-
-def traced() -> bool:
-    """Whether a graph is being captured (export, tracing, compile): no data-dependent branches then."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _gram_columns(a: Tensor) -> Tensor:
@@ -119,6 +116,43 @@ def _mu_update(x: Tensor, factor: Tensor, other: Tensor, eps: float) -> Tensor:
 
 
 _UPDATES = {"hals": _hals_update, "mu": _mu_update}
+
+
+@dataclass(frozen=True)
+class NMFConfig:
+    """The settings of an NMF layer (see :class:`NMF`), validated once; the network passes one down to its mixers.
+
+    ``init=None`` is the paper's choice for the matricize (:meth:`init_for`). ``"fixed"`` (older
+    configs) reads as ``"fixed_u"``.
+    """
+
+    rank: int = 1
+    num_iters: int = 5
+    solver: Solver = "hals"
+    init: Init | None = None
+    backprop_iters: int | None = None
+    seed: int = 0
+    eps: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "init", _INIT_ALIASES.get(self.init, self.init))  # type: ignore[arg-type]
+        if self.solver not in _UPDATES:
+            raise ValueError(f"unknown NMF solver {self.solver!r}; choose one of {sorted(_UPDATES)}")
+        if self.init is not None and self.init not in INITS:
+            raise ValueError(f"unknown NMF init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.rank < 1 or self.num_iters < 0:
+            raise ValueError("NMF needs rank >= 1 and num_iters >= 0")
+        if self.backprop_iters is not None and self.backprop_iters < 1:
+            raise ValueError("backprop_iters must be >= 1 or None (full unrolling)")
+        if self.eps is not None and not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"NMF eps must be a positive number, got {self.eps!r}")
+
+    def init_for(self, windowed: bool) -> Init:
+        """The initialisation: the configured one, else the paper's ``fixed_uv`` for windows of a fixed size
+        and ``fixed_u`` for a global window (it has no fixed size for a ``v0``)."""
+        if self.init is not None:
+            return self.init
+        return "fixed_uv" if windowed else "fixed_u"
 
 
 def _channels_last_view(x: Tensor) -> Tensor | None:
@@ -168,7 +202,7 @@ def _gram(x: Tensor) -> Tensor:
 
 
 def gram_pair(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(G, G_left)`` of matrices ``x (..., M, N)`` for :meth:`NMF.solve_grams` (see :class:`_Gram`)."""
+    """``(G, G_left)`` of matrices ``x (..., M, N)`` for :meth:`NMF.solve_gram_form` (see :class:`_Gram`)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _Gram.apply(x)
     g = _gram(x)
@@ -274,32 +308,11 @@ def _gram_loop(
     return u, a
 
 
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run the enclosed tiny CPU operations on one thread, then restore the thread count.
-
-    The Gram iterations are dozens of operations on a few MB each. With more threads, some of them
-    (reductions over the leading axis) open a parallel region that waits for a second thread; on a
-    busy machine that costs a scheduler tick per operation (measured on the 2-core CPU: 5.8 ms vs
-    0.085 ms median for one such sum, with no effect on the large operations that follow). The
-    setting is process-wide while it lasts; other devices are unaffected.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class _GramLoop(torch.autograd.Function):
-    """:func:`_gram_loop` as one autograd node, forward and backward on one CPU thread.
+    """:func:`_gram_loop` as one autograd node, saving only its inputs.
 
     The forward runs without recording; the backward recomputes the (tiny) loop under autograd and
-    differentiates it, so the many small operations never meet the multi-threaded backward engine.
+    differentiates it, so the graph holds one node instead of dozens of small operations.
     """
 
     @staticmethod
@@ -308,14 +321,13 @@ class _GramLoop(torch.autograd.Function):
     ):
         ctx.save_for_backward(g, g_left, u)
         ctx.schedule = (tracked, untracked, eps, detached)
-        with _one_cpu_thread(g.device):
-            return _gram_loop(g, g_left, u, tracked, untracked, eps, detached)
+        return _gram_loop(g, g_left, u, tracked, untracked, eps, detached)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, du: Tensor | None, da: Tensor | None):
         g, g_left, u0 = ctx.saved_tensors
-        with _one_cpu_thread(g.device), torch.enable_grad():
+        with torch.enable_grad():
             leaves = [g.detach().requires_grad_(), g_left.detach().requires_grad_()]
             if ctx.needs_input_grad[2]:  # a start computed from the data (the fixed_uv init's first step)
                 leaves.append(u0.detach().requires_grad_())
@@ -370,43 +382,41 @@ class NMF(nn.Module):
         solver: ``"hals"`` (projected coordinate descent) or ``"mu"`` (multiplicative updates).
         init: ``"fixed_uv"`` (the paper's: fixed buffers ``u0 (M, R)`` and ``v0 (N, R)``, ``U`` updated
             first from ``v0``), ``"fixed_u"`` (a fixed ``U0`` and its least-squares ``V0``), ``"random"``
-            (fresh uniform ``U0`` per call) or ``"nndsvd"``. Buffers are drawn once from ``seed`` and
+            (fresh uniform ``U0`` per call) or ``"nndsvd"``; ``None``: ``fixed_uv`` where ``columns`` are
+            given, else ``fixed_u`` (:meth:`NMFConfig.init_for`). Buffers are drawn once from ``seed`` and
             saved in the state dict.
         backprop_iters: backpropagate through only the last k iterations (1 = one-step gradient);
             ``None`` unrolls all of them.
         seed: seed of the fixed initialisation.
         columns: N for ``"fixed_uv"``: an int, or the window shape whose voxels (row-major) are the columns.
         eps: denominator guard; ``None`` picks one per compute dtype (:func:`eps_for`), the paper uses 1e-8.
+        fused: take the Gram-form rank-1 HALS (module docstring) where it applies; ``False`` always
+            runs the plain iterations (same values up to rounding; for comparisons and benchmarks).
+
+    The defaults are :class:`NMFConfig`'s; :meth:`from_config` builds the layer from one.
     """
 
     def __init__(
         self,
         rows: int,
-        rank: int = 1,
-        num_iters: int = 5,
-        solver: Solver = "hals",
-        init: Init = "fixed_u",
-        backprop_iters: int | None = None,
-        seed: int = 0,
+        rank: int = NMFConfig.rank,
+        num_iters: int = NMFConfig.num_iters,
+        solver: Solver = NMFConfig.solver,
+        init: Init | None = NMFConfig.init,
+        backprop_iters: int | None = NMFConfig.backprop_iters,
+        seed: int = NMFConfig.seed,
         columns: int | Sequence[int] | None = None,
-        eps: float | None = None,
+        eps: float | None = NMFConfig.eps,
+        fused: bool = True,
     ) -> None:
         super().__init__()
-        init = _INIT_ALIASES.get(init, init)  # type: ignore[assignment]
-        if solver not in _UPDATES:
-            raise ValueError(f"unknown NMF solver {solver!r}; choose one of {sorted(_UPDATES)}")
-        if init not in INITS:
-            raise ValueError(f"unknown NMF init {init!r}; choose one of {', '.join(INITS)}")
-        if rank < 1 or rows < 1 or num_iters < 0:
-            raise ValueError("NMF needs rows >= 1, rank >= 1 and num_iters >= 0")
-        if backprop_iters is not None and backprop_iters < 1:
-            raise ValueError("backprop_iters must be >= 1 or None (full unrolling)")
-        if eps is not None and not (math.isfinite(eps) and eps > 0):
-            raise ValueError(f"NMF eps must be a positive number, got {eps!r}")
+        config = NMFConfig(rank, num_iters, solver, init, backprop_iters, seed, eps)  # validates
+        if rows < 1:
+            raise ValueError("NMF needs rows >= 1")
+        init = config.init_for(columns is not None)
         self.rows, self.rank, self.num_iters = rows, rank, num_iters
         self.solver, self.init, self.backprop_iters, self.eps = solver, init, backprop_iters, eps
-        #: Use the fused rank-1 HALS path where it applies; ``False`` forces the plain iterations.
-        self.fused = True
+        self.fused = fused
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("u0", torch.rand(rows, rank, generator=generator))
         self.column_shape: tuple[int, ...] | None = None
@@ -418,6 +428,13 @@ class NMF(nn.Module):
             if min(self.column_shape) < 1:
                 raise ValueError(f"NMF columns must be >= 1, got {columns!r}")
             self.register_buffer("v0", torch.rand(math.prod(self.column_shape), rank, generator=generator))
+
+    @classmethod
+    def from_config(cls, rows: int, config: NMFConfig, columns: int | Sequence[int] | None = None,
+                    fused: bool = True) -> NMF:
+        """The layer with ``config``'s settings for matrices of ``rows`` rows (and ``columns``, see :class:`NMF`)."""
+        return cls(rows, config.rank, config.num_iters, config.solver, config.init, config.backprop_iters,
+                   config.seed, columns, config.eps, fused)
 
     def extra_repr(self) -> str:
         grad = "full" if self.backprop_iters is None else f"last {self.backprop_iters}"
@@ -522,20 +539,56 @@ class NMF(nn.Module):
 
         With ``check_range``, ``None`` where :func:`grams_in_range` says the matrices need rescaling.
         """
-        g, g_left = gram_pair(x)
-        if check_range and not grams_in_range(g):
+        solved = self.solve_gram_form(x, eps, v0, check_range=check_range)
+        if solved is None:
             return None
-        start = self.first_u(x @ v0, v0, eps) if v0 is not None else None
-        u, a = self.solve_grams(g, g_left, eps, start)
+        u, a = solved
         # v = a X^T u: scaling u first keeps v a view of the product's output.
         return u, _transpose_times(x, u * a[..., None, None])
 
-    def first_u(self, xv0: Tensor, v0: Tensor, eps: float) -> Tensor:
+    def solve_gram_form(
+        self,
+        parts: Tensor,
+        eps: float,
+        v0: Tensor | None = None,
+        *,
+        sums: Callable[[Tensor], Tensor] | None = None,
+        times_v0: Callable[[Tensor], Tensor] | None = None,
+        check_range: bool = True,
+    ) -> tuple[Tensor, Tensor] | None:
+        """Rank-1 HALS of nonnegative matrices ``X`` through their Gram matrices: ``u (..., M, 1)`` and
+        ``a (...)`` with ``v = a X^T u`` (the fused path of :meth:`decompose`, and the mixer's sub-block path).
+
+        The matrices may be known by parts: ``parts (..., M, Q)`` are the matrices themselves, or
+        pieces whose Gram matrices ``sums`` adds up to theirs (the mixer's sub-blocks, summed per
+        window of every shift). ``v0`` is the ``fixed_uv`` init's buffer (:meth:`initial_v`), ``None``
+        for the other inits; its first ``U`` step needs ``X v0``: ``times_v0(v0)``, by default
+        ``parts @ v0``. With ``check_range``, ``None`` where :func:`grams_in_range` says the matrices
+        need rescaling (which :meth:`decompose` does).
+        """
+        if not self.fusable:
+            raise ValueError("the Gram form needs the rank-1 HALS solver and an init other than nndsvd")
+        if (v0 is None) == (self.init == "fixed_uv"):
+            raise ValueError("the Gram form needs v0 exactly for the fixed_uv init")
+        g_parts, g_parts_left = gram_pair(parts)
+        g = g_parts if sums is None else sums(g_parts)
+        if check_range and not grams_in_range(g):
+            return None
+        if self._needs_left_gram and g_parts_left is not g_parts:
+            g_left = g_parts_left if sums is None else sums(g_parts_left)
+        else:  # not read: the same tensor twice
+            g_left = g
+        start = None
+        if v0 is not None:
+            start = self._first_u(parts @ v0 if times_v0 is None else times_v0(v0), v0, eps)
+        return self._solve_grams(g, g_left, eps, start)
+
+    def _first_u(self, xv0: Tensor, v0: Tensor, eps: float) -> Tensor:
         """The ``fixed_uv`` init's first ``U`` step ``relu(X v0) / (v0.v0 + eps)`` from ``xv0 = X v0 (..., M, 1)``.
 
-        Tracked by autograd only when every iteration is (:attr:`tracked_first_step`).
+        Tracked by autograd only when every iteration is.
         """
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.tracked_first_step):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._schedule[1] == 0):
             return torch.relu(xv0) / ((v0 * v0).sum() + eps)
 
     @property
@@ -545,30 +598,20 @@ class NMF(nn.Module):
         return tracked, self.num_iters - tracked
 
     @property
-    def tracked_first_step(self) -> bool:
-        """Whether autograd tracks the first iteration (all of them are tracked)."""
-        return self._schedule[1] == 0
-
-    @property
-    def needs_left_gram(self) -> bool:
-        """Whether :meth:`solve_grams` reads ``g_left`` (a truncated gradient); otherwise pass ``g`` twice."""
+    def _needs_left_gram(self) -> bool:
+        """Whether :meth:`_solve_grams` reads ``g_left`` (a truncated gradient)."""
         tracked, untracked = self._schedule
         return tracked > 0 and untracked > 0
 
-    def solve_grams(
+    def _solve_grams(
         self, g: Tensor, g_left: Tensor, eps: float, start: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Rank-1 HALS of matrices known only by their Gram matrices ``g (..., M, M)`` (see :func:`gram_pair`).
 
         Returns ``u (..., M, 1)`` and ``a (...)`` with the matrices' ``v = a X^T u``. ``start`` is the
-        ``fixed_uv`` init's first ``U`` step (:meth:`first_u`), which counts as the first iteration;
-        other inits start from :meth:`initial_u`. The caller checks :func:`grams_in_range` first where
-        the matrices may be huge.
+        ``fixed_uv`` init's first ``U`` step (:meth:`_first_u`), which counts as the first iteration;
+        other inits start from :meth:`initial_u`.
         """
-        if not self.fusable:
-            raise ValueError("solve_grams needs the rank-1 HALS solver and an init other than nndsvd")
-        if (start is None) == (self.init == "fixed_uv"):
-            raise ValueError("solve_grams needs the first U step exactly for the fixed_uv init")
         tracked, untracked = self._schedule
         m, batch = self.rows, g.shape[:-2]
         if start is None:
@@ -583,8 +626,7 @@ class NMF(nn.Module):
         if tracked > 0 and torch.is_grad_enabled() and (g.requires_grad or u.requires_grad):
             u, a = _GramLoop.apply(g, g_left, u, tracked, untracked, eps, detached)
         else:
-            with _one_cpu_thread(g.device):
-                u, a = _gram_loop(g, g_left, u, tracked, untracked, eps, detached)
+            u, a = _gram_loop(g, g_left, u, tracked, untracked, eps, detached)
         return u.t().reshape(*batch, m, 1), a.reshape(batch)
 
     def _solve(

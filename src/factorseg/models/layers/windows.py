@@ -13,7 +13,7 @@ and shifts that cannot change the partition are dropped, so one model runs on an
 
 Speed: a cyclic shift is never materialised with ``torch.roll``. The work happens channels-last,
 where every voxel is a contiguous row of ``C`` values: the windows of all shifts are gathered from
-the unshifted map by one ``index_select`` with cached voxel indices (:func:`_window_index`, the
+the unshifted map by one ``index_select`` with cached voxel indices (:func:`_window_numbers`, the
 plain roll-and-partition applied once to a map of voxel numbers), into a *window-major* buffer
 ``(B, S, W, N, C)`` (:func:`window_stack`) in which every window is a contiguous ``N x C`` block.
 The ``(B, S, H, W, head_dim, N)`` matrices are a strided view of that buffer
@@ -27,13 +27,18 @@ edge is the gcd of the window and the shifts along each axis (4^3 for 8^3 window
 :func:`to_subblocks` lays the map out sub-block-major once (one copy, the size of the map, for all
 shifts together), :func:`window_sums` adds per-sub-block values into per-window values of every
 shift (the window partition of the small sub-block grid), and :func:`subblock_sums` is its adjoint.
+
+Index tables are cached process-wide as CPU tensors; their copies on other devices are kept by the
+module that uses them (:class:`IndexTables`, one per :class:`WindowMatricize`), so that device memory
+goes with that module.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +141,8 @@ class WindowMatricize:
             raise ValueError("window_size must be >= 1")
         self.shifts = tuple(_as_tuple(s, spatial_dims, "shift") for s in shifts) or ((0,) * spatial_dims,)
         self.positional = positional
+        #: Device copies of the index tables of this matricize's layouts.
+        self.tables = IndexTables()
 
     def layout(self, spatial: Sequence[int]) -> WindowLayout:
         """Effective windows, grid and shifts for an input of this spatial size."""
@@ -154,17 +161,18 @@ class WindowMatricize:
                 shifts.append(eff)
         return WindowLayout(spatial, window, grid, tuple(shifts))
 
-    def _check(self, x: Tensor) -> None:
+    def layout_of(self, x: Tensor) -> WindowLayout:
+        """The layout for a feature map ``x (B, C, *spatial)``, after checking its rank and channels."""
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(f"expected {self.spatial_dims} spatial dims, got input of shape {tuple(x.shape)}")
         if x.shape[1] % self.head_dim:
             raise ValueError(f"{x.shape[1]} channels are not divisible by the head_dim {self.head_dim}")
+        return self.layout(x.shape[2:])
 
     def __call__(self, x: Tensor) -> tuple[Tensor, WindowLayout]:
         """Matrices ``(B, S, H, W, head_dim, window_voxels)`` (contiguous) and the layout to invert them."""
-        self._check(x)
-        lay = self.layout(x.shape[2:])
-        stacked = window_stack(pad_channels_last(x.movedim(1, -1), lay), lay)
+        lay = self.layout_of(x)
+        stacked = window_stack(pad_channels_last(x.movedim(1, -1), lay), lay, self.tables)
         return matrices_view(stacked, self.head_dim).contiguous(), lay
 
     def inverse(self, mats: Tensor, lay: WindowLayout) -> Tensor:
@@ -178,25 +186,73 @@ class WindowMatricize:
         stacked = mats.permute(0, 1, 3, 5, 2, 4).reshape(b, s, w, n, heads * hd)
         if s > 1:
             stacked = stacked / s  # average as a sum of parts: no overflow near the dtype's maximum
-        return crop_channels_last(window_unstack(stacked, lay), lay).movedim(-1, 1)
+        return crop_channels_last(window_unstack(stacked, lay, self.tables), lay).movedim(-1, 1)
 
 
-def window_stack(x: Tensor, lay: WindowLayout) -> Tensor:
+class IndexTables:
+    """Copies of the index tables on devices other than the CPU, kept by the module that uses them.
+
+    The tables themselves are CPU tensors cached process-wide (small NumPy-built integer arrays);
+    on the CPU they are used as they are. Every function of this module that gathers takes
+    ``tables``; without one, other devices get a fresh copy per call. At most ``capacity`` copies
+    are kept (the least recently used go), a few input sizes' worth.
+    """
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self._copies: OrderedDict[tuple[Hashable, ...], Tensor] = OrderedDict()
+
+    def get(self, table: Callable[..., np.ndarray], *args: Hashable, device: torch.device) -> Tensor:
+        """The int64 or int32 tensor ``table(*args)`` on ``device``."""
+        if torch.compiler.is_compiling():  # constants of the captured graph, built outside any cache
+            return torch.from_numpy(table(*args)).to(device)
+        cpu = _cpu_table(table, *args)
+        if device.type == "cpu":
+            return cpu
+        key = (table, *args, device)
+        copy = self._copies.get(key)
+        if copy is None:
+            with torch.inference_mode(False):  # see _cpu_table
+                copy = self._copies[key] = cpu.to(device)
+            if len(self._copies) > self.capacity:
+                self._copies.popitem(last=False)
+        else:
+            self._copies.move_to_end(key)
+        return copy
+
+
+@functools.lru_cache(maxsize=128)
+def _cpu_table(table: Callable[..., np.ndarray], *args: Hashable) -> Tensor:
+    """``table(*args)`` as a CPU tensor, cached process-wide.
+
+    A normal tensor even when first needed under inference mode (validation): autograd saves it later.
+    """
+    with torch.inference_mode(False):
+        return torch.from_numpy(table(*args))
+
+
+def _index(tables: IndexTables | None, table: Callable[..., np.ndarray], *args: Hashable,
+           device: torch.device) -> Tensor:
+    return (tables if tables is not None else IndexTables()).get(table, *args, device=device)
+
+
+def window_stack(x: Tensor, lay: WindowLayout, tables: IndexTables | None = None) -> Tensor:
     """Channels-last ``(B, *padded, C)`` -> window-major ``(B, S, W, N, C)``, one slot per shift.
 
     Slot ``i`` holds the windows of the partition shifted by ``lay.shifts[i]``; each window is a
-    contiguous ``N x C`` block. The input must already be zero-padded to ``lay.padded``.
+    contiguous ``N x C`` block. The input must already be zero-padded to ``lay.padded``. ``tables``
+    keeps the device copies of the indices (:class:`IndexTables`).
     """
     if tuple(x.shape[1:-1]) != lay.padded:
         raise ValueError(f"window_stack needs a map padded to {lay.padded}, got shape {tuple(x.shape)}")
-    return _relayout(x, lambda t: _stack(t, lay), lambda g: _unstack(g, lay))
+    return _relayout(x, lambda t: _stack(t, lay, tables), lambda g: _unstack(g, lay, tables))
 
 
-def window_unstack(y: Tensor, lay: WindowLayout) -> Tensor:
+def window_unstack(y: Tensor, lay: WindowLayout, tables: IndexTables | None = None) -> Tensor:
     """Adjoint of :func:`window_stack`: ``(B, S, W, N, C)`` -> ``(B, *padded, C)``, summing the shifts."""
     if y.shape[1] != len(lay.shifts) or y.shape[2] != lay.num_windows or y.shape[3] != lay.window_voxels:
         raise ValueError(f"window-major tensor of shape {tuple(y.shape)} does not match the layout {lay}")
-    return _relayout(y, lambda t: _unstack(t, lay), lambda g: _stack(g, lay))
+    return _relayout(y, lambda t: _unstack(t, lay, tables), lambda g: _stack(g, lay, tables))
 
 
 @functools.lru_cache(maxsize=32)
@@ -223,34 +279,26 @@ def _window_numbers(lay: WindowLayout) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(index).astype(np.int32), np.stack(inverse).astype(np.int32)
 
 
-def _window_index(lay: WindowLayout, device: torch.device) -> tuple[Tensor, Tensor]:
-    """:func:`_window_numbers` as tensors on ``device`` (cached per device outside of graph capture)."""
-    if torch.compiler.is_compiling():
-        return _as_tensors(_window_numbers(lay), device)
-    return _cached_window_index(lay, device)
+def _stack_rows(lay: WindowLayout) -> np.ndarray:
+    """The rows of the padded map that :func:`window_stack` gathers, in window-major order."""
+    return _window_numbers(lay)[0]
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_window_index(lay: WindowLayout, device: torch.device) -> tuple[Tensor, Tensor]:
-    # Normal tensors even when first needed under inference mode (validation): autograd saves them later.
-    with torch.inference_mode(False):
-        return _as_tensors(_window_numbers(lay), device)
+def _unstack_rows(lay: WindowLayout) -> np.ndarray:
+    """``(S, V)``: the row of the window-major stack of each shift holding each voxel of the padded map."""
+    return _window_numbers(lay)[1]
 
 
-def _as_tensors(arrays: tuple[np.ndarray, ...], device: torch.device) -> tuple[Tensor, ...]:
-    return tuple(torch.from_numpy(a).to(device) for a in arrays)
-
-
-def _stack(x: Tensor, lay: WindowLayout) -> Tensor:
+def _stack(x: Tensor, lay: WindowLayout, tables: IndexTables | None) -> Tensor:
     b, c = x.shape[0], x.shape[-1]
-    index, _ = _window_index(lay, x.device)
+    index = _index(tables, _stack_rows, lay, device=x.device)
     out = x.reshape(b, -1, c).index_select(1, index)
     return out.view(b, len(lay.shifts), lay.num_windows, lay.window_voxels, c)
 
 
-def _unstack(y: Tensor, lay: WindowLayout) -> Tensor:
+def _unstack(y: Tensor, lay: WindowLayout, tables: IndexTables | None) -> Tensor:
     b, s, c = y.shape[0], y.shape[1], y.shape[-1]
-    _, inverse = _window_index(lay, y.device)
+    inverse = _index(tables, _unstack_rows, lay, device=y.device)
     rows = y.reshape(b, s, -1, c)
     out = rows[:, 0].index_select(1, inverse[0])
     if s > 1:
@@ -316,7 +364,9 @@ def _subblock_layout(lay: WindowLayout, edges: Sequence[int]) -> WindowLayout:
     )
 
 
-def window_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], dim: int = 1) -> Tensor:
+def window_sums(
+    t: Tensor, lay: WindowLayout, edges: Sequence[int], dim: int = 1, tables: IndexTables | None = None
+) -> Tensor:
     """Per-sub-block values (``K`` along ``dim``) summed per window of each shift: ``K`` -> ``S, W``.
 
     The sub-blocks of every window of every shift are gathered by one ``index_select`` (the window
@@ -324,19 +374,19 @@ def window_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], dim: int = 1
     The window order is that of :func:`window_stack`.
     """
     sub = _subblock_layout(lay, edges)
-    index, _ = _window_index(sub, t.device)
+    index = _index(tables, _stack_rows, sub, device=t.device)
     gathered = t.index_select(dim, index)
     shape = (len(lay.shifts), lay.num_windows, sub.window_voxels)
     return gathered.view(*t.shape[:dim], *shape, *t.shape[dim + 1 :]).sum(dim + 2)
 
 
-def subblock_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+def subblock_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], tables: IndexTables | None = None) -> Tensor:
     """Adjoint of :func:`window_sums` (``dim=1``): per-window values ``(B, S, W, *rest)`` -> ``(B, K, *rest)``.
 
     Every sub-block gets the sum, over the shifts, of the value of the window that contains it.
     """
     s, w = t.shape[1], t.shape[2]
-    rows = _subblock_rows(lay, tuple(edges), t.device)
+    rows = _index(tables, _subblock_rows, lay, tuple(edges), device=t.device)
     flat = t.reshape(t.shape[0], s * w, *t.shape[3:])
     out = flat.index_select(1, rows[0])
     for i in range(1, s):
@@ -344,17 +394,16 @@ def subblock_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
     return out
 
 
-@functools.lru_cache(maxsize=32)
-def _subblock_rows(lay: WindowLayout, edges: tuple[int, ...], device: torch.device) -> Tensor:
+def _subblock_rows(lay: WindowLayout, edges: tuple[int, ...]) -> np.ndarray:
     """``(S, K)``: the row of the ``S W`` per-window values holding each shift's window of each sub-block."""
     sub = _subblock_layout(lay, edges)
     _, inverse = _window_numbers(sub)
-    rows = inverse.astype(np.int64) // sub.window_voxels + np.arange(len(lay.shifts)).reshape(-1, 1) * lay.num_windows
-    with torch.inference_mode(False):
-        return torch.from_numpy(rows).to(device)
+    return inverse.astype(np.int64) // sub.window_voxels + np.arange(len(lay.shifts)).reshape(-1, 1) * lay.num_windows
 
 
-def shift_window_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+def shift_window_sums(
+    t: Tensor, lay: WindowLayout, edges: Sequence[int], tables: IndexTables | None = None
+) -> Tensor:
     """Per-shift per-sub-block values ``(B, S, K, *rest)`` summed per window of their shift: ``(B, S, W, *rest)``.
 
     Like :func:`window_sums`, but shift ``s``'s windows add up slot ``s`` of ``t`` (values that
@@ -362,23 +411,23 @@ def shift_window_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Ten
     """
     b, s = t.shape[0], t.shape[1]
     flat = t.reshape(b, s * t.shape[2], *t.shape[3:])
-    gathered = flat.index_select(1, _shift_window_index(lay, tuple(edges), t.device))
+    gathered = flat.index_select(1, _index(tables, _shift_window_rows, lay, tuple(edges), device=t.device))
     sub_voxels = math.prod(w // e for w, e in zip(lay.window, edges))
     return gathered.view(b, s, lay.num_windows, sub_voxels, *t.shape[3:]).sum(3)
 
 
-@functools.lru_cache(maxsize=32)
-def _shift_window_index(lay: WindowLayout, edges: tuple[int, ...], device: torch.device) -> Tensor:
+def _shift_window_rows(lay: WindowLayout, edges: tuple[int, ...]) -> np.ndarray:
     """Rows of ``(S K)`` per-shift sub-block values in the window-major order of every shift."""
     sub = _subblock_layout(lay, edges)
     index, _ = _window_numbers(sub)
     k = math.prod(sub.spatial)
     offsets = np.repeat(np.arange(len(lay.shifts), dtype=np.int64) * k, k)
-    with torch.inference_mode(False):
-        return torch.from_numpy(index.astype(np.int64) + offsets).to(device)
+    return index.astype(np.int64) + offsets
 
 
-def subblock_weights(weights: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+def subblock_weights(
+    weights: Tensor, lay: WindowLayout, edges: Sequence[int], tables: IndexTables | None = None
+) -> Tensor:
     """A per-position-in-window weighting ``(N,)`` (row-major window voxels) per shift and sub-block.
 
     Returns ``(S, K, Q)``: the weights of the voxels of sub-block ``k`` at the positions they take in
@@ -390,17 +439,15 @@ def subblock_weights(weights: Tensor, lay: WindowLayout, edges: Sequence[int]) -
     per_slot = weights.reshape(split).permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2)).reshape(
         math.prod(slots), math.prod(edges)
     )  # (P, Q)
-    index = _subblock_slots(lay, tuple(edges), weights.device)  # (S, K)
+    index = _index(tables, _subblock_slots, lay, tuple(edges), device=weights.device)  # (S, K)
     return per_slot.index_select(0, index.reshape(-1)).view(*index.shape, -1)
 
 
-@functools.lru_cache(maxsize=32)
-def _subblock_slots(lay: WindowLayout, edges: tuple[int, ...], device: torch.device) -> Tensor:
+def _subblock_slots(lay: WindowLayout, edges: tuple[int, ...]) -> np.ndarray:
     """``(S, K)``: the slot (row-major position among its window's sub-blocks) of each sub-block per shift."""
     sub = _subblock_layout(lay, edges)
     _, inverse = _window_numbers(sub)
-    with torch.inference_mode(False):
-        return torch.from_numpy(inverse.astype(np.int64) % sub.window_voxels).to(device)
+    return inverse.astype(np.int64) % sub.window_voxels
 
 
 def matrices_view(stacked: Tensor, head_dim: int) -> Tensor:

@@ -1,11 +1,12 @@
 """Plain reference formulation of the NMF mixer and the Factorizer block: the numerical oracle.
 
-Written the straightforward way and independently of ``factorseg.models.layers.nmf`` / ``factorseg.models.layers.windows``:
-the in-projection as a channels-first convolution, zero padding, ``torch.roll`` and a reshape per
-shift, every NMF iteration unrolled with explicit ``X v`` / ``X^T u`` products (HALS per column,
-Lee-Seung MU), the reconstruction ``U V^T`` materialised, rolled back, averaged and cropped, then the
-out-projection. Only the module's parameters and settings are read. ``benchmarks/mixer.py`` also
-times it as the "before" of the optimised mixer.
+Written the straightforward way and independently of ``factorseg.models.layers``: the in-projection
+as a channels-first convolution, zero padding, ``torch.roll`` and a reshape per shift, every NMF
+iteration unrolled with explicit ``X v`` / ``X^T u`` products (HALS per column, Lee-Seung MU), the
+reconstruction ``U V^T`` materialised, rolled back, averaged and cropped, then the out-projection.
+Only the module's parameters and settings are read. ``tests/test_mixer_reference.py`` checks the
+optimised mixer and block against it; the benchmarks time it as the "before" of the optimisations
+(``benchmarks/mixer.py``, and whole networks through :func:`benchmarks.common.reference_model`).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def reference_nmf(
 
 
 def reference_mixer(mixer: nn.Module, x: Tensor) -> Tensor:
-    """The output of a ``factorseg.models.blocks.NMFMixer`` (fixed_uv, fixed_u or random init), the plain way.
+    """The output of a ``factorseg.models.layers.mixer.NMFMixer`` (fixed_uv, fixed_u or random init), the plain way.
 
     For ``init="random"`` it draws ``torch.rand(B, S, H, W, head_dim, R)`` like the layer does, so
     seed the generator identically before both calls. For ``fixed_uv`` a window smaller than the

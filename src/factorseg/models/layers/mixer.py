@@ -1,0 +1,204 @@
+"""The NMF mixer (the Factorizer's replacement for attention) and its two ways to the same values.
+
+``path`` is the one switch, chosen at construction: ``"subblocks"`` (the default) takes the
+sub-block path wherever it applies, ``"windows"`` always the window path, ``"plain"`` the window path
+with the plain NMF iterations instead of the Gram form (``NMF(fused=False)``). The three agree to
+float rounding (``tests/test_mixer_reference.py``); the last two are there to compare against.
+:func:`with_mixer_path` gives a copy of a built network whose mixers take another path.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from factorseg.models.layers.conv import conv_nd, pointwise_weight
+from factorseg.models.layers.fastpath import can_modify_inplace, traced
+from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
+from factorseg.models.layers.windows import (
+    WindowLayout,
+    WindowMatricize,
+    crop_channels_last,
+    from_subblocks,
+    matrices_view,
+    pad_channels_last,
+    shift_window_sums,
+    subblock_edges,
+    subblock_sums,
+    subblock_weights,
+    to_subblocks,
+    window_stack,
+    window_sums,
+    window_unstack,
+)
+
+MixerPath = Literal["subblocks", "windows", "plain"]
+MIXER_PATHS: tuple[str, ...] = get_args(MixerPath)
+
+
+def _check_path(path: str) -> None:
+    if path not in MIXER_PATHS:
+        raise ValueError(f"unknown mixer path {path!r}; choose one of {', '.join(MIXER_PATHS)}")
+
+
+class NMFMixer(nn.Module):
+    """Context mixing by NMF: in-projection -> ReLU -> matricize -> NMF -> inverse -> out-projection.
+
+    Runs channels-last: the in-projection is one matrix product over all voxels, and the
+    out-projection, its bias and the average over shifts are folded into the reconstruction
+    (``W_out U V^T`` becomes ``V (U^T W_out^T)``). Two equivalent ways to the same values:
+
+    * Sub-block path (rank-1 HALS, fixed or random init; the presets): the map is laid out
+      sub-block-major once (:func:`factorseg.models.layers.windows.to_subblocks`); one product gives every
+      sub-block's Gram blocks, which add up to every window's of every shift; the NMF iterates on
+      those ``head_dim x head_dim`` matrices (:meth:`factorseg.models.layers.nmf.NMF.solve_gram_form`).
+      Since ``v = a X^T u``, the reconstruction of a voxel is a linear map of its own features,
+      ``x^T (sum_h a_h u_h u_h^T W_out^T) / S`` per window; the maps of the windows of all shifts that
+      contain a sub-block are added, and one product per sub-block gives the output. No window of any
+      shift is ever gathered, and ``v`` is never formed.
+    * Window path (other solvers and inits, ranks > 1, huge values, export tracing, half precision,
+      ``path="windows"``): the windows of all shifts are gathered into a window-major buffer
+      (:func:`factorseg.models.layers.windows.window_stack`), ``nmf.decompose`` factorises its
+      ``(B, S, H, W, head_dim, N)`` matrices (a strided view, the values :meth:`matrices` returns),
+      and the reconstruction is scattered back.
+
+    ``nmf`` holds the NMF settings (its ``init=None`` is the paper's: ``fixed_uv`` for windows,
+    ``fixed_u`` for the global variant, which has no fixed window for a ``v0``); ``path`` is the
+    module docstring's switch. Inputs may be channels-first or channels-last in memory; the output
+    is channels-last in memory.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        spatial_dims: int = 3,
+        head_dim: int = 8,
+        window_size: int | Sequence[int] | None = 8,
+        shifts: Sequence[int | Sequence[int]] = (0,),
+        nmf: NMFConfig = NMFConfig(),
+        in_bias: bool = False,
+        path: MixerPath = "subblocks",
+    ) -> None:
+        super().__init__()
+        _check_path(path)
+        conv = conv_nd(spatial_dims)
+        self.in_proj = conv(channels, channels, 1, bias=in_bias)
+        self.out_proj = conv(channels, channels, 1)
+        positional = nmf.init_for(window_size is not None) == "fixed_uv"
+        self.matricize = WindowMatricize(spatial_dims, head_dim, window_size, shifts, positional=positional)
+        self.nmf = NMF.from_config(head_dim, nmf, self.matricize.window_size, fused=path != "plain")
+        self.path: MixerPath = path
+
+    def extra_repr(self) -> str:
+        return f"path={self.path}"
+
+    def matrices(self, x: Tensor) -> tuple[Tensor, WindowLayout]:
+        """The nonnegative window matrices the NMF factorises, and their layout."""
+        return self.matricize(torch.relu(self.in_proj(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        lay = self.matricize.layout_of(x)
+        h = F.linear(x.movedim(1, -1), pointwise_weight(self.in_proj), self.in_proj.bias)
+        h = pad_channels_last(torch.relu_(h), lay)  # relu_ is safe: the linear's backward does not need its output
+        edges = subblock_edges(lay)
+        out = self._subblock_path(h, lay, edges) if self._takes_subblocks(h, edges) else None
+        if out is None:
+            out = self._window_path(h, lay)
+        return crop_channels_last(out, lay).movedim(-1, 1)
+
+    def _takes_subblocks(self, h: Tensor, edges: Sequence[int]) -> bool:
+        """Whether this call tries the sub-block path on the in-projected features ``h (B, *padded, C)``.
+
+        Where ``path`` asks for it and it applies: rank-1 HALS with an init it covers
+        (``nmf.fusable``, which also depends on ``num_iters``, changeable after construction); no
+        graph capture (the path falls back on data-dependent checks); no half precision (autocast:
+        the window path factorises in float32); and a ``C x C`` map per sub-block not much larger
+        than the sub-block. It still falls back where the values need rescaling.
+        """
+        return (
+            self.path == "subblocks" and self.nmf.fusable and not traced()
+            and h.dtype in (torch.float32, torch.float64) and h.shape[-1] <= 4 * math.prod(edges)
+        )
+
+    def _subblock_path(self, h: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor | None:
+        """Output ``(B, *padded, C)`` by the sub-block path, or ``None`` where the window path must run."""
+        b, c = h.shape[0], h.shape[-1]
+        tables = self.matricize.tables
+        blocks = to_subblocks(h, lay, edges)  # (B, K, Q, C)
+        v0 = self.nmf.initial_v(lay.window).to(h.dtype) if self.nmf.init == "fixed_uv" else None
+        solved = self.nmf.solve_gram_form(
+            matrices_view(blocks.unsqueeze(1), self.matricize.head_dim),  # (B, 1, H, K, M, Q)
+            self.nmf.eps_for(h.dtype),
+            v0,
+            # Per sub-block (K) -> per window of each shift (S, W): (B, H, S, W, M, M) -> (B, S, H, W, M, M).
+            sums=lambda g: window_sums(g[:, 0], lay, edges, dim=2, tables=tables).transpose(1, 2),
+            times_v0=lambda v: self._times_v0(blocks, v, lay, edges),
+        )
+        if solved is None:
+            return None
+        u, a = solved  # (B, S, H, W, M, 1), (B, S, H, W)
+        s = len(lay.shifts)
+        w_out = pointwise_weight(self.out_proj)
+        left = head_loadings_t(u * a[..., None, None])  # (B S W, H, C): rows a_h u_h^T
+        right = head_loadings_t(u) @ (w_out.t() / s)  # (B S W, H, C): rows u_h^T W_out^T / S
+        per_window = (left.transpose(1, 2) @ right).view(b, s, lay.num_windows, c, c)
+        per_block = subblock_sums(per_window, lay, edges, tables)  # (B, K, C, C)
+        rec = torch.bmm(blocks.reshape(-1, *blocks.shape[2:]), per_block.view(-1, c, c))
+        if self.out_proj.bias is not None:  # the shift average of a constant: the bias once
+            rec = rec.add_(self.out_proj.bias)
+        return from_subblocks(rec.view(blocks.shape), lay, edges)
+
+    def _times_v0(self, blocks: Tensor, v0: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+        """``X v0`` of every window of every shift, ``(B, S, H, W, M, 1)``, from sub-blocks ``(B, K, Q, C)``.
+
+        ``v0`` weights each voxel by its position in its window: a sub-block's voxels get the ``v0``
+        entries of the slot the sub-block fills in its window of each shift, so per shift one weighted
+        sum per sub-block, then the per-window sums (no window is gathered).
+        """
+        b, c = blocks.shape[0], blocks.shape[-1]
+        tables = self.matricize.tables
+        weights = subblock_weights(v0[:, 0], lay, edges, tables)  # (S, K, Q)
+        per_block = torch.einsum("skq,bkqc->bskc", weights, blocks)
+        per_window = shift_window_sums(per_block, lay, edges, tables)  # (B, S, W, C)
+        m = self.matricize.head_dim
+        return per_window.view(b, len(lay.shifts), lay.num_windows, c // m, m).transpose(2, 3).unsqueeze(-1)
+
+    def _window_path(self, h: Tensor, lay: WindowLayout) -> Tensor:
+        """Output ``(B, *padded, C)`` through the gathered windows and ``nmf.decompose``."""
+        b, c = h.shape[0], h.shape[-1]
+        heads = c // self.matricize.head_dim
+        stacked = window_stack(h, lay, self.matricize.tables)  # (B, S, W, N, C)
+        mats = matrices_view(stacked, self.matricize.head_dim)
+        u, v = self.nmf.decompose(mats, nonnegative=True, column_shape=lay.window)
+        s, w, n, r = len(lay.shifts), lay.num_windows, lay.window_voxels, u.shape[-1]
+        # V per window and all heads: (B S W, N, H R) (a view for the fused path); the loadings as
+        # block-diagonal (B S W, H R, C) rows, with the out-projection and the shift average folded in.
+        v_all = v.permute(0, 1, 3, 4, 2, 5).reshape(b * s * w, n, heads * r)
+        w_out = pointwise_weight(self.out_proj).to(u.dtype)
+        mixed = head_loadings_t(u) @ (w_out.t() / s)
+        out = window_unstack(torch.bmm(v_all, mixed).view(b, s, w, n, c), lay, self.matricize.tables)
+        # The bias once per voxel (the shift average of a constant), not broadcast into every window row.
+        if self.out_proj.bias is None:
+            return out
+        bias = self.out_proj.bias.to(out.dtype)
+        return out.add_(bias) if can_modify_inplace(out) else out + bias
+
+
+def with_mixer_path(model: nn.Module, path: MixerPath) -> nn.Module:
+    """A copy of ``model`` (same weights and buffers) whose NMF mixers take ``path``; ``model`` stays as it is.
+
+    For comparing the paths on one built network (FLOP counts in the window formulation, benchmarks).
+    """
+    _check_path(path)
+    other = copy.deepcopy(model)
+    for mixer in other.modules():
+        if isinstance(mixer, NMFMixer):
+            mixer.path = path
+            mixer.nmf.fused = path != "plain"
+    return other

@@ -1,0 +1,131 @@
+"""The Factorizer's per-voxel MLP, and its residual branch with a memory diet for training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from factorseg.models.layers.conv import conv_nd, pointwise_weight
+from factorseg.models.layers.dropout import Dropout, keep_mask, masked
+from factorseg.models.layers.fastpath import can_modify_inplace
+
+
+class MLP(nn.Module):
+    """Per-voxel two-layer MLP (1x1 convolutions) with GELU and dropout."""
+
+    def __init__(self, channels: int, ratio: float, dropout: float, spatial_dims: int) -> None:
+        super().__init__()
+        conv, hidden = conv_nd(spatial_dims), int(round(channels * ratio))
+        self.net = nn.Sequential(
+            conv(channels, hidden, 1), nn.GELU(), Dropout(dropout), conv(hidden, channels, 1), Dropout(dropout)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_channels_last(x.movedim(1, -1)).movedim(-1, 1)
+
+    def forward_channels_last(self, x: Tensor) -> Tensor:
+        """The same MLP on ``(B, *spatial, C)``: two matrix products over all voxels."""
+        first, act, drop1, second, drop2 = self.net
+        h = F.linear(x, pointwise_weight(first), first.bias)
+        if can_modify_inplace(h):
+            h = torch.ops.aten.gelu_(h, approximate=act.approximate)
+        else:
+            h = F.gelu(h, approximate=act.approximate)
+        return drop2(F.linear(drop1(h), pointwise_weight(second), second.bias))
+
+    def add_to_(self, y: Tensor, x: Tensor) -> Tensor:
+        """``y += mlp(x)`` in place on channels-last ``(B, *spatial, C)`` tensors, for inference.
+
+        The second product accumulates straight into ``y`` (no separate output and sum).
+        """
+        first, act, drop1, second, drop2 = self.net
+        h = torch.ops.aten.gelu_(F.linear(x, pointwise_weight(first), first.bias), approximate=act.approximate)
+        h = drop1(h)
+        if (drop2.p > 0 and drop2.training) or h.dtype != y.dtype or second.weight.dtype != y.dtype:
+            # Dropout or autocast (e.g. bf16 products): no fused accumulation.
+            return y.add_(drop2(F.linear(h, pointwise_weight(second), second.bias)))
+        c = y.shape[-1]
+        y2d = y.view(-1, c)
+        y2d.addmm_(h.view(-1, h.shape[-1]), pointwise_weight(second).t())
+        if second.bias is not None:
+            y2d.add_(second.bias)
+        return y
+
+
+class _MLPResidual(torch.autograd.Function):
+    """``y + drop(W2 drop(gelu(W1 LN(y) + b1)) + b2)`` on channels-last rows ``(V, C)``, saving little.
+
+    The plain formulation keeps, per voxel, the LayerNorm input and output, the GELU input and output,
+    the LayerNorm statistics and both dropout masks: about 6.75 C values' worth. This function keeps
+    the input ``y``, the LayerNorm statistics, the GELU input ``h`` and the (boolean) masks, 3.75 C,
+    and recomputes the cheap per-voxel rest in the backward pass: the normalisation and the GELU. No
+    matrix product is recomputed. Same values and gradients as the plain formulation
+    (tests/test_memory_diet.py).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, rows: Tensor, ln_w: Tensor | None, ln_b: Tensor | None, w1: Tensor, b1: Tensor | None,
+        w2: Tensor, b2: Tensor | None, eps: float, approximate: str,
+        keep: tuple[tuple[Tensor, float], tuple[Tensor, float]] | None,
+    ) -> Tensor:
+        c = rows.shape[-1]
+        normed, mean, rstd = torch.ops.aten.native_layer_norm(rows, [c], ln_w, ln_b, eps)
+        h = F.linear(normed, w1, b1)
+        del normed
+        keep1, keep2 = keep if keep is not None else (None, None)
+        z = F.linear(masked(F.gelu(h, approximate=approximate), keep1), w2, b2)
+        masks = [] if keep is None else [keep1[0], keep2[0]]
+        ctx.save_for_backward(rows, mean, rstd, h, ln_w, ln_b, w1, b1, w2, *masks)
+        ctx.settings = (eps, approximate, None if keep is None else (keep1[1], keep2[1]))
+        return rows + masked(z, keep2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        rows, mean, rstd, h, ln_w, ln_b, w1, b1, w2, *masks = ctx.saved_tensors
+        eps, approximate, scales = ctx.settings
+        keep1, keep2 = ((masks[0], scales[0]), (masks[1], scales[1])) if scales is not None else (None, None)
+        c = rows.shape[-1]
+        need = ctx.needs_input_grad
+        dz = masked(dout, keep2)
+        g = masked(F.gelu(h, approximate=approximate), keep1)
+        dw2 = dz.t() @ g if need[5] else None
+        db2 = dz.sum(0) if need[6] else None
+        del g
+        dh = torch.ops.aten.gelu_backward(masked(dz @ w2, keep1), h, approximate=approximate)
+        normed = torch.ops.aten.native_layer_norm(rows, [c], ln_w, ln_b, eps)[0]
+        dw1 = dh.t() @ normed if need[3] else None
+        db1 = dh.sum(0) if need[4] else None
+        del normed
+        dn = dh @ w1
+        del dh
+        mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
+        dy, dlw, dlb = torch.ops.aten.native_layer_norm_backward(dn, rows, [c], mean, rstd, ln_w, ln_b, mask)
+        dy = dout + dy if dy is not None else None
+        return dy, dlw, dlb, dw1, db1, dw2, db2, None, None, None
+
+
+def mlp_residual(y: Tensor, norm: nn.LayerNorm, mlp: MLP) -> Tensor:
+    """``y + mlp(norm(y))`` for training, on channels-last ``y``, with :class:`_MLPResidual`'s memory diet.
+
+    The dropout masks are drawn like :class:`Dropout` draws them, in the same order (hidden, then
+    output) from PyTorch's default generator: the same masks as the plain formulation's.
+    """
+    first, act, drop1, second, drop2 = mlp.net
+    c = y.shape[-1]
+    rows = y.reshape(-1, c)
+    hidden = (rows.shape[0], first.out_channels)
+    p = drop1.p if drop1.training else 0.0
+    if drop2.p != drop1.p or drop2.training != drop1.training or p >= 1 or y.device.type != "cpu":
+        return y + mlp.forward_channels_last(norm(y))  # (the diet's masks are the CPU Dropout's)
+    keep = (keep_mask(hidden, p, y.device), keep_mask(rows.shape, p, y.device)) if p > 0 else None
+    out = _MLPResidual.apply(
+        rows, norm.weight, norm.bias, pointwise_weight(first), first.bias, pointwise_weight(second),
+        second.bias, norm.eps, act.approximate, keep,
+    )
+    return out.view(y.shape)
