@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from factorseg.models.blocks import FactorizerBlock
-from factorseg.models.layers.dropout import masked as _masked
 from factorseg.models.layers.mlp import MLP, _MLPResidual, mlp_residual
 
 

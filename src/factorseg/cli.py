@@ -127,9 +127,10 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{k}={v}" for k, v in pairs if v is not None] + list(args.set)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _train_config(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    """The run config the options make: the recipe (or with --resume the run's config.yaml), the model switch
+    and the overrides, with the options that exclude each other refused."""
     from factorseg.config import apply_overrides, load_recipe, switch_model
-    from factorseg.training import train
 
     init_from = args.init_from is not None or any(s.split("=", 1)[0].strip() == "train.init_from" for s in args.set)
     if args.resume and init_from:
@@ -146,8 +147,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = load_recipe(args.recipe)
     if args.model:
         cfg = switch_model(cfg, args.model)
-    cfg = apply_overrides(cfg, _train_overrides(args))
-    result = train(cfg, args.data, args.output, resume=args.resume, progress=not args.no_progress)
+    return apply_overrides(cfg, _train_overrides(args))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from factorseg.training import train
+
+    result = train(_train_config(args), args.data, args.output, resume=args.resume, progress=not args.no_progress)
     if result.best_model is not None:
         print(f"best model: {result.best_model}")
     else:
@@ -199,18 +205,11 @@ def _check_options(args: argparse.Namespace, specs: dict[str, object]) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from factorseg.config import SCHEMA
     from factorseg.data.formats import cases_from_paths
     from factorseg.inference.loading import load_model
     from factorseg.inference.pipeline import InferenceOptions, SegmentationPredictor
 
-    # Types and lower bounds: InferenceOptions.resolved; the config's sanity limits on top.
-    inference = SCHEMA["inference"].keys
-    for dest in ("sw_batch_size", "nmf_iters"):
-        value, cap = getattr(args, dest), getattr(getattr(inference[dest], "inner", inference[dest]), "cap", None)
-        if value is not None and cap is not None and value > cap:
-            raise InputError(f"--{dest.replace('_', '-')} must be at most {cap}, got {value}")
-
+    _check_inference_caps(args, ["sw_batch_size", "nmf_iters"], caps_only=True)
     options = InferenceOptions(
         overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size, tta=args.tta,
         nmf_iters=args.nmf_iters, device=args.device, save_probabilities=args.probabilities, overwrite=args.overwrite,
@@ -312,15 +311,21 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_explain)
 
 
-def _check_inference_caps(args: argparse.Namespace, dests: Sequence[str]) -> None:
-    """``--sw-batch-size`` / ``--nmf-iters``: at least 0 / 1 and at most the config's sanity limits."""
+def _check_inference_caps(args: argparse.Namespace, dests: Sequence[str], caps_only: bool = False) -> None:
+    """``--sw-batch-size`` / ``--nmf-iters`` against the config's limits: at least 1 / 0 and at most its sanity
+    limit, or with ``caps_only`` the upper limit alone (predict's lower bounds: ``InferenceOptions.resolved``)."""
     from factorseg.config import SCHEMA
 
     inference = SCHEMA["inference"].keys
     for dest in dests:
-        value, spec = getattr(args, dest), inference[dest]
-        if value is not None:
-            getattr(spec, "inner", spec).check(value, "--" + dest.replace("_", "-"))
+        value, spec = getattr(args, dest), getattr(inference[dest], "inner", inference[dest])
+        option, cap = "--" + dest.replace("_", "-"), getattr(spec, "cap", None)
+        if value is None:
+            continue
+        if not caps_only:
+            spec.check(value, option)
+        elif cap is not None and value > cap:
+            raise InputError(f"{option} must be at most {cap}, got {value}")
 
 
 def _explain_summary(index: dict, output: Path) -> list[str]:  # type: ignore[type-arg]
@@ -495,38 +500,41 @@ def _add_recipes(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_recipes)
 
 
-def _cmd_recipes(args: argparse.Namespace) -> int:
+def _recipes_listing(keys: bool) -> list[str]:
+    """What ``factorseg recipes`` prints: each recipe with its description, then the settings -s accepts (with
+    ``keys``: each with its type and range). On a terminal the lines fit its width; piped they are printed in full."""
     import textwrap
 
-    import yaml
-
-    from factorseg.config import available_recipes, describe_keys, load_recipe, recipe_description
-
-    if args.name:
-        print(yaml.safe_dump(load_recipe(args.name), sort_keys=False), end="")
-        return 0
+    from factorseg.config import available_recipes, describe_keys, recipe_description
     from factorseg.console import PIPE_WIDTH, is_terminal
 
     names = available_recipes()
     width = max(map(len, names))
-    # On a terminal the descriptions fit its width; piped or redirected they are printed in full.
     columns = shutil.get_terminal_size((100, 24)).columns if is_terminal() else PIPE_WIDTH
-    print("Recipes (factorseg train --recipe NAME; factorseg recipes NAME prints one):")
-    for name in names:
-        print(f"  {name:<{width}}  {recipe_description(name, width=max(40, columns - width - 5))}")
-    keys = describe_keys()
-    if args.keys:
-        print("\nSettings (factorseg train -s SECTION.KEY=VALUE):")
-        for section, items in keys.items():
-            print(f"  {section}:")
-            for key, text in items:
-                print(f"    {section}.{key}: {text}")
-        return 0
-    print("\nSettings that -s SECTION.KEY=VALUE accepts (factorseg recipes --keys gives their types and ranges):")
-    for section, items in keys.items():
+    lines = ["Recipes (factorseg train --recipe NAME; factorseg recipes NAME prints one):"]
+    lines += [f"  {name:<{width}}  {recipe_description(name, width=max(40, columns - width - 5))}" for name in names]
+    if keys:
+        lines.append("\nSettings (factorseg train -s SECTION.KEY=VALUE):")
+        for section, items in describe_keys().items():
+            lines += [f"  {section}:", *(f"    {section}.{key}: {text}" for key, text in items)]
+        return lines
+    lines.append("\nSettings that -s SECTION.KEY=VALUE accepts (factorseg recipes --keys gives their types and ranges):")
+    for section, items in describe_keys().items():
         line = f"{section}: " + ", ".join(dict.fromkeys(key for key, _ in items))
-        print(textwrap.fill(line, width=min(110, max(60, columns - 1)), initial_indent="  ", subsequent_indent="    "))
-    print("  (model: also any other constructor argument of the MONAI baselines)")
+        lines.append(textwrap.fill(line, width=min(110, max(60, columns - 1)), initial_indent="  ",
+                                   subsequent_indent="    "))
+    return [*lines, "  (model: also any other constructor argument of the MONAI baselines)"]
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    from factorseg.config import load_recipe
+
+    if args.name:
+        print(yaml.safe_dump(load_recipe(args.name), sort_keys=False), end="")
+    else:
+        print("\n".join(_recipes_listing(args.keys)))
     return 0
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from factorseg import __version__, models
+from factorseg.config import InferenceConfig
 from factorseg.data.transforms import IMAGE_KEY, TransformConfig, geometry_steps, nonzero
 from factorseg.errors import InputError
 from factorseg.io import atomic_write
@@ -122,20 +123,19 @@ def _preprocessing(transforms: dict[str, Any]) -> dict[str, Any]:
     return {"_target_": "Compose", "transforms": steps}
 
 
-def _network_def(config: dict[str, Any]) -> dict[str, Any]:
+def _network_def(config: dict[str, Any], settings: InferenceConfig) -> dict[str, Any]:
     model = models.explicit_architecture(dict(config["model"]))
-    nmf_iters = config.get("inference", {}).get("nmf_iters")
-    if nmf_iters is not None and "nmf_iters" in model:
-        model["nmf_iters"] = int(nmf_iters)
+    if settings.nmf_iters is not None and "nmf_iters" in model:
+        model["nmf_iters"] = int(settings.nmf_iters)
     name = model.pop("name")
     return {"_target_": "factorseg.models.create", "name": name, **model}
 
 
-def inference_config(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``configs/inference.json``: the model's own pipeline in MONAI's config syntax.
-
-    ``defaults``: the inference settings the model predicts with (overlap, sw_batch_size, blend).
-    """
+def inference_config(config: dict[str, Any], settings: InferenceConfig) -> dict[str, Any]:
+    """``configs/inference.json``: the model's own pipeline in MONAI's config syntax, predicting with
+    ``settings`` (overlap, sw_batch_size, blend, nmf_iters; flip TTA is refused: a bundle has none)."""
+    if settings.tta:
+        raise InputError("a MONAI bundle has no flip TTA; export without --tta (inference.tta=false)")
     labels = config["labels"]
     regions = labels["mode"] == "regions"
     dtype = "$numpy.uint8" if max(labels["values"]) < 256 else "$numpy.int16"
@@ -147,15 +147,15 @@ def inference_config(config: dict[str, Any], defaults: dict[str, Any]) -> dict[s
         "dataset_dir": "/workspace/data",
         "datalist": "$list(sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*'))))",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": _network_def(config),
+        "network_def": _network_def(config, settings),
         "network": "$@network_def.to(@device)",
         "preprocessing": _preprocessing(config["transforms"]),
         "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [int(r) for r in config["transforms"]["roi_size"]],
-                    "sw_batch_size": int(defaults["sw_batch_size"]), "overlap": float(defaults["overlap"]),
-                    "mode": str(defaults["blend"]), "sw_device": "@device", "device": "$torch.device('cpu')"},
+                    "sw_batch_size": settings.sw_batch_size, "overlap": settings.overlap, "mode": settings.blend,
+                    "sw_device": "@device", "device": "$torch.device('cpu')"},
         "postprocessing": {
             "_target_": "Compose",
             "transforms": [
@@ -226,13 +226,15 @@ The weights were trained on the data named in configs/metadata.json; its own lic
 """
 
 
-def export_monai_bundle(model: torch.nn.Module, config: dict[str, Any], defaults: dict[str, Any], out_dir: str | Path,
-                        overwrite: bool = False) -> Path:
+def export_monai_bundle(model: torch.nn.Module, config: dict[str, Any], out_dir: str | Path,
+                        settings: InferenceConfig | None = None, overwrite: bool = False) -> Path:
     """Write the MONAI bundle of ``model`` (with its bundle ``config``) into ``out_dir``; returns ``out_dir``.
 
-    ``defaults``: the resolved inference settings (overlap, sw_batch_size, blend). The folder is built next to
-    ``out_dir`` and moved into place, so an interrupted export leaves nothing half-written.
+    ``settings``: how the bundle predicts (default: the model's own ``inference`` section). The folder is built
+    next to ``out_dir`` and moved into place, so an interrupted export leaves nothing half-written.
     """
+    if settings is None:
+        settings = InferenceConfig.from_dict(config.get("inference", {}))
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it")
@@ -248,7 +250,7 @@ def export_monai_bundle(model: torch.nn.Module, config: dict[str, Any], defaults
         torch.save(state, work / "models" / "model.pt")
         files = {
             "configs/metadata.json": json.dumps(metadata(config), indent=2) + "\n",
-            "configs/inference.json": json.dumps(inference_config(config, defaults), indent=2) + "\n",
+            "configs/inference.json": json.dumps(inference_config(config, settings), indent=2) + "\n",
             f"configs/{SCHEMA_FILE}": resources.files("factorseg.inference").joinpath(SCHEMA_FILE).read_text(),
             "docs/README.md": _readme(config),
             "LICENSE": _LICENSE,

@@ -27,7 +27,7 @@ The value equals the plain iterations up to float rounding; in the gradient, a z
 ``X^T u`` counts as interior (one-sided derivative in the nonnegative orthant) instead of ReLU's
 zero subgradient there, which only changes gradients at entries that a preceding ReLU already
 zeroes (as in the mixer). Matrices that are strided views of a channels-last window buffer
-(``matricize.matrices_view``) get all heads' Gram blocks from one ``(N x C)^T (N x C)`` product.
+(``windows.matrices_view``) get all heads' Gram blocks from one ``(N x C)^T (N x C)`` product.
 """
 
 from __future__ import annotations

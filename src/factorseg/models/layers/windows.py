@@ -192,7 +192,7 @@ class WindowMatricize:
 class IndexTables:
     """Copies of the index tables on devices other than the CPU, kept by the module that uses them.
 
-    The tables themselves are CPU tensors cached process-wide (small NumPy-built integer arrays);
+    The tables themselves are CPU tensors cached process-wide (integer arrays built with NumPy);
     on the CPU they are used as they are. Every function of this module that gathers takes
     ``tables``; without one, other devices get a fresh copy per call. At most ``capacity`` copies
     are kept (the least recently used go), a few input sizes' worth.
