@@ -378,25 +378,33 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="export a trained model to ONNX or TorchScript",
-        description="Export a model bundle for deployment. ONNX files run with `factorseg predict --backend "
-        "onnxruntime`; the model's config travels in a sidecar JSON.",
-        epilog="Example: factorseg export -m runs/hippo/model_best.pt --format onnx -o hippo.onnx",
+        "export", help="export a trained model to ONNX, TorchScript or a MONAI bundle",
+        description="Export a model for deployment. ONNX files run with `factorseg predict --backend "
+        "onnxruntime` (the model's config travels in a sidecar JSON); a MONAI bundle (a folder) runs with "
+        "`python -m monai.bundle run` and needs `pip install 'factorseg[export]'`.",
+        epilog="Example: factorseg export -m runs/hippo/model_best.pt --format onnx -o hippo.onnx; "
+        "factorseg export -m hippocampus --format monai-bundle -o hippocampus_bundle",
     )
     p.add_argument("-m", "--model", required=True, help="model bundle, checkpoint or shipped model name")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="export format")
-    p.add_argument("-o", "--output", required=True, type=Path, help="output file")
+    p.add_argument("--format", choices=["onnx", "torchscript", "monai-bundle"], default="onnx", help="export format")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output file (a folder for monai-bundle)")
     p.add_argument("--nmf-iters", type=int, help="bake this many NMF iterations into the graph (default: as trained)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from factorseg.inference.export import export_bundle
     from factorseg.inference.loading import load_model
 
-    path = export_bundle(load_model(args.model, backend="torch"), args.output, args.format, nmf_iters=args.nmf_iters,
-                         overwrite=args.overwrite)
+    loaded = load_model(args.model, backend="torch")
+    if args.format == "monai-bundle":
+        from factorseg.inference.monai_bundle import export_monai_bundle
+
+        path = export_monai_bundle(loaded, args.output, nmf_iters=args.nmf_iters, overwrite=args.overwrite)
+    else:
+        from factorseg.inference.export import export_bundle
+
+        path = export_bundle(loaded, args.output, args.format, nmf_iters=args.nmf_iters, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
 
@@ -616,7 +624,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     previous, warnings.showwarning = warnings.showwarning, _show_warning
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # torch warns that torch.jit is deprecated while MONAI imports pytorch-ignite (the `export` extra):
+            # library internals, not the user's concern
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+            return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error of ours
         try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

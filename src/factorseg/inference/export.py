@@ -156,6 +156,16 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def check_nmf_iters(network: nn.Module, nmf_iters: int | None) -> None:
+    """Refuse an NMF iteration count to bake that is not a small whole number, or a model without NMF."""
+    if nmf_iters is None:
+        return
+    if not isinstance(nmf_iters, int) or isinstance(nmf_iters, bool) or not 0 <= nmf_iters <= 1000:
+        raise InputError(f"--nmf-iters must be an integer in [0, 1000], got {nmf_iters!r}")
+    if not any(isinstance(m, NMF) for m in network.modules()):
+        raise InputError("--nmf-iters: this model has no NMF layers")
+
+
 def export_bundle(
     loaded: LoadedModel, path: str | Path, format: Format = "onnx", nmf_iters: int | None = None,
     overwrite: bool = False,
@@ -173,11 +183,7 @@ def export_bundle(
     source = Path(loaded.path).resolve()
     if path.resolve() == source or sidecar.resolve() == source:
         raise InputError(f"{path}: would replace the model it is exported from; choose another --output")
-    if nmf_iters is not None:
-        if not isinstance(nmf_iters, int) or isinstance(nmf_iters, bool) or not 0 <= nmf_iters <= 1000:
-            raise InputError(f"--nmf-iters must be an integer in [0, 1000], got {nmf_iters!r}")
-        if not any(isinstance(m, NMF) for m in network.modules()):
-            raise InputError("--nmf-iters: this model has no NMF layers")
+    check_nmf_iters(network, nmf_iters)
     if format not in FORMATS:
         raise InputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     config = json.loads(json.dumps(loaded.config))

@@ -18,8 +18,8 @@ so that its masks agree with ``factorseg predict``. Flip TTA and ensembles are n
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
-import json
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -32,7 +32,9 @@ from factorseg import __version__, models
 from factorseg.config import InferenceConfig
 from factorseg.data.transforms import IMAGE_KEY, TransformConfig, geometry_steps, nonzero
 from factorseg.errors import InputError
-from factorseg.io import atomic_write
+from factorseg.inference.export import check_nmf_iters
+from factorseg.inference.loading import LoadedModel
+from factorseg.io import atomic_write, write_json
 
 #: The metadata schema MONAI's own bundles name (downloaded by ``verify_metadata`` when no local copy is given).
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -110,7 +112,7 @@ def metadata(config: dict[str, Any]) -> dict[str, Any]:
 def _spelt_out(value: Any) -> Any:
     """Transform arguments in MONAI's config syntax (functions as ``$`` expressions)."""
     if value is nonzero:
-        return "$factorseg.data.transforms.nonzero"
+        return "$nonzero"
     if isinstance(value, (list, tuple)):
         return [_spelt_out(v) for v in value]
     return value
@@ -140,8 +142,8 @@ def inference_config(config: dict[str, Any], settings: InferenceConfig) -> dict[
     regions = labels["mode"] == "regions"
     dtype = "$numpy.uint8" if max(labels["values"]) < 256 else "$numpy.int16"
     return {
-        "imports": ["$import glob", "$import os", "$import numpy", "$import torch", "$import factorseg.models",
-                    "$import factorseg.data.transforms"],
+        "imports": ["$import glob", "$import os", "$import numpy", "$import torch",
+                    "$from factorseg.data.transforms import nonzero"],
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": "/workspace/data",
@@ -226,15 +228,19 @@ The weights were trained on the data named in configs/metadata.json; its own lic
 """
 
 
-def export_monai_bundle(model: torch.nn.Module, config: dict[str, Any], out_dir: str | Path,
-                        settings: InferenceConfig | None = None, overwrite: bool = False) -> Path:
-    """Write the MONAI bundle of ``model`` (with its bundle ``config``) into ``out_dir``; returns ``out_dir``.
+def export_monai_bundle(loaded: LoadedModel, out_dir: str | Path, nmf_iters: int | None = None,
+                        overwrite: bool = False) -> Path:
+    """Write the MONAI bundle of a loaded PyTorch model into ``out_dir``; returns ``out_dir``.
 
-    ``settings``: how the bundle predicts (default: the model's own ``inference`` section). The folder is built
-    next to ``out_dir`` and moved into place, so an interrupted export leaves nothing half-written.
+    It predicts with the model's own inference settings; ``nmf_iters`` sets its test-time NMF iterations
+    (default: the config's ``inference.nmf_iters``, else as trained). The folder is built next to ``out_dir``
+    and moved into place, so an interrupted export leaves nothing half-written; ``loaded`` is left as it is.
     """
-    if settings is None:
-        settings = InferenceConfig.from_dict(config.get("inference", {}))
+    model, config = loaded.model, loaded.config  # .model refuses an exported graph
+    check_nmf_iters(model, nmf_iters)
+    settings = InferenceConfig.from_dict(config.get("inference", {}))
+    if nmf_iters is not None:
+        settings = dataclasses.replace(settings, nmf_iters=nmf_iters)
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it")
@@ -248,9 +254,9 @@ def export_monai_bundle(model: torch.nn.Module, config: dict[str, Any], out_dir:
             (work / sub).mkdir(parents=True)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         torch.save(state, work / "models" / "model.pt")
+        write_json(work / "configs" / "metadata.json", metadata(config))
+        write_json(work / "configs" / "inference.json", inference_config(config, settings))
         files = {
-            "configs/metadata.json": json.dumps(metadata(config), indent=2) + "\n",
-            "configs/inference.json": json.dumps(inference_config(config, settings), indent=2) + "\n",
             f"configs/{SCHEMA_FILE}": resources.files("factorseg.inference").joinpath(SCHEMA_FILE).read_text(),
             "docs/README.md": _readme(config),
             "LICENSE": _LICENSE,
