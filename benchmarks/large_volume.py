@@ -38,7 +38,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from factorseg.models.bundle import save_bundle
+from factorseg.bundles.format import save_bundle
 from factorseg.data.transforms import TransformConfig
 from factorseg.models import create
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from factorseg.models.bundle import save_bundle
+from factorseg.bundles.format import save_bundle
 from factorseg.cli import main
 from factorseg.data.transforms import TransformConfig
 from factorseg.models import create

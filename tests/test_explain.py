@@ -13,7 +13,7 @@ from torch import nn
 from factorseg.models.layers.mixer import NMFMixer
 from factorseg.models.layers.nmf import NMFConfig
 from factorseg.errors import InputError
-from factorseg.explain.components import (
+from factorseg.explain import (
     component_label_overlap,
     explain,
     list_blocks,

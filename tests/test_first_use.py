@@ -22,16 +22,15 @@ import torch.nn.functional as F
 
 from builders import refused as _refused
 
-from factorseg.explain import components as explain_module
 from factorseg.inference.loading import load_model
-from factorseg.models.bundle import save_bundle
+from factorseg.bundles.format import save_bundle
 from factorseg.cli import main
 from factorseg.config import recipe_description
 from factorseg.data.labels import LabelSpec
 from factorseg.data.synthetic import write_brats_dataset
 from factorseg.data.transforms import TransformConfig
 from factorseg.errors import InputError
-from factorseg.explain.components import MAP_UNIT, label_centre, quantise_maps, write_maps_nifti
+from factorseg.explain import MAP_UNIT, label_centre, quantise_maps, run_explain, write_maps_nifti
 from factorseg.inference.pipeline import SegmentationPredictor, check_ensemble
 from factorseg.evaluation.metrics import ALL_METRICS
 from factorseg.models import create
@@ -273,8 +272,8 @@ def test_montage_is_sorted_by_auc_with_legend_scores_and_cuts_through_the_label(
     scan = np.random.default_rng(0).uniform(1, 2, (16, 16, 16)).astype(np.float32)
     label = np.zeros(scan.shape, np.uint8)
     label[2:6, 9:13, 3:7] = 1  # centre (3 or 4, 10 or 11, 4 or 5), far from the volume centre
-    index = explain_module.run_explain(model, torch.from_numpy(scan)[None], scan, np.eye(4), tmp_path,
-                                       blocks=["encoder.1.0"], label=label, montage_components=3)
+    index = run_explain(model, torch.from_numpy(scan)[None], scan, np.eye(4), tmp_path,
+                        blocks=["encoder.1.0"], label=label, montage_components=3)
     block = index["blocks"]["encoder.1.0"]
     shown = block["montage_components"]
     aucs = {r["component"]: r["auc"] for r in index["overlap"]}

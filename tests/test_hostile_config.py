@@ -39,7 +39,7 @@ from factorseg.config import (
     load_recipe,
     validate_recipe,
 )
-from factorseg.models.bundle import save_bundle
+from factorseg.bundles.format import save_bundle
 from factorseg.cli import build_parser, main
 from factorseg.data.transforms import TransformConfig
 from factorseg.errors import InputError

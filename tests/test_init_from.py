@@ -10,7 +10,7 @@ import yaml
 from builders import CLASSES, tiny_bundle
 
 from factorseg.inference.loading import load_model
-from factorseg.models.bundle import save_bundle
+from factorseg.bundles.format import save_bundle
 from factorseg.cli import main
 from factorseg.data.transforms import TransformConfig
 from factorseg.models import create

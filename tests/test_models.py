@@ -172,7 +172,7 @@ def test_forward_all_returns_every_head_in_eval_mode() -> None:
 def test_saved_configs_spell_out_the_architecture_and_old_ones_load_as_they_were(tmp_path) -> None:
     """Bundles record the architectural choices; a config without them (older factorseg) gets the earlier ones."""
     from factorseg.inference.loading import load_model
-    from factorseg.models.bundle import bundle_config
+    from factorseg.bundles.format import bundle_config
     from factorseg.io import save_checkpoint
     from factorseg.models.factorizer import LEGACY_ARCHITECTURE
 

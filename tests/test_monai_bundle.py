@@ -18,7 +18,7 @@ from builders import CLASSES, refused, tiny_bundle
 from factorseg.data.labels import get_label_spec
 from factorseg.data.transforms import TransformConfig
 from factorseg.models import create
-from factorseg.models.bundle import save_bundle
+from factorseg.bundles.format import save_bundle
 
 for _module in ("fire", "ignite", "jsonschema"):  # the `export` extra: MONAI's bundle CLI and its evaluator
     pytest.importorskip(_module)

@@ -1,4 +1,4 @@
-"""Importing the authors' Lightning checkpoints (``factorseg import-checkpoint``, :mod:`factorseg.models.official`).
+"""Importing the authors' Lightning checkpoints (``factorseg import-checkpoint``, :mod:`factorseg.bundles.official`).
 
 Reference files: ``../shared/fixtures/official_factorizer`` (made with the authors' code; read only, never
 copied here). Tests that need them skip where that folder is absent.
@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from factorseg.inference.loading import load_model
-from factorseg.models.bundle import build_model
+from factorseg.bundles.format import build_model
 from factorseg.cli import main
 from factorseg.errors import InputError
-from factorseg.models.official import Placeholder, convert_state_dict, import_official_checkpoint, read_official_checkpoint
+from factorseg.bundles.official import Placeholder, convert_state_dict, import_official_checkpoint, read_official_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_factorizer"
 SMALL = {"brats": "brats_small", "isles": "isles_small"}
@@ -371,7 +371,7 @@ def test_imported_bundle_loads_and_predicts(fixtures: Path, tmp_path: Path, caps
 
 def test_imported_model_takes_fewer_nmf_iterations_and_explains(fixtures: Path, tmp_path: Path) -> None:
     """The test-time speed-up and explain work on an imported model (the paper's fixed_uv init)."""
-    from factorseg.explain.components import explain
+    from factorseg.explain import explain
     from factorseg.models.layers.nmf import set_nmf_iters
 
     target = tmp_path / "isles.pt"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from factorseg.inference.loading import load_model
-from factorseg.models.bundle import save_bundle
+from factorseg.bundles.format import save_bundle
 from factorseg.cli import build_parser, main
 from factorseg.data.synthetic import write_brats_dataset
 

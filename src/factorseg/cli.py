@@ -354,7 +354,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from factorseg.config import Int
-    from factorseg.explain.components import explain_case, list_blocks
+    from factorseg.explain import explain_case, list_blocks
     from factorseg.inference.loading import load_model
 
     _check_options(args, {"components": Int(1, cap=4096)})
@@ -436,7 +436,7 @@ def _add_import_checkpoint(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from factorseg.config import Int, Num
-    from factorseg.models.official import import_official_checkpoint
+    from factorseg.bundles.official import import_official_checkpoint
 
     _check_options(args, {"nmf_iters": Int(0, cap=1000), "window_size": Int(1, cap=512), "crop": Int(1, cap=1024),
                           "spacing": Num(0.0, lo_open=True, cap=100.0)})

@@ -11,7 +11,7 @@ Every step uses the library's normal code path, exactly what the CLI commands ru
 4. evaluate: Dice and HD95 per BraTS region with :func:`~factorseg.evaluation.folders.evaluate_folders`
    (``factorseg evaluate``);
 5. explain: the NMF component maps of one Factorizer block on one held-out case with
-   :func:`~factorseg.explain.components.explain_case` (``factorseg explain``);
+   :func:`~factorseg.explain.run.explain_case` (``factorseg explain``);
 6. report: ``DIR/report.html`` (scores, learning curve, overlays, component maps) and ``DIR/summary.json``
    with the very numbers the report shows.
 
@@ -145,7 +145,7 @@ def _measure_seconds(cfg: dict[str, Any]) -> tuple[float, float]:
     from factorseg.config import TrainConfig
     from factorseg.data.labels import get_label_spec
     from factorseg.data.transforms import TransformConfig
-    from factorseg.models.bundle import build_model
+    from factorseg.bundles.format import build_model
     from factorseg.training.module import make_loss
 
     roi = tuple(int(s) for s in cfg["transforms"]["roi_size"])
@@ -204,13 +204,13 @@ def _demo_recipe(cases: int, seed: int, overrides: Sequence[str], block: str) ->
 
     Returns the config and the overrides applied to the shipped recipe (to print the equivalent command).
     """
-    from factorseg.models.bundle import build_model
+    from factorseg.bundles.format import build_model
     from factorseg.config import apply_overrides, load_recipe, validate_recipe
 
     cfg = load_recipe("demo")
     applied = [f"train.seed={seed}", f"data.folds={min(int(cfg['data']['folds']), cases)}", *overrides]
     cfg = validate_recipe(apply_overrides(cfg, applied))
-    from factorseg.explain.components import list_blocks
+    from factorseg.explain import list_blocks
 
     # Sizes that do not fit together, and a block the model lacks, are refused now, not after training.
     blocks = list_blocks(build_model(cfg["model"]))
@@ -430,7 +430,7 @@ def _pipeline(out_dir: Path, minutes: float | None, cases: int, seed: int, progr
     from factorseg.demo import report
     from factorseg.data.formats import cases_from_paths
     from factorseg.evaluation.folders import evaluate_folders
-    from factorseg.explain.components import explain_case, list_blocks
+    from factorseg.explain import explain_case, list_blocks
     from factorseg.inference.loading import load_model
     from factorseg.inference.pipeline import SegmentationPredictor
     from factorseg.training import train
@@ -547,7 +547,7 @@ _OVERLAY_CAPTION = (
 
 def _plot_components(components: dict[str, Any], block: str, case: dict[str, Any], ref_path: Path, explain_dir: Path,
                      out_png: Path) -> Path:
-    """The report's component figure, from the maps :func:`run_explain` wrote (on the FLAIR grid)."""
+    """The report's component figure, from the maps :func:`~factorseg.explain.run.run_explain` wrote (on the FLAIR grid)."""
     from factorseg.io import read_image
     from factorseg.demo.report import plot_components
 

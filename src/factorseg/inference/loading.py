@@ -21,7 +21,7 @@ from factorseg.data.transforms import TransformConfig
 from factorseg.errors import InputError
 from factorseg.inference.runners import Runner, TorchRunner, load_runner
 from factorseg.io import check_regular_file
-from factorseg.models.bundle import exported_kind, read_bundle
+from factorseg.bundles.format import exported_kind, read_bundle
 
 #: What ``factorseg predict --backend`` runs: PyTorch networks, or ONNX exports on onnxruntime.
 Backend = Literal["torch", "onnxruntime"]

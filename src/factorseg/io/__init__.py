@@ -16,8 +16,9 @@ use, so that ``from factorseg.io import write_json`` loads neither nibabel nor t
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from factorseg._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from factorseg.io.checkpoints import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -43,17 +44,5 @@ _MODULES = {
     "nifti": ("DEFAULT_MAX_VOXELS", "MAX_VOXELS_ENV", "NIFTI_SUFFIXES", "Volume", "check_same_grid", "is_nifti_name",
               "max_voxels", "read_header", "read_image", "save_nifti", "split_channel_suffix", "strip_nifti"),
 }
-_HOME = {name: module for module, names in _MODULES.items() for name in names}
 
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str) -> Any:
-    """A public name of the package, imported from its module (see the module docstring) when first used."""
-    if name in _HOME:
-        return getattr(importlib.import_module(f"factorseg.io.{_HOME[name]}"), name)
-    raise AttributeError(f"module 'factorseg.io' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOME])
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _MODULES)

@@ -16,7 +16,7 @@ from monai.utils import convert_to_tensor
 from torch import Tensor
 
 from factorseg.config import InferenceConfig, TrainConfig
-from factorseg.models.bundle import build_model
+from factorseg.bundles.format import build_model
 from factorseg.data.labels import LabelSpec
 from factorseg.evaluation.metrics import dice_from_counts
 from factorseg.training.data import derive_seed

@@ -29,7 +29,7 @@ from rich.progress import track
 from torch.utils.data import DataLoader
 
 from factorseg import models
-from factorseg.models.bundle import check_weights, save_bundle
+from factorseg.bundles.format import check_weights, save_bundle
 from factorseg.config import (
     SCHEMA,
     SECTIONS,
@@ -285,7 +285,7 @@ def init_source(name_or_path: str) -> tuple[str, Any]:
 
 def _state_shapes(model_cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the state dict the config builds (on the ``meta`` device where it can: no memory)."""
-    from factorseg.models.bundle import build_model
+    from factorseg.bundles.format import build_model
 
     try:
         with torch.device("meta"), warnings.catch_warnings():
@@ -553,7 +553,7 @@ def _check_patch(cfg: dict[str, Any], model: torch.nn.Module) -> None:
     Factorizers say so themselves (:meth:`check_size`); other models run one forward pass on the ``meta`` device
     (shapes only, no memory or compute); where that device is unsupported the check is skipped.
     """
-    from factorseg.models.bundle import build_model
+    from factorseg.bundles.format import build_model
 
     roi, name = list(cfg["transforms"]["roi_size"]), cfg["model"]["name"]
     check = getattr(model, "check_size", None)

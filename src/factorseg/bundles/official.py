@@ -666,7 +666,7 @@ def import_official_checkpoint(
     Nothing is written when anything is refused. See :func:`convert_state_dict` and :func:`bundle_config`
     for the options.
     """
-    from factorseg.models.bundle import build_model, save_bundle
+    from factorseg.bundles.format import build_model, save_bundle
 
     src, dst = Path(src), Path(dst)
     if dst.is_dir():
