@@ -50,6 +50,6 @@ def create(name: str, **overrides: Any) -> nn.Module:
 
 
 __all__ = [
-    "FACTORIZERS", "PRESETS", "Factorizer", "available", "count_flops", "count_parameters", "create", "explicit_architecture",
-    "upgrade_legacy",
+    "FACTORIZERS", "PRESETS", "Factorizer", "available", "count_flops", "count_parameters", "create", "eval_mode",
+    "explicit_architecture", "upgrade_legacy",
 ]
