@@ -181,8 +181,8 @@ def inference_config(config: dict[str, Any], settings: InferenceConfig) -> dict[
     }
 
 
-def _readme(config: dict[str, Any]) -> str:
-    meta = metadata(config)
+def _readme(meta: dict[str, Any]) -> str:
+    """``docs/README.md`` from the bundle's metadata."""
     return f"""# {meta['name']}
 
 {meta['description']}
@@ -254,11 +254,12 @@ def export_monai_bundle(loaded: LoadedModel, out_dir: str | Path, nmf_iters: int
             (work / sub).mkdir(parents=True)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         torch.save(state, work / "models" / "model.pt")
-        write_json(work / "configs" / "metadata.json", metadata(config))
+        meta = metadata(config)
+        write_json(work / "configs" / "metadata.json", meta)
         write_json(work / "configs" / "inference.json", inference_config(config, settings))
         files = {
             f"configs/{SCHEMA_FILE}": resources.files("factorseg.inference").joinpath(SCHEMA_FILE).read_text(),
-            "docs/README.md": _readme(config),
+            "docs/README.md": _readme(meta),
             "LICENSE": _LICENSE,
         }
         for name, text in files.items():
