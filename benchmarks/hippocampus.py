@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--eval-only", action="store_true", help="score the runs as they are; train nothing")
     parser.add_argument("--nmf-iters", nargs="+", type=int, default=[5, 3, 2, 1, 0])
     parser.add_argument("--explain-cases", type=int, default=5, help="held-out cases scored per component")
+    parser.add_argument("--tta", action="store_true", help="also score every run with flip test-time augmentation")
     parser.add_argument("--plot", type=Path, help="write the validation-Dice learning curves (PNG) here")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -180,6 +181,8 @@ def main() -> None:
             images, refs = held_out(run, fold, args.data, run / "eval")
             entry = {"model": model, "fold": fold, "curve": learning_curve(run), "timing": step_times(run),
                      "eval": predict_and_score(run / "model_best.pt", images, refs, run / "eval", [])}
+            if args.tta:
+                entry["eval_tta"] = predict_and_score(run / "model_best.pt", images, refs, run / "eval_tta", ["--tta"])
             if model.endswith("factorizer"):
                 entry["nmf_iters"] = {
                     n: predict_and_score(run / "model_best.pt", images, refs, run / f"eval_nmf{n}",
@@ -211,6 +214,10 @@ def print_tables(results: dict[str, Any]) -> None:
                   f"| {timing.get('busy_hours', float('nan')):.2f} |")
         print(f"| {run['model']} | {run['fold']} | {run['curve']['steps']} | {run['curve']['best_step']} | mean "
               f"| {mean_dice(s):.3f} | | | |")
+        if "eval_tta" in run:
+            t = run["eval_tta"]["summary"]
+            print(f"| {run['model']} + flip TTA | {run['fold']} | | | mean (anterior, posterior) | {mean_dice(t):.3f} "
+                  f"({stat(t, 'dice/Anterior')['mean']:.3f}, {stat(t, 'dice/Posterior')['mean']:.3f}) | | | |")
     for run in results["runs"]:
         if "nmf_iters" in run:
             print(f"\nTest-time NMF iterations, {run['model']} fold {run['fold']} ({run['eval']['cases']} cases):\n")

@@ -1,8 +1,10 @@
-"""Child process for peak-memory measurements: build one model, run one warm-up and one measured step.
+"""Child process for peak-memory measurements: build one model, run one warm-up and ``--steps`` measured steps.
 
 Prints one JSON line: ``peak_mib`` (CPU: peak resident size of this process, ``VmHWM``, over the
-whole run; CUDA: ``max_memory_allocated`` during the measured step), ``before_mib`` (resident or
-allocated size after building the model and inputs) and the step's wall time. Run by :func:`benchmarks.common.child_peak_memory`; a fresh process per
+whole run; CUDA: ``max_memory_allocated`` during the measured steps), ``before_mib`` (resident or
+allocated size after building the model and inputs), the first measured step's wall time and, per
+step (warm-up first), ``hwm_mib`` and ``rss_mib`` after it (CPU) and its ``step_seconds``: whether the
+process keeps growing over many steps, or stays at its working set. Run by :func:`benchmarks.common.child_peak_memory`; a fresh process per
 configuration keeps the peaks independent.
 """
 
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--backprop-iters", type=int, default=0, help="0: full unrolling; k: last k iterations")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tune-allocator", action="store_true")
+    parser.add_argument("--steps", type=int, default=1, help="measured steps after the warm-up")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: then the peak is torch.cuda.max_memory_allocated")
     args = parser.parse_args()
     if args.tune_allocator:
@@ -55,18 +58,23 @@ def main() -> None:
     run = forward_runner(model, x) if args.mode == "forward" else train_runner(model, x, target)
     cuda = device.type == "cuda"
     before = torch.cuda.memory_allocated(device) / 2**20 if cuda else current_rss_mib()
-    run()
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    run()
-    if cuda:
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    hwm, rss, times = [], [], []
+    for step in range(1 + args.steps):
+        if cuda and step == 1:
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+        if not cuda:
+            hwm.append(round(max_rss_mib(), 1))
+            rss.append(round(current_rss_mib(), 1))
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else max_rss_mib()
-    print(json.dumps({"peak_mib": round(peak, 1), "before_mib": round(before, 1), "seconds": seconds}))
-
+    report = {"peak_mib": round(peak, 1), "before_mib": round(before, 1), "seconds": times[1]}
+    if args.steps > 1:
+        report.update(hwm_mib=hwm, rss_mib=rss, step_seconds=[round(t, 3) for t in times])
+    print(json.dumps(report))
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,7 @@ TRAINERS = (
     "nnUNetTrainerFactorizer",
     "nnUNetTrainerFactorizer_AdamW",
     "nnUNetTrainerFactorizer_100epochs",
+    "nnUNetTrainerFactorizer_5epochs",
     "nnUNetTrainerFactorizer_iters3",
     "nnUNetTrainerFactorizer_rank2",
     "nnUNetTrainerFactorizer_debug",

@@ -22,6 +22,7 @@ from factorseg.nnunet.plans import NNUNetFactorizer, check_strides, factorizer_k
 __all__ = [
     "nnUNetTrainerFactorizer",
     "nnUNetTrainerFactorizer_100epochs",
+    "nnUNetTrainerFactorizer_5epochs",
     "nnUNetTrainerFactorizer_AdamW",
     "nnUNetTrainerFactorizer_debug",
     "nnUNetTrainerFactorizer_iters3",
@@ -153,14 +154,28 @@ class nnUNetTrainerFactorizer_AdamW(nnUNetTrainerFactorizer):
         return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs)
 
 
-class nnUNetTrainerFactorizer_100epochs(nnUNetTrainerFactorizer):
-    """100 epochs instead of 1,000, to compare with nnU-Net's ``nnUNetTrainer_100epochs`` on the same plans."""
+class _FixedEpochs(nnUNetTrainerFactorizer):
+    """Base of the shorter schedules: :attr:`epochs` epochs of nnU-Net's 250 iterations instead of 1,000."""
+
+    epochs: ClassVar[int] = 1000
 
     def __init__(
         self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cuda")
     ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 100
+        self.num_epochs = self.epochs
+
+
+class nnUNetTrainerFactorizer_100epochs(_FixedEpochs):
+    """100 epochs instead of 1,000, to compare with nnU-Net's ``nnUNetTrainer_100epochs`` on the same plans."""
+
+    epochs = 100
+
+
+class nnUNetTrainerFactorizer_5epochs(_FixedEpochs):
+    """5 epochs (1,250 iterations), to compare with nnU-Net's ``nnUNetTrainer_5epochs`` on a CPU budget."""
+
+    epochs = 5
 
 
 class nnUNetTrainerFactorizer_debug(nnUNetTrainerFactorizer):
