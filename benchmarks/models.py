@@ -88,6 +88,15 @@ def main() -> None:
     env = setup(args)
     device = torch.device(args.device)
     results: dict[str, dict[str, dict[str, object]]] = {}
+    # Peak memory first, in fresh children, while this process is still small: a tuned allocator keeps this
+    # process's freed heap for reuse, and beside a large timing process the children ran out of memory.
+    memories: dict[int, dict[str, dict]] = {}
+    for size in [] if args.no_memory else args.sizes:
+        for name in (n for n in args.models if fits(n, size)):
+            cmd = [name, str(size), "train", "--threads", str(args.threads), "--device", args.device]
+            memories.setdefault(size, {})[name] = child_peak_memory(
+                cmd + (["--tune-allocator"] if args.tune_allocator else []))
+            print(name, size, memories[size][name], flush=True)
     for size in args.sizes:
         names = [n for n in args.models if fits(n, size)]
         x, target = inputs(size, device)
@@ -120,12 +129,7 @@ def main() -> None:
         params = {n: count_parameters(m) for n, m in models.items()}
         del models, fwd, train
         gc.collect()
-        memory: dict[str, dict] = {}
-        if not args.no_memory:
-            for name in names:
-                cmd = [name, str(size), "train", "--threads", str(args.threads), "--device", args.device]
-                memory[name] = child_peak_memory(cmd + (["--tune-allocator"] if args.tune_allocator else []))
-                print(name, size, memory[name], flush=True)
+        memory = memories.get(size, {})
         for name, message in errors.items():
             results.setdefault(name, {}).setdefault(str(size), {})["error"] = message
         for name, t in fwd_t.items():
