@@ -112,12 +112,25 @@ def train(root: Path, trainer: str, plans: str, fold: int) -> None:
 
 
 def report(root: Path) -> None:
+    """nnU-Net's fold Dice of every trained run, and factorseg's metrics (Dice, HD95) of its validation masks."""
+    labels = root / "raw" / DATASET / "labelsTr"
     rows = {}
     for summary in sorted((root / "res" / DATASET).glob("*/fold_*/validation/summary.json")):
         result = json.loads(summary.read_text())
         per_class = {k: round(v["Dice"], 4) for k, v in result["mean"].items()}
         name = f"{summary.parents[2].name}/{summary.parents[1].name}"
-        rows[name] = {"mean_dice": round(result["foreground_mean"]["Dice"], 4), "per_class": per_class}
+        masks = summary.parent
+        refs = masks.parent / "validation_refs"  # the references of exactly the validated cases
+        refs.mkdir(exist_ok=True)
+        for mask in masks.glob("*.nii.gz"):
+            if not (refs / mask.name).exists():
+                (refs / mask.name).symlink_to((labels / mask.name).resolve())
+        scores = masks.parent / "validation_factorseg"
+        subprocess.run([sys.executable, "-m", "factorseg", "evaluate", "-p", str(masks), "-r", str(refs),
+                        "--labels-from", str(root / "raw" / DATASET), "--metrics", "dice", "hd95",
+                        "-o", str(scores)], check=True, stdout=subprocess.DEVNULL)
+        rows[name] = {"mean_dice": round(result["foreground_mean"]["Dice"], 4), "per_class": per_class,
+                      "factorseg_evaluate": json.loads((scores / "summary.json").read_text())}
         print(f"{name}: Dice {rows[name]['mean_dice']:.4f}  per class {per_class}")
     (root / "report.json").write_text(json.dumps(rows, indent=1))
 
