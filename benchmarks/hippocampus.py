@@ -170,6 +170,9 @@ def main() -> None:
                      "threads": torch.get_num_threads(),
                      "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "allocator": os.environ.get("GLIBC_TUNABLES", "factorseg default"), "runs": []}
+    previous = args.out / "results.json"
+    if previous.exists():  # keep the scores of runs not scored this time (one model after the other)
+        results["runs"] = json.loads(previous.read_text())["runs"]
     for model in args.models:
         for fold in args.folds:
             run = args.out / model / f"fold{fold}"
@@ -192,7 +195,7 @@ def main() -> None:
                 if args.explain_cases:
                     entry["explain"] = explain_auc(run / "model_best.pt", images, refs, run / "explain",
                                                    args.explain_cases)
-            results["runs"].append(entry)
+            results["runs"] = [r for r in results["runs"] if (r["model"], r["fold"]) != (model, fold)] + [entry]
             (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print_tables(results)
     if args.plot:
