@@ -4,8 +4,8 @@ Prints one JSON line: ``peak_mib`` (CPU: peak resident size of this process, ``V
 whole run; CUDA: ``max_memory_allocated`` during the measured steps), ``before_mib`` (resident or
 allocated size after building the model and inputs), the first measured step's wall time and, per
 step (warm-up first), ``hwm_mib`` and ``rss_mib`` after it (CPU) and its ``step_seconds``: whether the
-process keeps growing over many steps, or stays at its working set. Run by :func:`benchmarks.common.child_peak_memory`; a fresh process per
-configuration keeps the peaks independent.
+process keeps growing over many steps, or stays at its working set. Run by
+:func:`benchmarks.common.child_peak_memory`; a fresh process per configuration keeps the peaks independent.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def main() -> None:
     if args.steps > 1:
         report.update(hwm_mib=hwm, rss_mib=rss, step_seconds=[round(t, 3) for t in times])
     print(json.dumps(report))
+
 
 if __name__ == "__main__":
     main()
