@@ -32,17 +32,16 @@ from pathlib import Path
 DATASET = "Dataset004_Hippocampus"
 
 
-def _env(root: Path) -> dict[str, str]:
-    env = {
+def _env(root: Path) -> None:
+    """nnU-Net's folders under ``root`` and its settings for a one-core CPU run, in this process's environment."""
+    os.environ.update({
         "nnUNet_raw": str(root / "raw"),
         "nnUNet_preprocessed": str(root / "pre"),
         "nnUNet_results": str(root / "res"),
         "nnUNet_n_proc_DA": "0",  # augmentation in the training process: no worker competing for the core
         "nnUNet_def_n_proc": "1",
         "nnUNet_compile": "0",
-    }
-    os.environ.update(env)
-    return env
+    })
 
 
 def _plans_name(batch_size: int | None) -> str:
@@ -101,7 +100,8 @@ def train(root: Path, trainer: str, plans: str, fold: int) -> None:
     # nnU-Net imports every module of its trainer folder until it meets the name; without an importable
     # torchvision (CPU torch from PyPI, see docs/nnunet.md) its Primus trainers fail to import first, so the
     # trainers this benchmark uses are looked up here, everything else as nnU-Net does.
-    known = {name: getattr(module, name) for module in (nnUNetTrainer_Xepochs, ours) for name in dir(module)}
+    known = {name: obj for module in (nnUNetTrainer_Xepochs, ours) for name, obj in vars(module).items()
+             if isinstance(obj, type)}
     search = run_training.recursive_find_trainer_class_by_name
     run_training.recursive_find_trainer_class_by_name = lambda name, *a, **k: known.get(name) or search(name, *a, **k)
 
