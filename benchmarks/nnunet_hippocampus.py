@@ -4,8 +4,8 @@ Three steps, each resumable (run folders live wherever ``--root`` points, outsid
 
     python -m benchmarks.nnunet_hippocampus prepare --data ../shared/data/hippocampus --root ~/runs/nnunet \\
         --splits ~/runs/hippo_paper/swin_factorizer/fold0/splits.json --batch-size 2
-    taskset -c 1 python -m benchmarks.nnunet_hippocampus train --root ~/runs/nnunet -tr nnUNetTrainer_5epochs
-    taskset -c 1 python -m benchmarks.nnunet_hippocampus train --root ~/runs/nnunet -tr nnUNetTrainerFactorizer_5epochs
+    taskset -c 0 python -m benchmarks.nnunet_hippocampus train --root ~/runs/nnunet -tr nnUNetTrainer_10epochs
+    taskset -c 1 python -m benchmarks.nnunet_hippocampus train --root ~/runs/nnunet -tr nnUNetTrainerFactorizer_AdamW_10epochs
     python -m benchmarks.nnunet_hippocampus report --root ~/runs/nnunet
 
 ``prepare`` links the MSD folder into nnU-Net's raw layout (``CASE_0000.nii.gz``; the images are not

@@ -112,6 +112,23 @@ def test_adamw_variant_warms_up_then_decays(nnunet) -> None:
     assert rates[-1] < 1e-7 and schedule.get_last_lr() == [rates[-1]]
 
 
+def test_adamw_trainer_optimiser_and_schedule_lengths(nnunet) -> None:
+    from types import SimpleNamespace
+
+    from factorseg.nnunet import trainers as t
+
+    assert t.nnUNetTrainerFactorizer.epochs is None  # nnU-Net's 1,000 epochs stay
+    assert (t.nnUNetTrainerFactorizer_10epochs.epochs, t.nnUNetTrainerFactorizer_AdamW_10epochs.epochs) == (10, 10)
+    assert issubclass(t.nnUNetTrainerFactorizer_AdamW_10epochs, t.nnUNetTrainerFactorizer_AdamW)
+    for epochs, warmup in ((10, 1), (1000, 8)):  # 2,000 iterations of 250, at most a tenth of the schedule
+        stand_in = SimpleNamespace(network=torch.nn.Linear(2, 2), initial_lr=2e-3, weight_decay=1e-2,
+                                   num_iterations_per_epoch=250, num_epochs=epochs, warmup_iterations=2000)
+        optimizer, schedule = t.nnUNetTrainerFactorizer_AdamW.configure_optimizers(stand_in)
+        assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 1e-2
+        assert schedule.warmup == warmup and schedule.max_steps == epochs
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 / (warmup + 1))  # epoch 0 of the warm-up
+
+
 def test_shim_install_is_idempotent_and_leaves_foreign_files(nnunet, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(fnn, "nnunet_trainer_dir", lambda: tmp_path)
     assert not fnn.installed() and not fnn.uninstall()
@@ -131,6 +148,9 @@ def test_external_trainer_folder_is_searchable_by_nnunet(nnunet) -> None:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
+    from factorseg.nnunet import trainers
+
+    assert set(fnn.TRAINERS) == set(trainers.__all__)  # every trainer is listed for discovery
     folder = str(fnn.ext_trainer_dir())
     for name in fnn.TRAINERS:  # exactly how nnU-Net searches the folders named in nnUNet_extTrainer
         found = recursive_find_python_class(folder, name, None, base_folder=folder, cleanup_imports_from_base_folder=True)
