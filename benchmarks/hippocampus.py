@@ -7,7 +7,8 @@ Run (a documented subset of folds when the budget does not allow five; runs resu
         --plot docs/images/hippocampus_curves.png
 
 Every model gets the same data, augmentation, splits, schedule, steps and seed (recipes ``hippocampus``,
-``hippocampus_dynunet``, ``hippocampus_segresnet``). Held-out cases are the fold's validation cases,
+``hippocampus_dynunet``, ``hippocampus_segresnet``; ``swin_factorizer_wide`` is the Factorizer recipe with
+widths 32-64-128-256, 1.4 M parameters). Held-out cases are the fold's validation cases,
 predicted by ``factorseg predict`` and scored by ``factorseg evaluate``. For the Factorizer it also
 measures the test-time NMF iteration trade-off (Dice and prediction time per case for 5, 3, 2, 1, 0
 iterations of the same model) and scores its NMF components against the anatomy
@@ -33,7 +34,14 @@ from typing import Any
 
 import torch
 
-RECIPES = {"swin_factorizer": "hippocampus", "dynunet": "hippocampus_dynunet", "segresnet": "hippocampus_segresnet"}
+#: Campaign model name -> (recipe, overrides of that recipe).
+RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "swin_factorizer": ("hippocampus", ()),
+    "swin_factorizer_wide": ("hippocampus", ("model.widths=[32,64,128,256]",)),
+    "dynunet": ("hippocampus_dynunet", ()),
+    "segresnet": ("hippocampus_segresnet", ()),
+}
+DEFAULT_MODELS = ("swin_factorizer", "dynunet", "segresnet")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hippocampus"
 CLASSES = ("Anterior", "Posterior")
 
@@ -59,9 +67,11 @@ def held_out(run: Path, fold: int, data: Path, work: Path) -> tuple[list[str], P
     return images, refs
 
 
-def predict_and_score(model: Path, images: list[str], refs: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+def predict_and_score(model: Path, images: list[str], refs: Path, out: Path, extra: list[str],
+                      device: str = "cpu") -> dict[str, Any]:
     """Predict the held-out cases, score them; wall time of the predict command and the load around it."""
     preds, scores = out / "pred", out / "scores"
+    extra = [*extra, "--device", device]
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     factorseg("predict", "-m", str(model), "-i", *images, "-o", str(preds), "--no-progress", "--overwrite", *extra)
@@ -140,12 +150,17 @@ def train_run(model: str, fold: int, run: Path, data: Path, args: argparse.Names
     if (run / "checkpoints" / "last.ckpt").exists():
         train_args = ["train", "-d", str(data), "-o", str(run), "--resume", "--no-progress"]
     else:
-        train_args = ["train", "-d", str(data), "-o", str(run), "--recipe", RECIPES[model], "--fold", str(fold),
-                      "--no-progress"]
+        recipe, overrides = RECIPES[model]
+        train_args = ["train", "-d", str(data), "-o", str(run), "--recipe", recipe, "--fold", str(fold),
+                      "--no-progress", *(f"-s{o}" for o in overrides)]
         if args.epochs:
             train_args += ["--epochs", str(args.epochs)]
         if args.steps_per_epoch:
             train_args += ["--steps-per-epoch", str(args.steps_per_epoch)]
+        if args.max_minutes:
+            train_args += [f"-strain.max_minutes={args.max_minutes}"]
+        if args.val_interval:
+            train_args += ["--val-interval", str(args.val_interval)]
     factorseg(*train_args)
 
 
@@ -153,12 +168,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="campaign folder: OUT/MODEL/foldK per run")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(RECIPES))
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (new runs only)")
     parser.add_argument("--steps-per-epoch", type=int, help="override the recipe's steps per epoch (new runs only)")
+    parser.add_argument("--val-interval", type=int, help="override the recipe's epochs between validations (new runs only)")
+    parser.add_argument("--max-minutes", type=float, help="hard wall-clock stop of each training (train.max_minutes; new runs only)")
+    parser.add_argument("--results", type=Path, help="results file (default OUT/results.json)")
+    parser.add_argument("--predict-device", default="cpu", help="device of factorseg predict (cpu, cuda)")
     parser.add_argument("--eval-only", action="store_true", help="score the runs as they are; train nothing")
-    parser.add_argument("--nmf-iters", nargs="+", type=int, default=[5, 3, 2, 1, 0])
+    parser.add_argument("--nmf-iters", nargs="*", type=int, default=[5, 3, 2, 1, 0],
+                        help="test-time NMF iterations to score the Factorizers with (none: skip)")
     parser.add_argument("--explain-cases", type=int, default=5, help="held-out cases scored per component")
     parser.add_argument("--tta", action="store_true", help="also score every run with flip test-time augmentation")
     parser.add_argument("--plot", type=Path, help="write the validation-Dice learning curves (PNG) here")
@@ -170,9 +190,9 @@ def main() -> None:
                      "threads": torch.get_num_threads(),
                      "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "allocator": os.environ.get("GLIBC_TUNABLES", "factorseg default"), "runs": []}
-    previous = args.out / "results.json"
-    if previous.exists():  # keep the scores of runs not scored this time (one model after the other)
-        results["runs"] = json.loads(previous.read_text())["runs"]
+    results_path = args.results or args.out / "results.json"
+    if results_path.exists():  # keep the scores of runs not scored this time (one model after the other)
+        results["runs"] = json.loads(results_path.read_text())["runs"]
     for model in args.models:
         for fold in args.folds:
             run = args.out / model / f"fold{fold}"
@@ -182,21 +202,22 @@ def main() -> None:
                 print(f"skipping {model} fold {fold}: no {run / 'model_best.pt'}", flush=True)
                 continue
             images, refs = held_out(run, fold, args.data, run / "eval")
+            dev = args.predict_device
             entry = {"model": model, "fold": fold, "curve": learning_curve(run), "timing": step_times(run),
-                     "eval": predict_and_score(run / "model_best.pt", images, refs, run / "eval", [])}
+                     "eval": predict_and_score(run / "model_best.pt", images, refs, run / "eval", [], dev)}
             if args.tta:
-                entry["eval_tta"] = predict_and_score(run / "model_best.pt", images, refs, run / "eval_tta", ["--tta"])
-            if model.endswith("factorizer"):
+                entry["eval_tta"] = predict_and_score(run / "model_best.pt", images, refs, run / "eval_tta", ["--tta"], dev)
+            factorizer = model.startswith("swin_factorizer")
+            if factorizer and args.nmf_iters:
                 entry["nmf_iters"] = {
                     n: predict_and_score(run / "model_best.pt", images, refs, run / f"eval_nmf{n}",
-                                         ["--nmf-iters", str(n)])
+                                         ["--nmf-iters", str(n)], dev)
                     for n in args.nmf_iters
                 }
-                if args.explain_cases:
-                    entry["explain"] = explain_auc(run / "model_best.pt", images, refs, run / "explain",
-                                                   args.explain_cases)
+            if factorizer and args.explain_cases:
+                entry["explain"] = explain_auc(run / "model_best.pt", images, refs, run / "explain", args.explain_cases)
             results["runs"] = [r for r in results["runs"] if (r["model"], r["fold"]) != (model, fold)] + [entry]
-            (args.out / "results.json").write_text(json.dumps(results, indent=2))
+            results_path.write_text(json.dumps(results, indent=2))
     print_tables(results)
     if args.plot:
         plot_curves(results, args.plot)
