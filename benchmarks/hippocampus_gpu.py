@@ -20,6 +20,7 @@ On a CPU, ``--device cpu --smoke`` runs the same three phases with two runs of a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -162,12 +163,8 @@ def main() -> None:
                        1 if args.smoke else 5)
     results["plan"] = plan
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    with (args.out / "tables.md").open("w") as f:
-        stdout, sys.stdout = sys.stdout, f
-        try:
-            print_tables(results)
-        finally:
-            sys.stdout = stdout
+    with (args.out / "tables.md").open("w") as f, contextlib.redirect_stdout(f):
+        print_tables(results)
     print((args.out / "tables.md").read_text())
     plot_curves(results, args.out / "curves.png")
     if args.pack:
