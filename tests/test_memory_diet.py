@@ -1,4 +1,4 @@
-"""The training-memory diet of the Factorizer block's MLP branch: same values and gradients, less saved."""
+"""The Factorizer's training-memory diet (MLP branch, mixer input, skip fusion): same values and gradients, less saved."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from factorseg.models.blocks import FactorizerBlock
+from factorseg.models.factorizer import Factorizer
+from factorseg.models.layers.mixer import NMFMixer, _NormProjectSubblocks
 from factorseg.models.layers.mlp import MLP, _MLPResidual, mlp_residual
+from factorseg.models.layers.windows import subblock_edges
 
 
 def _plain(y: torch.Tensor, norm: torch.nn.LayerNorm, mlp: MLP) -> torch.Tensor:
@@ -92,3 +95,104 @@ def test_saved_activations_shrink() -> None:
     diet = saved_bytes(lambda y: mlp_residual(y, norm, mlp))
     plain = saved_bytes(lambda y: y + mlp.forward_channels_last(norm(y)))
     assert diet < 0.6 * plain, (diet, plain)
+
+
+# --- the mixer's input: LayerNorm -> in-projection -> ReLU -> sub-blocks -------------------------------------
+
+
+def _mixer_and_norm(c: int = 8, shifts=((0, 0, 0), (2, 2, 2)), bias: bool = True):
+    torch.manual_seed(0)
+    mixer = NMFMixer(c, 3, head_dim=4, window_size=4, shifts=shifts, in_bias=bias).double()
+    norm = torch.nn.LayerNorm(c).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    return mixer, norm
+
+
+@pytest.mark.parametrize("spatial", [(8, 8, 8), (6, 8, 5)])  # the second is padded to whole windows
+@pytest.mark.parametrize("bias", [False, True])
+def test_mixer_diet_values_and_gradients_equal_the_plain_formulation(spatial, bias: bool) -> None:
+    mixer, norm = _mixer_and_norm(bias=bias)
+    x = torch.randn(2, *spatial, 8, dtype=torch.float64, requires_grad=True)  # channels-last, as blocks hold it
+    params = [x, norm.weight, norm.bias, *mixer.parameters()]
+    weight = torch.randn(2, 8, *spatial, dtype=torch.float64)
+    assert mixer._diet(x, subblock_edges(mixer.matricize.layout_of(x.movedim(-1, 1))))
+    out = mixer(x.movedim(-1, 1), norm=norm)
+    grads = torch.autograd.grad((out * weight).sum(), params)
+    ref = mixer(norm(x).movedim(-1, 1))  # the plain path: autograd through every step
+    ref_grads = torch.autograd.grad((ref * weight).sum(), params)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_mixer_diet_gradcheck() -> None:
+    mixer, norm = _mixer_and_norm(c=4)
+    lay = mixer.matricize.layout(((3, 4, 4)))
+    edges = subblock_edges(lay)
+    x = torch.randn(1, 3, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    ln_w, ln_b = norm.weight.detach().requires_grad_(), norm.bias.detach().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda *t: _NormProjectSubblocks.apply(*t, 1e-5, lay, edges), (x, ln_w, ln_b, w, b)
+    )
+
+
+def test_mixer_diet_falls_back_to_the_window_path_with_the_same_values(monkeypatch) -> None:
+    """Huge values make the sub-block path hand over to the window path; the diet's output feeds it."""
+    mixer, norm = _mixer_and_norm()
+    mixer, norm = mixer.float(), norm.float()
+    with torch.no_grad():
+        norm.weight.mul_(1e9)
+    calls = []
+    decompose = mixer.nmf.decompose
+    monkeypatch.setattr(mixer.nmf, "decompose", lambda *a, **k: calls.append(1) or decompose(*a, **k))
+    x = torch.randn(1, 8, 8, 8, 8, requires_grad=True)
+    out = mixer(x.movedim(-1, 1), norm=norm)
+    assert calls == [1]
+    ref = mixer(norm(x).movedim(-1, 1))
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_mixer_diet_saves_two_maps_less() -> None:
+    """Per voxel the LayerNorm output and the ReLU output (2 C values) are no longer kept."""
+    c, n = 32, 16
+    mixer = NMFMixer(c, 3, head_dim=8, window_size=8, shifts=[0, 4]).train()
+    norm = torch.nn.LayerNorm(c)
+
+    def saved_bytes(fn) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.numel() >= n**3:  # activations only, not the weights
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        x = torch.randn(1, n, n, n, c, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(x).sum().backward()
+        return sum(seen.values())
+
+    diet = saved_bytes(lambda x: mixer(x.movedim(-1, 1), norm=norm))
+    plain = saved_bytes(lambda x: mixer(norm(x).movedim(-1, 1)))
+    map_bytes = n**3 * c * 4
+    assert plain - diet >= 2 * map_bytes - 1024, (diet, plain)
+
+
+def test_fuse_equals_the_convolution_of_the_concatenation() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(16, 8, 1).double()
+    up = torch.randn(2, 8, 4, 6, 2, dtype=torch.float64, requires_grad=True)
+    skip = torch.randn(2, 8, 4, 6, 2, dtype=torch.float64).contiguous(memory_format=torch.channels_last_3d)
+    skip.requires_grad_()
+    out = Factorizer._fuse(conv, up, skip)
+    ref = conv(torch.cat([up, skip], dim=1))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    params = [up, skip, *conv.parameters()]
+    weight = torch.randn(ref.shape, dtype=torch.float64)
+    for g, r in zip(torch.autograd.grad((out * weight).sum(), params), torch.autograd.grad((ref * weight).sum(), params)):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)

@@ -126,7 +126,12 @@ class _Recorder:
         self.result: ComponentMaps | None = None
 
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.input = (args[0] if args else next(iter(kwargs.values()))).detach()
+        x = (args[0] if args else kwargs["x"]).detach()
+        norm = kwargs.get("norm")  # the block lets the mixer normalise its input
+        if norm is not None:
+            with torch.no_grad():
+                x = norm(x.movedim(1, -1)).movedim(-1, 1)
+        self.input = x
         self.input_shape = tuple(self.input.shape)
         self.calls += 1
         # The generator states at the block's entry: a random NMF start is drawn again identically.

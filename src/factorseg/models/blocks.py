@@ -40,7 +40,8 @@ class FactorizerBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         xc = x.movedim(1, -1).contiguous()
         # Out of place: the input may be a skip connection and the mixer's output seen by hooks.
-        y = xc + self.drop(self.mixer(self.norm1.norm(xc).movedim(-1, 1)).movedim(1, -1))
+        # (The mixer normalises: in training it then keeps less for the backward pass.)
+        y = xc + self.drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
         if self._diet(y):
             return mlp_residual(y, self.norm2.norm, self.mlp).movedim(-1, 1)
         normed = self.norm2.norm(y)

@@ -9,11 +9,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from factorseg.models.blocks import ConvBlock, ConvStem, Downsample, FactorizerBlock, PositionalEmbedding, Upsample
-from factorseg.models.layers.conv import conv_nd
+from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout
 from factorseg.models.layers.mixer import with_mixer_path
 from factorseg.models.layers.nmf import Init, NMFConfig, Solver
@@ -197,6 +198,19 @@ class Factorizer(nn.Module):
             h = checkpoint(block, h, use_reentrant=False)
         return h
 
+    @staticmethod
+    def _fuse(conv: nn.Module, up: Tensor, skip: Tensor) -> Tensor:
+        """``conv(cat([up, skip]))`` (a 1x1 convolution) as two products over channels-last voxels.
+
+        No concatenated copy is made, nor kept for the backward pass (where the skip is kept anyway,
+        by the down-sampling convolution). Returns channels-last memory.
+        """
+        c, spatial = up.shape[1], up.shape[2:]
+        w = pointwise_weight(conv)
+        rows = F.linear(up.movedim(1, -1), w[:, :c], conv.bias)
+        out = torch.addmm(rows.view(-1, w.shape[0]), skip.movedim(1, -1).reshape(-1, skip.shape[1]), w[:, c:].t())
+        return out.view(up.shape[0], *spatial, w.shape[0]).movedim(-1, 1)
+
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         outputs = self.forward_all(x, heads=self.training and self.deep_supervision)
         return outputs if self.training and self.deep_supervision else outputs[0]
@@ -214,8 +228,7 @@ class Factorizer(nn.Module):
             h = self._stage(stage, h)
         decoded: list[Tensor] = []
         for i in reversed(range(len(self.up))):
-            h = self.up[i](h)
-            h = self.fuse_drop(self.fuse[i](torch.cat([h, skips[i]], dim=1)))
+            h = self.fuse_drop(self._fuse(self.fuse[i], self.up[i](h), skips[i]))
             h = self._stage(self.decoder[i], h)
             decoded.append(h)
         out = self.head(h)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.fastpath import can_modify_inplace, traced
@@ -102,15 +103,40 @@ class NMFMixer(nn.Module):
         """The nonnegative window matrices the NMF factorises, and their layout."""
         return self.matricize(torch.relu(self.in_proj(x)))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, norm: nn.LayerNorm | None = None) -> Tensor:
+        """The mixed map of ``x`` (``(B, C, *spatial)``), or of ``norm(x)`` (over channels) when ``norm`` is given.
+
+        With ``norm``, a training call on the sub-block path normalises, projects and lays out the map in
+        one step that keeps less for the backward pass (:class:`_NormProjectSubblocks`); the values are
+        those of ``self(norm(x))``.
+        """
         lay = self.matricize.layout_of(x)
-        h = F.linear(x.movedim(1, -1), pointwise_weight(self.in_proj), self.in_proj.bias)
-        h = pad_channels_last(torch.relu_(h), lay)  # relu_ is safe: the linear's backward does not need its output
         edges = subblock_edges(lay)
-        out = self._subblock_path(h, lay, edges) if self._takes_subblocks(h, edges) else None
+        xl = x.movedim(1, -1)
+        h = blocks = None
+        if norm is not None and self._diet(xl, edges):
+            blocks = _NormProjectSubblocks.apply(
+                xl.contiguous(), norm.weight, norm.bias, pointwise_weight(self.in_proj), self.in_proj.bias,
+                norm.eps, lay, edges,
+            )
+        else:
+            if norm is not None:
+                xl = norm(xl)
+            h = F.linear(xl, pointwise_weight(self.in_proj), self.in_proj.bias)
+            h = pad_channels_last(torch.relu_(h), lay)  # relu_ is safe: the linear's backward does not need its output
+            if self._takes_subblocks(h, edges):
+                blocks = to_subblocks(h, lay, edges)
+        out = self._subblock_path(blocks, lay, edges) if blocks is not None else None
         if out is None:
-            out = self._window_path(h, lay)
+            out = self._window_path(h if h is not None else from_subblocks(blocks, lay, edges), lay)
         return crop_channels_last(out, lay).movedim(-1, 1)
+
+    def _diet(self, xl: Tensor, edges: Sequence[int]) -> bool:
+        """Whether :class:`_NormProjectSubblocks` serves this call: training with autograd on the sub-block path."""
+        return (
+            torch.is_grad_enabled() and (xl.requires_grad or self.in_proj.weight.requires_grad)
+            and not torch.is_autocast_enabled(xl.device.type) and self._takes_subblocks(xl, edges)
+        )
 
     def _takes_subblocks(self, h: Tensor, edges: Sequence[int]) -> bool:
         """Whether this call tries the sub-block path on the in-projected features ``h (B, *padded, C)``.
@@ -126,15 +152,15 @@ class NMFMixer(nn.Module):
             and h.dtype in (torch.float32, torch.float64) and h.shape[-1] <= 4 * math.prod(edges)
         )
 
-    def _subblock_path(self, h: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor | None:
-        """Output ``(B, *padded, C)`` by the sub-block path, or ``None`` where the window path must run."""
-        b, c = h.shape[0], h.shape[-1]
+    def _subblock_path(self, blocks: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor | None:
+        """Output ``(B, *padded, C)`` from the sub-block-major features ``blocks (B, K, Q, C)``
+        (:func:`to_subblocks` of the in-projected map), or ``None`` where the window path must run."""
+        b, c = blocks.shape[0], blocks.shape[-1]
         tables = self.matricize.tables
-        blocks = to_subblocks(h, lay, edges)  # (B, K, Q, C)
-        v0 = self.nmf.initial_v(lay.window).to(h.dtype) if self.nmf.init == "fixed_uv" else None
+        v0 = self.nmf.initial_v(lay.window).to(blocks.dtype) if self.nmf.init == "fixed_uv" else None
         solved = self.nmf.solve_gram_form(
             matrices_view(blocks.unsqueeze(1), self.matricize.head_dim),  # (B, 1, H, K, M, Q)
-            self.nmf.eps_for(h.dtype),
+            self.nmf.eps_for(blocks.dtype),
             v0,
             # Per sub-block (K) -> per window of each shift (S, W): (B, H, S, W, M, M) -> (B, S, H, W, M, M).
             sums=lambda g: window_sums(g[:, 0], lay, edges, dim=2, tables=tables).transpose(1, 2),
@@ -188,6 +214,52 @@ class NMFMixer(nn.Module):
             return out
         bias = self.out_proj.bias.to(out.dtype)
         return out.add_(bias) if can_modify_inplace(out) else out + bias
+
+
+class _NormProjectSubblocks(torch.autograd.Function):
+    """``to_subblocks(pad(relu(LN(x) W^T + b)))`` on channels-last ``x``, keeping little for the backward pass.
+
+    Autograd would keep three maps of ``C`` values per voxel here: the LayerNorm's input, its output
+    (the in-projection's input) and the ReLU's output, besides the sub-block copy that the NMF's
+    products keep anyway. This keeps the input, the LayerNorm statistics and the sub-blocks (the
+    output, shared with those products), recomputes the LayerNorm in the backward pass and reads the
+    ReLU's mask off the sub-blocks. No product is recomputed. Same values and gradients as the plain
+    formulation (tests/test_memory_diet.py).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, ln_w: Tensor | None, ln_b: Tensor | None, w: Tensor, b: Tensor | None, eps: float,
+        lay: WindowLayout, edges: Sequence[int],
+    ) -> Tensor:
+        c = x.shape[-1]
+        normed, mean, rstd = torch.ops.aten.native_layer_norm(x, [c], ln_w, ln_b, eps)
+        h = torch.relu_(F.linear(normed, w, b))
+        del normed
+        blocks = to_subblocks(pad_channels_last(h, lay), lay, edges)
+        ctx.save_for_backward(x, mean, rstd, ln_w, ln_b, w, blocks)
+        ctx.settings = (eps, lay, edges)
+        return blocks
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dblocks: Tensor) -> tuple[Tensor | None, ...]:
+        x, mean, rstd, ln_w, ln_b, w, blocks = ctx.saved_tensors
+        eps, lay, edges = ctx.settings
+        c = x.shape[-1]
+        need = ctx.needs_input_grad
+        # The ReLU's backward (its output > 0), in sub-block order, then back to the map.
+        dh = crop_channels_last(from_subblocks(torch.where(blocks > 0, dblocks, 0.0), lay, edges), lay)
+        dh = dh.reshape(-1, dh.shape[-1])
+        normed = torch.ops.aten.native_layer_norm(x, [c], ln_w, ln_b, eps)[0].view(-1, c)
+        dw = dh.t() @ normed if need[3] else None
+        db = dh.sum(0) if need[4] else None
+        del normed
+        dn = (dh @ w).view(x.shape)
+        del dh
+        mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
+        dx, dlw, dlb = torch.ops.aten.native_layer_norm_backward(dn, x, [c], mean, rstd, ln_w, ln_b, mask)
+        return dx, dlw, dlb, dw, db, None, None, None
 
 
 def with_mixer_path(model: nn.Module, path: MixerPath) -> nn.Module:
