@@ -1,4 +1,5 @@
-"""When the fast kernels may run: not under graph capture, and in place only where autograd records nothing."""
+"""When the fast kernels may run (not under graph capture; in place only where autograd records nothing), and
+the cache-sized row blocks of the inference kernels."""
 
 from __future__ import annotations
 
@@ -14,3 +15,14 @@ def traced() -> bool:
 def can_modify_inplace(*tensors: Tensor) -> bool:
     """In-place updates are safe where autograd records nothing for these tensors."""
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+ROW_BLOCK_BYTES = 2 * 2**20
+"""Bytes of the widest per-voxel temporary of one row block: well inside a core's L2 + share of L3."""
+
+
+def row_blocks(rows: Tensor, width: int) -> tuple[Tensor, ...]:
+    """``rows (V, C)`` split into views of whole rows whose ``width``-channel temporaries fill
+    :data:`ROW_BLOCK_BYTES`: a chain of row-wise steps on one block stays in the cache, and no map-sized
+    temporary is allocated (each of which glibc's default allocator page-faults in again)."""
+    return rows.split(max(1, ROW_BLOCK_BYTES // (width * rows.element_size())))

