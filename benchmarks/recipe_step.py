@@ -81,7 +81,8 @@ def main() -> None:
     timings = interleaved(runners, args.repeats, torch.device("cpu"))
     env["load_average_end"] = os.getloadavg()
     first = timings[args.recipes[0]].median
-    rows = [(spec, fmt_seconds(t.min), fmt_seconds(t.median), f"{t.median / first:.2f}x") for spec, t in timings.items()]
+    rows = [(spec, fmt_seconds(t.min), fmt_seconds(t.median), f"{t.median / first:.2f}x")
+            for spec, t in timings.items()]
     table = markdown_table(("recipe", "min", "median", f"vs {args.recipes[0]}"), rows)
     print(table)
     save_json(args.out / "recipe_step.json", {"environment": env, "results": timings, "table": table})

@@ -1,4 +1,5 @@
-"""The Factorizer's training-memory diet (MLP branch, mixer input, skip fusion): same values and gradients, less saved."""
+"""The Factorizer's training-memory diet (MLP branch, mixer input, skip fusion): same values and gradients,
+less saved."""
 
 from __future__ import annotations
 
@@ -194,5 +195,6 @@ def test_fuse_equals_the_convolution_of_the_concatenation() -> None:
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     params = [up, skip, *conv.parameters()]
     weight = torch.randn(ref.shape, dtype=torch.float64)
-    for g, r in zip(torch.autograd.grad((out * weight).sum(), params), torch.autograd.grad((ref * weight).sum(), params)):
+    grads = torch.autograd.grad((out * weight).sum(), params)
+    for g, r in zip(grads, torch.autograd.grad((ref * weight).sum(), params)):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)

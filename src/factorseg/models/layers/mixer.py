@@ -120,7 +120,8 @@ class NMFMixer(nn.Module):
                 norm.eps, lay, edges,
             )
         else:
-            h = pad_channels_last(torch.relu_(self._project(xl, norm)), lay)  # relu_: the linear's backward does not need its output
+            # relu_ is safe: the linear's backward does not need its output.
+            h = pad_channels_last(torch.relu_(self._project(xl, norm)), lay)
             if self._takes_subblocks(h, edges):
                 blocks = to_subblocks(h, lay, edges)
         out = self._subblock_path(blocks, lay, edges) if blocks is not None else None
