@@ -267,8 +267,8 @@ class _NormProjectSubblocks(torch.autograd.Function):
         eps, lay, edges = ctx.settings
         c = x.shape[-1]
         need = ctx.needs_input_grad
-        # The ReLU's backward (its output > 0), in sub-block order, then back to the map.
-        dh = crop_channels_last(from_subblocks(torch.where(blocks > 0, dblocks, 0.0), lay, edges), lay)
+        # The ReLU's backward (where its output is > 0), in sub-block order, then back to the map.
+        dh = crop_channels_last(from_subblocks(torch.ops.aten.threshold_backward(dblocks, blocks, 0), lay, edges), lay)
         dh = dh.reshape(-1, dh.shape[-1])
         normed = torch.ops.aten.native_layer_norm(x, [c], ln_w, ln_b, eps)[0].view(-1, c)
         dw = dh.t() @ normed if need[3] else None
