@@ -9,7 +9,6 @@ from factorseg.models.blocks import FactorizerBlock
 from factorseg.models.layers import fastpath
 from factorseg.models.layers.mixer import NMFMixer
 from factorseg.models.layers.mlp import MLP
-from factorseg.models.layers.windows import SubblockSlabs, subblock_edges, to_subblocks
 
 
 @pytest.fixture
@@ -74,41 +73,3 @@ def test_block_inference_equals_its_training_formulation(small_blocks: None) -> 
         fast = block(x)
     recorded = block(x.clone().requires_grad_())  # autograd: the whole-map training formulation
     torch.testing.assert_close(fast, recorded, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize(
-    ("spatial", "window", "shifts"),
-    [((8, 12, 8), 4, [0, 2]), ((8, 8, 8), 4, [0]), ((12, 8), (4, 4), [0, (2, 2)])],
-)
-def test_slabs_lay_out_like_to_subblocks(spatial, window, shifts) -> None:
-    mixer = NMFMixer(8, len(spatial), head_dim=4, window_size=window, shifts=shifts)
-    x = torch.randn(2, *spatial, 8)
-    lay = mixer.matricize.layout(spatial)
-    edges = subblock_edges(lay)
-    slabs = SubblockSlabs.of(lay, edges)
-    expected = to_subblocks(x, lay, edges)
-    got = torch.empty_like(expected)
-    for b in range(2):
-        for i in range(slabs.count):
-            part = got[b, i * slabs.per_slab : (i + 1) * slabs.per_slab]
-            slabs.to_blocks_(slabs.rows(x[b], i), part)
-            assert torch.equal(slabs.from_blocks(part), slabs.slab_view(x[b], i))  # and back
-    assert torch.equal(got, expected)
-
-
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("with_norm", [False, True])
-def test_mixer_slab_path_equals_the_whole_map(small_blocks: None, bias: bool, with_norm: bool) -> None:
-    torch.manual_seed(0)
-    mixer = NMFMixer(16, 3, head_dim=8, window_size=4, shifts=[0, 2], in_bias=bias).double()
-    with torch.no_grad():
-        mixer.out_proj.bias.uniform_(-1, 1) if mixer.out_proj.bias is not None else None
-    norm = torch.nn.LayerNorm(16).double() if with_norm else None
-    x = torch.randn(2, 16, 8, 12, 4, dtype=torch.float64)
-    xn = norm(x.movedim(1, -1)).movedim(-1, 1) if with_norm else x
-    expected = mixer(xn)  # with autograd (the parameters): the whole-map path
-    with torch.no_grad():
-        lay = mixer.matricize.layout_of(x)
-        assert mixer._slabs(x.movedim(1, -1), norm, lay, subblock_edges(lay)) is not None
-        out = mixer(x, norm=norm)
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)

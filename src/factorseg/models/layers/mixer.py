@@ -23,7 +23,6 @@ from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
 from factorseg.models.layers.windows import (
-    SubblockSlabs,
     WindowLayout,
     WindowMatricize,
     crop_channels_last,
@@ -108,47 +107,34 @@ class NMFMixer(nn.Module):
         """The mixed map of ``x`` (``(B, C, *spatial)``), or of ``norm(x)`` (over channels) when ``norm`` is given.
 
         With ``norm``, a training call on the sub-block path normalises, projects and lays out the map in
-        one step that keeps less for the backward pass (:class:`_NormProjectSubblocks`); without autograd
-        the map is projected and laid out, and laid back, slab by slab (:class:`SubblockSlabs`). The values
-        are those of ``self(norm(x))``.
+        one step that keeps less for the backward pass (:class:`_NormProjectSubblocks`); the values are
+        those of ``self(norm(x))``.
         """
         lay = self.matricize.layout_of(x)
         edges = subblock_edges(lay)
         xl = x.movedim(1, -1)
         h = blocks = None
-        slabs = self._slabs(xl, norm, lay, edges)
         if norm is not None and self._diet(xl, edges):
             blocks = _NormProjectSubblocks.apply(
                 xl.contiguous(), norm.weight, norm.bias, pointwise_weight(self.in_proj), self.in_proj.bias,
                 norm.eps, lay, edges,
             )
-        elif slabs is not None:
-            blocks = self._project_slabs(xl, norm, slabs, edges)
         else:
             # relu_ is safe: the linear's backward does not need its output.
             h = pad_channels_last(torch.relu_(self._project(xl, norm)), lay)
             if self._takes_subblocks(h, edges):
                 blocks = to_subblocks(h, lay, edges)
-        out = self._subblock_path(blocks, lay, edges, slabs) if blocks is not None else None
+        out = self._subblock_path(blocks, lay, edges) if blocks is not None else None
         if out is None:
             out = self._window_path(h if h is not None else from_subblocks(blocks, lay, edges), lay)
         return crop_channels_last(out, lay).movedim(-1, 1)
 
-    def _slabs(
-        self, xl: Tensor, norm: nn.LayerNorm | None, lay: WindowLayout, edges: Sequence[int]
-    ) -> SubblockSlabs | None:
-        """The slab-by-slab layout where this call may use it: no autograd, no capture or autocast, the
-        sub-block path, an unpadded map."""
-        params = [*self.parameters(), *(norm.parameters() if norm is not None else ())]
-        if lay.is_padded or traced() or torch.is_autocast_enabled(xl.device.type):
-            return None
-        if not can_modify_inplace(xl, *params):
-            return None
-        return SubblockSlabs.of(lay, edges) if self._takes_subblocks(xl, edges) else None
-
     def _project(self, xl: Tensor, norm: nn.LayerNorm | None) -> Tensor:
-        """The in-projection of ``norm(xl)`` (channels-last), block by block where nothing is recorded
-        (:meth:`_project_into`); otherwise the whole-map formulation."""
+        """The in-projection of ``norm(xl)`` (channels-last), block by block where nothing is recorded.
+
+        Without autograd the normalised rows of one :func:`row_blocks` block at a time go through the
+        product straight into the output: no normalised copy of the map (the same values, row by row).
+        """
         w, b = pointwise_weight(self.in_proj), self.in_proj.bias
         params = [w] if b is None else [w, b]
         if norm is None or traced() or torch.is_autocast_enabled(xl.device.type) or not can_modify_inplace(
@@ -156,37 +142,13 @@ class NMFMixer(nn.Module):
         ):
             return F.linear(xl if norm is None else norm(xl), w, b)
         rows = xl.reshape(-1, xl.shape[-1])
-        out = self._project_into(rows, norm, rows.new_empty(rows.shape[0], w.shape[0]))
-        return out.view(*xl.shape[:-1], w.shape[0])
-
-    def _project_into(self, rows: Tensor, norm: nn.LayerNorm | None, out: Tensor) -> Tensor:
-        """``out = norm(rows) W_in^T + b`` for rows ``(V, C)``, one :func:`row_blocks` block at a time: no
-        normalised copy of all rows (the same values, row by row). No autograd."""
-        w, b = pointwise_weight(self.in_proj), self.in_proj.bias
+        out = rows.new_empty(rows.shape[0], w.shape[0])
         for src, dst in zip(row_blocks(rows, rows.shape[1]), row_blocks(out, rows.shape[1])):
-            src = norm(src) if norm is not None else src
             if b is None:
-                torch.mm(src, w.t(), out=dst)
+                torch.mm(norm(src), w.t(), out=dst)
             else:
-                torch.addmm(b, src, w.t(), out=dst)
-        return out
-
-    def _project_slabs(
-        self, xl: Tensor, norm: nn.LayerNorm | None, slabs: SubblockSlabs, edges: Sequence[int]
-    ) -> Tensor:
-        """``to_subblocks(relu(in_proj(norm(xl))))`` slab by slab: each slab's projection (one reused
-        buffer) is laid out while it is in the cache; no map-order projection of the whole map."""
-        xl = xl.contiguous()
-        b, c = xl.shape[0], self.in_proj.out_channels
-        blocks = xl.new_empty(b, slabs.count * slabs.per_slab, math.prod(edges), c)
-        buf = None
-        for bi in range(b):
-            for i in range(slabs.count):
-                rows = slabs.rows(xl[bi], i)
-                buf = rows.new_empty(rows.shape[0], c) if buf is None else buf
-                torch.relu_(self._project_into(rows, norm, buf))
-                slabs.to_blocks_(buf, blocks[bi, i * slabs.per_slab : (i + 1) * slabs.per_slab])
-        return blocks
+                torch.addmm(b, norm(src), w.t(), out=dst)
+        return out.view(*xl.shape[:-1], w.shape[0])
 
     def _diet(self, xl: Tensor, edges: Sequence[int]) -> bool:
         """Whether :class:`_NormProjectSubblocks` serves this call: training with autograd on the sub-block path."""
@@ -209,12 +171,9 @@ class NMFMixer(nn.Module):
             and h.dtype in (torch.float32, torch.float64) and h.shape[-1] <= 4 * math.prod(edges)
         )
 
-    def _subblock_path(
-        self, blocks: Tensor, lay: WindowLayout, edges: Sequence[int], slabs: SubblockSlabs | None = None
-    ) -> Tensor | None:
+    def _subblock_path(self, blocks: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor | None:
         """Output ``(B, *padded, C)`` from the sub-block-major features ``blocks (B, K, Q, C)``
-        (:func:`to_subblocks` of the in-projected map), or ``None`` where the window path must run.
-        With ``slabs`` (inference), the output is assembled slab by slab."""
+        (:func:`to_subblocks` of the in-projected map), or ``None`` where the window path must run."""
         b, c = blocks.shape[0], blocks.shape[-1]
         tables = self.matricize.tables
         v0 = self.nmf.initial_v(lay.window).to(blocks.dtype) if self.nmf.init == "fixed_uv" else None
@@ -235,28 +194,10 @@ class NMFMixer(nn.Module):
         right = head_loadings_t(u) @ (w_out.t() / s)  # (B S W, H, C): rows u_h^T W_out^T / S
         per_window = (left.transpose(1, 2) @ right).view(b, s, lay.num_windows, c, c)
         per_block = subblock_sums(per_window, lay, edges, tables)  # (B, K, C, C)
-        if slabs is not None:
-            return self._slab_output(blocks, per_block, lay, slabs)
         rec = torch.bmm(blocks.reshape(-1, *blocks.shape[2:]), per_block.view(-1, c, c))
         if self.out_proj.bias is not None:  # the shift average of a constant: the bias once
             rec = rec.add_(self.out_proj.bias)
         return from_subblocks(rec.view(blocks.shape), lay, edges)
-
-    def _slab_output(self, blocks: Tensor, per_block: Tensor, lay: WindowLayout, slabs: SubblockSlabs) -> Tensor:
-        """``from_subblocks(blocks @ per_block + bias)`` slab by slab (inference, unpadded): each slab's
-        products (one reused buffer) go back to map order while they are in the cache."""
-        b, c = blocks.shape[0], blocks.shape[-1]
-        out = blocks.new_empty(b, *lay.padded, c)
-        buf = blocks.new_empty(slabs.per_slab, *blocks.shape[2:])
-        bias = self.out_proj.bias
-        for bi in range(b):
-            for i in range(slabs.count):
-                ks = slice(i * slabs.per_slab, (i + 1) * slabs.per_slab)
-                torch.bmm(blocks[bi, ks], per_block[bi, ks], out=buf)
-                if bias is not None:  # the shift average of a constant: the bias once
-                    buf.add_(bias)
-                slabs.slab_view(out[bi], i).copy_(slabs.from_blocks(buf))
-        return out
 
     def _times_v0(self, blocks: Tensor, v0: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
         """``X v0`` of every window of every shift, ``(B, S, H, W, M, 1)``, from sub-blocks ``(B, K, Q, C)``.

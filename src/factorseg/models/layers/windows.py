@@ -353,49 +353,6 @@ def from_subblocks(y: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor
     return _relayout(y, apply, lambda t: to_subblocks(t, lay, edges))
 
 
-@dataclass(frozen=True)
-class SubblockSlabs:
-    """The sub-block layout of an unpadded map, slab by slab: slab ``i`` is the ``edges[0]``-thick layer
-    ``i`` along the first spatial axis, whose voxels are exactly sub-blocks ``i * per_slab`` to
-    ``(i + 1) * per_slab - 1`` (:func:`to_subblocks` order). Inference kernels relayout one slab at a
-    time, in the cache, instead of the whole map (:meth:`to_blocks_`, :meth:`from_blocks`)."""
-
-    count: int  # slabs along the first axis
-    per_slab: int  # sub-blocks per slab
-    split: tuple[int, ...]  # a slab of map rows viewed as (e0, g1, e1, g2, e2, ...)
-    order: tuple[int, ...]  # that view's axes in sub-block order (g1, g2, ..., e0, e1, e2, ...)
-
-    @classmethod
-    def of(cls, lay: WindowLayout, edges: Sequence[int]) -> SubblockSlabs:
-        nd = len(edges)
-        grid = [p // e for p, e in zip(lay.padded, edges)]
-        split = (edges[0], *(v for g, e in zip(grid[1:], edges[1:]) for v in (g, e)))
-        order = (*(1 + 2 * j for j in range(nd - 1)), 0, *(2 + 2 * j for j in range(nd - 1)))
-        return cls(grid[0], math.prod(grid[1:]), split, order)
-
-    def rows(self, x: Tensor, i: int) -> Tensor:
-        """Slab ``i`` of channels-last ``x (*padded, C)`` (one batch entry) as rows ``(V_slab, C)`` (a view)."""
-        e0 = self.split[0]
-        return x[i * e0 : (i + 1) * e0].reshape(-1, x.shape[-1])
-
-    def to_blocks_(self, rows: Tensor, out: Tensor) -> Tensor:
-        """Write slab rows ``(V_slab, C)`` into their sub-blocks ``out (per_slab, Q, C)``."""
-        c = rows.shape[-1]
-        out.view(*(self.split[a] for a in self.order), c).copy_(rows.view(*self.split, c).permute(*self.order, -1))
-        return out
-
-    def from_blocks(self, blocks: Tensor) -> Tensor:
-        """Sub-blocks ``(per_slab, Q, C)`` of one slab as a view shaped like the slab's ``split`` + ``(C,)``."""
-        c = blocks.shape[-1]
-        inverse = [self.order.index(a) for a in range(len(self.order))]
-        return blocks.view(*(self.split[a] for a in self.order), c).permute(*inverse, -1)
-
-    def slab_view(self, x: Tensor, i: int) -> Tensor:
-        """Slab ``i`` of channels-last ``x (*padded, C)`` viewed as ``split + (C,)``."""
-        e0 = self.split[0]
-        return x[i * e0 : (i + 1) * e0].view(*self.split, x.shape[-1])
-
-
 def _subblock_layout(lay: WindowLayout, edges: Sequence[int]) -> WindowLayout:
     """``lay`` on the grid of sub-blocks: windows of ``window / edge`` sub-blocks, shifts in sub-blocks."""
     sub_grid = tuple(p // e for p, e in zip(lay.padded, edges))
