@@ -44,7 +44,7 @@ class FactorizerBlock(nn.Module):
         y = xc + self.drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
         if self._diet(y):
             return mlp_residual(y, self.norm2.norm, self.mlp).movedim(-1, 1)
-        if can_modify_inplace(y, *self.norm2.parameters(), *self.mlp.parameters()) and y.is_contiguous():
+        if can_modify_inplace(y) and y.is_contiguous():  # (add_norm_to_ checks the parameters)
             return self.mlp.add_norm_to_(y, self.norm2.norm).movedim(-1, 1)
         return (y + self.mlp.forward_channels_last(self.norm2.norm(y))).movedim(-1, 1)
 

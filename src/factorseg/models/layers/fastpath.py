@@ -17,6 +17,12 @@ def can_modify_inplace(*tensors: Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+def unrecorded_eager(x: Tensor, *params: Tensor) -> bool:
+    """Whether an inference kernel may take its in-place, block-by-block path on ``x`` with ``params``:
+    nothing recorded by autograd, no graph capture, no autocast (whose products change dtypes)."""
+    return not traced() and not torch.is_autocast_enabled(x.device.type) and can_modify_inplace(x, *params)
+
+
 ROW_BLOCK_BYTES = 2 * 2**20
 """Bytes of the widest per-voxel temporary of one row block: well inside a core's L2 + share of L3."""
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
-from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced
+from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
 from factorseg.models.layers.windows import (
     WindowLayout,
@@ -136,10 +136,7 @@ class NMFMixer(nn.Module):
         product straight into the output: no normalised copy of the map (the same values, row by row).
         """
         w, b = pointwise_weight(self.in_proj), self.in_proj.bias
-        params = [w] if b is None else [w, b]
-        if norm is None or traced() or torch.is_autocast_enabled(xl.device.type) or not can_modify_inplace(
-            xl, *params, *norm.parameters()
-        ):
+        if norm is None or not unrecorded_eager(xl, *self.in_proj.parameters(), *norm.parameters()):
             return F.linear(xl if norm is None else norm(xl), w, b)
         rows = xl.reshape(-1, xl.shape[-1])
         out = rows.new_empty(rows.shape[0], w.shape[0])

@@ -11,7 +11,7 @@ from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, keep_mask, masked
-from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced
+from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, unrecorded_eager
 
 
 class MLP(nn.Module):
@@ -47,7 +47,7 @@ class MLP(nn.Module):
         """
         first, act, drop1, second, drop2 = self.net
         drawing = any(d.training and d.p > 0 for d in (drop1, drop2))
-        if drawing or traced() or torch.is_autocast_enabled(y.device.type) or second.weight.dtype != y.dtype:
+        if drawing or second.weight.dtype != y.dtype or not unrecorded_eager(y, *self.parameters(), *norm.parameters()):
             return y.add_(self.forward_channels_last(norm(y)))
         w1, w2 = pointwise_weight(first), pointwise_weight(second)
         for rows in row_blocks(y.view(-1, y.shape[-1]), w1.shape[0]):
