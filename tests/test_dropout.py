@@ -52,3 +52,22 @@ def test_seeded_by_torch_and_identity_in_eval() -> None:
     assert torch.equal(drop(x), x)
     assert torch.equal(Dropout(0.0)(x), x)
     assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_mask_follows_the_memory_layout() -> None:
+    """A channels-last map gets the mask the same map in channels-first memory would get, in its layout."""
+    x = torch.randn(2, 8, 5, 4, 3)
+    last = x.contiguous(memory_format=torch.channels_last_3d)
+    torch.manual_seed(6)
+    out_last = Dropout(0.3)(last)
+    torch.manual_seed(6)
+    # the same draw over the same memory order: the channels-last permutation of a contiguous map
+    ref = Dropout(0.3)(x.permute(0, 2, 3, 4, 1).contiguous()).permute(0, 4, 1, 2, 3)
+    assert torch.equal(out_last, ref)
+    assert out_last.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.manual_seed(6)
+    keep = Dropout(0.3)(torch.ones(2, 8, 5, 4, 3)) != 0  # contiguous: drawn in shape order as before
+    torch.manual_seed(6)
+    from factorseg.models.layers.dropout import keep_mask
+
+    assert torch.equal(keep, keep_mask((2, 8, 5, 4, 3), 0.3, torch.device("cpu"))[0])

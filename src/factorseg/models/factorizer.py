@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from factorseg.models.blocks import ConvBlock, ConvStem, Downsample, FactorizerBlock, PositionalEmbedding, Upsample
-from factorseg.models.layers.conv import conv_nd, pointwise_weight
+from factorseg.models.layers.conv import conv_nd, pointwise_to_channels_first, pointwise_weight
 from factorseg.models.layers.dropout import Dropout
 from factorseg.models.layers.mixer import with_mixer_path
 from factorseg.models.layers.nmf import Init, NMFConfig, Solver
@@ -231,11 +231,11 @@ class Factorizer(nn.Module):
             h = self.fuse_drop(self._fuse(self.fuse[i], self.up[i](h), skips[i]))
             h = self._stage(self.decoder[i], h)
             decoded.append(h)
-        out = self.head(h)
+        out = pointwise_to_channels_first(self.head, h)
         if not heads:
             return [out]
         # decoded[-1] is full resolution; decoded[-1 - k] is 1 / 2**k.
-        return [out, *(head(decoded[-1 - k]) for k, head in enumerate(self.aux_heads, start=1))]
+        return [out, *(pointwise_to_channels_first(head, decoded[-1 - k]) for k, head in enumerate(self.aux_heads, start=1))]
 
 
 def build_factorizer(variant: Variant, preset: str | None = None, **overrides: Any) -> Factorizer:

@@ -28,6 +28,20 @@ def pointwise_weight(conv: nn.Module) -> Tensor:
     return conv.weight.flatten(1)
 
 
+def pointwise_to_channels_first(conv: nn.Module, x: Tensor) -> Tensor:
+    """``conv(x)`` for a 1x1 convolution with few outputs (a segmentation head), as one product per batch item.
+
+    ``W (out, C) @ rows^T``, where ``rows (V, C)`` is channels-last ``x`` viewed per voxel, gives the output
+    contiguous channels-first: PyTorch would otherwise run such a convolution on the channels-last map
+    with its slow reference kernel, after a channels-first copy of the input in both passes.
+    """
+    rows = x.movedim(1, -1).reshape(x.shape[0], -1, x.shape[1])
+    out = torch.matmul(pointwise_weight(conv), rows.transpose(1, 2))
+    if conv.bias is not None:
+        out = out.add_(conv.bias[:, None])  # (the product is not kept for the backward pass)
+    return out.view(x.shape[0], -1, *x.shape[2:])
+
+
 def conv_padded_input(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv(x)`` with the input channels zero-padded to a multiple of 8 (weights padded to match).
 
