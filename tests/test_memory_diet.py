@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from factorseg.models.blocks import FactorizerBlock
 from factorseg.models.factorizer import Factorizer
+from factorseg.models.layers import fastpath
 from factorseg.models.layers.mixer import NMFMixer, _NormProjectSubblocks
 from factorseg.models.layers.mlp import MLP, _MLPResidual, mlp_residual
 from factorseg.models.layers.windows import subblock_edges
@@ -21,7 +22,11 @@ def _plain(y: torch.Tensor, norm: torch.nn.LayerNorm, mlp: MLP) -> torch.Tensor:
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_values_and_gradients_equal_the_plain_formulation(p: float, approximate: str) -> None:
+@pytest.mark.parametrize("block_bytes", [None, 7 * 16 * 8])
+def test_values_and_gradients_equal_the_plain_formulation(p: float, approximate: str, block_bytes, monkeypatch) -> None:
+    """Also over many ragged row blocks (7 rows of the 16-unit hidden layer), the weight gradients summed."""
+    if block_bytes is not None:
+        monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", block_bytes)
     torch.manual_seed(0)
     c = 8
     mlp = MLP(c, 2.0, p, 3).double().train()
@@ -62,6 +67,13 @@ def test_gradcheck() -> None:
         assert torch.autograd.gradcheck(
             lambda *t: _MLPResidual.apply(*t, 1e-5, "none", keep), (rows, ln_w, ln_b, w1, b1, w2, b2)
         )
+    # without biases, and over row blocks of 4 rows (ragged: 6 = 4 + 2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fastpath, "ROW_BLOCK_BYTES", 4 * 8 * 8)
+        assert torch.autograd.gradcheck(
+            lambda *t: _MLPResidual.apply(t[0], t[1], t[2], t[3], None, t[4], None, 1e-5, "none", masks),
+            (rows, ln_w, ln_b, w1, w2),
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -76,7 +88,7 @@ def test_hidden_dropout_folded_into_the_product_is_exact(dtype, approximate: str
     w1 = torch.randn(16, 6, generator=gen, dtype=dtype) * 1e3
     b1 = torch.randn(16, generator=gen, dtype=dtype) if bias else None
     keep = torch.rand(300, 16, generator=gen) > 0.5
-    h = _hidden(normed, w1, b1, (keep, 2.0))
+    h = _hidden(normed, w1, b1, keep)
     plain = F.linear(normed, w1, b1)
     grad = torch.randn(300, 16, generator=gen, dtype=dtype)
     g, d = F.gelu(h, approximate=approximate), torch.ops.aten.gelu_backward(grad, h, approximate=approximate)

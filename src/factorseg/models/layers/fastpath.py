@@ -27,8 +27,13 @@ ROW_BLOCK_BYTES = 2 * 2**20
 """Bytes of the widest per-voxel temporary of one row block: well inside a core's L2 + share of L3."""
 
 
+def block_rows(width: int, element_size: int) -> int:
+    """Rows per block whose ``width``-channel temporaries fill :data:`ROW_BLOCK_BYTES`."""
+    return max(1, ROW_BLOCK_BYTES // (width * element_size))
+
+
 def row_blocks(rows: Tensor, width: int) -> tuple[Tensor, ...]:
     """``rows (V, C)`` split into views of whole rows whose ``width``-channel temporaries fill
     :data:`ROW_BLOCK_BYTES`: a chain of row-wise steps on one block stays in the cache, and no map-sized
     temporary is allocated (each of which glibc's default allocator page-faults in again)."""
-    return rows.split(max(1, ROW_BLOCK_BYTES // (width * rows.element_size())))
+    return rows.split(block_rows(width, rows.element_size()))
