@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(BIN)/factorseg demo --out demo_out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.models --sizes 64 96 128 --repeats 3
