@@ -19,6 +19,7 @@ from factorseg.data.labels import get_label_spec
 from factorseg.data.transforms import TransformConfig
 from factorseg.models import create
 from factorseg.bundles.format import save_bundle
+from factorseg.cli import main
 
 for _module in ("fire", "ignite", "jsonschema"):  # the `export` extra: MONAI's bundle CLI and its evaluator
     pytest.importorskip(_module)
@@ -34,10 +35,20 @@ def _monai(bundle: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _export(model: str | Path, out: Path) -> Path:
-    result = subprocess.run([sys.executable, "-m", "factorseg", "export", "-m", str(model), "--format", "monai-bundle",
-                             "-o", str(out)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    """``factorseg export --format monai-bundle`` (in this process: the CLI's own tests cover its start-up)."""
+    assert main(["export", "-m", str(model), "--format", "monai-bundle", "-o", str(out)]) == 0
     return out
+
+
+def _verify(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MONAI's checks of a bundle, as ``python -m monai.bundle verify_metadata`` / ``verify_net_in_out`` run them
+    from the bundle's folder (in this process: ``monai.bundle run`` below is the subprocess a user starts)."""
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    with monkeypatch.context() as m:
+        m.chdir(bundle)
+        verify_metadata(meta_file="configs/metadata.json", filepath="configs/metadata_schema.json")
+        verify_net_in_out("network_def", meta_file="configs/metadata.json", config_file="configs/inference.json")
 
 
 def _agreement(model: str | Path, bundle: Path, scans: list[Path], tmp: Path) -> list[float]:
@@ -97,7 +108,7 @@ def _regions_bundle(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["classes", "regions"])
-def test_bundle_verifies_and_reproduces_predict(tmp_path: Path, kind: str) -> None:
+def test_bundle_verifies_and_reproduces_predict(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_bundle(tmp_path / "m.pt", 1) if kind == "classes" else _regions_bundle(tmp_path / "m.pt")
     bundle = _export(model, tmp_path / "bundle")
     assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == [
@@ -112,10 +123,7 @@ def test_bundle_verifies_and_reproduces_predict(tmp_path: Path, kind: str) -> No
     assert {"preprocessing", "postprocessing", "inferer", "network_def"} <= set(config)
     assert torch.load(bundle / "models" / "model.pt", weights_only=True).keys() == \
         torch.load(model, weights_only=True)["state_dict"].keys()
-    _monai(bundle, "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath",
-           "configs/metadata_schema.json")
-    _monai(bundle, "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file",
-           "configs/inference.json")
+    _verify(bundle, monkeypatch)
     fractions = _agreement(model, bundle, _scans(tmp_path / "src", 2), tmp_path)
     assert min(fractions) >= 0.999, fractions
 
@@ -131,12 +139,9 @@ def test_export_refuses_an_existing_folder_and_leaves_it(tmp_path: Path, capsys:
 
 
 @pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason="needs ../shared/data/hippocampus")
-def test_shipped_hippocampus_bundle_on_real_scans(tmp_path: Path) -> None:
+def test_shipped_hippocampus_bundle_on_real_scans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = _export("hippocampus", tmp_path / "bundle")
-    _monai(bundle, "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath",
-           "configs/metadata_schema.json")
-    _monai(bundle, "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file",
-           "configs/inference.json")
+    _verify(bundle, monkeypatch)
     scans = sorted(HIPPOCAMPUS.glob("hippocampus_*.nii.gz"))[:4]
     fractions = _agreement("hippocampus", bundle, scans, tmp_path)
     assert min(fractions) >= 0.999, fractions
