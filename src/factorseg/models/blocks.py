@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from factorseg.models.layers.conv import channels_last, conv_nd, conv_padded_input, conv_transpose_nd
 from factorseg.models.layers.dropout import Dropout
-from factorseg.models.layers.fastpath import can_modify_inplace, traced, unrecorded_eager
+from factorseg.models.layers.fastpath import can_modify_inplace, traced
 from factorseg.models.layers.mixer import NMFMixer
 from factorseg.models.layers.mlp import MLP, mlp_residual
 from factorseg.models.layers.norm import ChannelLayerNorm, instance_norm, instance_norm_nd
@@ -39,25 +39,14 @@ class FactorizerBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xc = x.movedim(1, -1).contiguous()
+        # Out of place: the input may be a skip connection and the mixer's output seen by hooks.
         # (The mixer normalises: in training it then keeps less for the backward pass.)
-        mixed = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1)
-        # Never into the input, which may be a skip connection.
-        y = mixed.add_(xc) if self._sum_into(mixed, xc) else xc + self.drop(mixed)
+        y = xc + self.drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
         if self._diet(y):
             return mlp_residual(y, self.norm2.norm, self.mlp).movedim(-1, 1)
         if can_modify_inplace(y) and y.is_contiguous():  # (add_norm_to_ checks the parameters)
             return self.mlp.add_norm_to_(y, self.norm2.norm).movedim(-1, 1)
         return (y + self.mlp.forward_channels_last(self.norm2.norm(y))).movedim(-1, 1)
-
-    def _sum_into(self, mixed: Tensor, xc: Tensor) -> bool:
-        """Whether the residual sum may go into the mixer's fresh output, for inference: one map-sized
-        allocation less per block (each one page-faulted in again under glibc's default allocator).
-        Not where dropout draws, autograd records or a forward hook may hold the mixer's output."""
-        return (
-            not (self.drop.training and self.drop.p > 0) and mixed.is_contiguous() and mixed.shape == xc.shape
-            and mixed.dtype == xc.dtype and mixed.data_ptr() != xc.data_ptr() and unrecorded_eager(mixed, xc)
-            and not self.mixer._forward_hooks and not nn.modules.module._global_forward_hooks
-        )
 
     def _diet(self, y: Tensor) -> bool:
         """Whether the MLP branch takes :func:`mlp_residual` (training with autograd, plain float, no capture)."""
