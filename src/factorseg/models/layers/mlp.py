@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -76,9 +78,9 @@ def _hidden(normed: Tensor, w1: Tensor, b1: Tensor | None, keep: Tensor | None) 
     return torch.where(keep, bias, DROPPED_PRE_ACTIVATION).addmm_(normed, w1.t())
 
 
-def _split(t: Tensor | None, n: int, count: int) -> list[Tensor | None]:
-    """``t.split(n)`` (row blocks), or ``count`` times ``None``."""
-    return [None] * count if t is None else list(t.split(n))
+def _split(t: Tensor | None, n: int) -> Iterable[Tensor | None]:
+    """``t.split(n)`` (row blocks), or ``None`` for every block (``zip`` stops at the rows' last block)."""
+    return itertools.repeat(None) if t is None else t.split(n)
 
 
 class _MLPResidual(torch.autograd.Function):
@@ -111,11 +113,10 @@ class _MLPResidual(torch.autograd.Function):
         w2s = w2 if keep1 is None else w2 * keep1[1]
         out = torch.empty_like(rows, memory_format=torch.contiguous_format)
         n = block_rows(hidden, rows.element_size())
-        count = -(-rows.shape[0] // n)
         stats = []
         for r, o, k1, k2 in zip(
-            rows.split(n), out.split(n), _split(None if keep1 is None else keep1[0], n, count),
-            _split(None if keep2 is None else keep2[0], n, count),
+            rows.split(n), out.split(n), _split(None if keep1 is None else keep1[0], n),
+            _split(None if keep2 is None else keep2[0], n),
         ):
             normed, mean, rstd = torch.ops.aten.native_layer_norm(r, [c], ln_w, ln_b, eps)
             stats.append((mean, rstd))
@@ -147,10 +148,9 @@ class _MLPResidual(torch.autograd.Function):
         dlw = None if ln_w is None else ln_w.new_zeros(ln_w.shape)
         dlb = None if ln_b is None else ln_b.new_zeros(ln_b.shape)
         n = block_rows(hidden, rows.element_size())
-        count = -(-rows.shape[0] // n)
-        k1s, k2s = (_split(m, n, count) for m in (masks or [None, None]))
+        k1s, k2s = (_split(m, n) for m in (masks or [None, None]))
         for r, d, m, sd, k1, k2, o in zip(
-            rows.split(n), dout.split(n), mean.split(n), rstd.split(n), k1s, k2s, _split(dy, n, count)
+            rows.split(n), dout.split(n), mean.split(n), rstd.split(n), k1s, k2s, _split(dy, n)
         ):
             normed = torch.ops.aten.native_layer_norm(r, [c], ln_w, ln_b, eps)[0]
             h = _hidden(normed, w1, b1, k1)
