@@ -69,6 +69,7 @@ def test_bad_inputs() -> None:
 def test_subblocks_round_trip_and_window_sums(spatial, head_dim, window, shifts) -> None:
     """Sub-block layout: exact inverse; per-window sums equal sums over the gathered windows; adjoints."""
     from factorseg.models.layers.windows import (
+        WindowLayout,
         from_subblocks,
         pad_channels_last,
         subblock_edges,
@@ -97,3 +98,15 @@ def test_subblocks_round_trip_and_window_sums(spatial, head_dim, window, shifts)
     g = torch.randn_like(blocks)
     (grad,) = torch.autograd.grad((to_subblocks(xr, lay, edges) * g).sum(), xr)
     assert torch.equal(grad, from_subblocks(g, lay, edges))
+    # window_sums' gradient (its adjoint, at any dim) is autograd's through the gather and the sums.
+    t = torch.randn(2, 3, blocks.shape[1], 4, dtype=torch.float64, requires_grad=True)
+    gw = torch.randn(2, 3, len(lay.shifts), lay.num_windows, 4, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((window_sums(t, lay, edges, dim=2) * gw).sum(), t)
+    with torch.no_grad():
+        expected = torch.zeros_like(t)
+        for s, shift in enumerate(lay.shifts):  # each sub-block's window of each shift, by brute force
+            one = WindowLayout(lay.spatial, lay.window, lay.grid, (shift,))
+            ones = torch.eye(blocks.shape[1], dtype=torch.float64)  # (K, K): sub-block k alone
+            member = window_sums(ones, one, edges, dim=0)[0]  # (W, K): 1 where window w holds k
+            expected += torch.einsum("bcwd,wk->bckd", gw[:, :, s], member)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)

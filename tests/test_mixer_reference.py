@@ -12,9 +12,16 @@ import torch
 
 from benchmarks.reference import effective_layout, reference_block, reference_mixer, reference_nmf, to_windows
 from factorseg.models.blocks import FactorizerBlock
-from factorseg.models.layers.mixer import MixerPath, NMFMixer
+from factorseg.models.layers.mixer import MixerPath, NMFMixer, subblocks_pay
 from factorseg.models.layers.nmf import NMF, NMFConfig
-from factorseg.models.layers.windows import WindowMatricize, matrices_view, pad_channels_last, window_stack, window_unstack
+from factorseg.models.layers.windows import (
+    WindowMatricize,
+    matrices_view,
+    pad_channels_last,
+    subblock_edges,
+    window_stack,
+    window_unstack,
+)
 
 # spatial size, head_dim, window, shifts, rank, solver, backprop_iters, num_iters, init
 CASES = [
@@ -23,7 +30,8 @@ CASES = [
     ((9, 6, 7), 4, 4, [0, 2], 1, "hals", 1, 5, "fixed"),  # one-step gradient
     ((9, 6, 7), 4, 4, [0, (2, 1, 3)], 1, "hals", 2, 4, "random"),  # last two, uneven shift
     ((5, 7, 6), 4, None, [0], 1, "hals", None, 3, "fixed"),  # global
-    ((10, 12), 2, (4, 3), [0, (2, 1)], 1, "hals", None, 5, "fixed"),  # 2D
+    ((10, 12), 2, (4, 3), [0, (2, 1)], 1, "hals", None, 5, "fixed"),  # 2D, sub-blocks of 2 pixels: windows
+    ((10, 12), 2, (4, 4), [0, (2, 2)], 1, "hals", None, 5, "fixed"),  # 2D, sub-blocks of 4 pixels
     ((6, 6, 6), 4, 4, [0], 1, "hals", None, 0, "fixed"),  # no iterations: the initial projection
     ((9, 6, 7), 4, 4, [0, 2], 2, "hals", None, 4, "fixed"),  # rank 2: the plain solver path
     ((9, 6, 7), 4, 4, [0, 2], 1, "mu", 1, 4, "fixed"),  # multiplicative updates
@@ -80,9 +88,12 @@ def test_mixer_matches_reference(case: tuple, dtype: torch.dtype, tol: float, su
     params = [p for p in mixer.parameters() if p.requires_grad]
     weight = torch.rand(x.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
     out, grads = _run(mixer, x, params, weight, seed=7)
-    # The sub-block path never forms the window matrices; it serves every rank-1 HALS case here
-    # except the fixed_uv init without iterations (the constant u0 v0^T is not a map of the input).
-    sub = subblocks and rank == 1 and solver == "hals" and not (case[8] == "fixed_uv" and case[7] == 0)
+    # The sub-block path never forms the window matrices; it serves every rank-1 HALS case here whose
+    # sub-blocks are large enough for the channels, except the fixed_uv init without iterations (the
+    # constant u0 v0^T is not a map of the input).
+    edges = subblock_edges(mixer.matricize.layout_of(x))
+    sub = (subblocks and rank == 1 and solver == "hals" and not (case[8] == "fixed_uv" and case[7] == 0)
+           and subblocks_pay(x.shape[1], edges))
     assert len(calls) == (0 if sub else 1)
     del mixer.nmf.decompose
     ref_out, ref_grads = _run(lambda t: reference_mixer(mixer, t), x, params, weight, seed=7)
@@ -91,7 +102,8 @@ def test_mixer_matches_reference(case: tuple, dtype: torch.dtype, tol: float, su
         torch.testing.assert_close(g, r, rtol=tol, atol=tol * max(1.0, float(r.abs().max())))
 
 
-@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[7], CASES[11]], ids=["swin", "2d", "rank2", "fixed_uv"])
+@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[6], CASES[8], CASES[12]],
+                         ids=["swin", "2d", "2d-subblocks", "rank2", "fixed_uv"])
 def test_block_matches_reference(case: tuple) -> None:
     spatial, head_dim, window, shifts, rank, solver, k, iters, init = case
     torch.manual_seed(0)
@@ -201,3 +213,18 @@ def test_bf16_autocast_takes_the_window_path_and_stays_close() -> None:
             out = mixer(x)
     assert len(calls) == 1
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("channels,sub", [(16, True), (24, False), (32, False)])
+def test_path_rule_takes_subblocks_up_to_twice_their_voxels(channels: int, sub: bool) -> None:
+    """Windows of 4^3 shifted by 2 have sub-blocks of 8 voxels: 16 channels take them, more do not;
+    either way the values are the reference's."""
+    nmf = NMFConfig(rank=1, num_iters=5, init="fixed_uv")
+    mixer = NMFMixer(channels, 3, head_dim=8, window_size=4, shifts=[0, 2], nmf=nmf).double()
+    x = torch.randn(1, channels, 8, 8, 4, dtype=torch.float64)
+    assert subblocks_pay(channels, subblock_edges(mixer.matricize.layout_of(x))) is sub
+    calls = _count_decompose_calls(mixer)
+    out = mixer(x)
+    assert len(calls) == (0 if sub else 1)
+    del mixer.nmf.decompose
+    torch.testing.assert_close(out, reference_mixer(mixer, x), rtol=1e-9, atol=1e-9)

@@ -48,6 +48,19 @@ def _check_path(path: str) -> None:
         raise ValueError(f"unknown mixer path {path!r}; choose one of {', '.join(MIXER_PATHS)}")
 
 
+def subblocks_pay(channels: int, edges: Sequence[int]) -> bool:
+    """Whether the sub-block path beats the window path for ``channels`` and sub-blocks of ``edges``.
+
+    The sub-block path keeps a ``C x C`` Gram matrix and a ``C x C`` output map per sub-block of ``Q``
+    voxels, so its per-voxel work grows as ``C / Q``; the window path's does not. Measured on a block's
+    training step and forward pass (one thread, ``docs/performance.md``, "mixer path rule"): with
+    ``C <= 2 Q`` the sub-block path is faster or level (1.16-1.87x faster at ``Q = 64``, ``C = 32 .. 128``;
+    0.96-0.98x at ``Q = 8``, ``C = 16``, where it also needs less memory), beyond it the window path
+    (1.2-1.4x faster at ``Q = 8``, ``C = 32``, level at ``Q = 64``, ``C = 256``; less memory in both).
+    """
+    return channels <= 2 * math.prod(edges)
+
+
 class NMFMixer(nn.Module):
     """Context mixing by NMF: in-projection -> ReLU -> matricize -> NMF -> inverse -> out-projection.
 
@@ -64,7 +77,7 @@ class NMFMixer(nn.Module):
       contain a sub-block are added, and one product per sub-block gives the output. No window of any
       shift is ever gathered, and ``v`` is never formed.
     * Window path (other solvers and inits, ranks > 1, huge values, export tracing, half precision,
-      ``path="windows"``): the windows of all shifts are gathered into a window-major buffer
+      more channels than twice a sub-block's voxels (:func:`subblocks_pay`), ``path="windows"``): the windows of all shifts are gathered into a window-major buffer
       (:func:`factorseg.models.layers.windows.window_stack`), ``nmf.decompose`` factorises its
       ``(B, S, H, W, head_dim, N)`` matrices (a strided view, the values :meth:`matrices` returns),
       and the reconstruction is scattered back.
@@ -160,12 +173,12 @@ class NMFMixer(nn.Module):
         Where ``path`` asks for it and it applies: rank-1 HALS with an init it covers
         (``nmf.fusable``, which also depends on ``num_iters``, changeable after construction); no
         graph capture (the path falls back on data-dependent checks); no half precision (autocast:
-        the window path factorises in float32); and a ``C x C`` map per sub-block not much larger
-        than the sub-block. It still falls back where the values need rescaling.
+        the window path factorises in float32); and few enough channels for the sub-block size
+        (:func:`subblocks_pay`). It still falls back where the values need rescaling.
         """
         return (
             self.path == "subblocks" and self.nmf.fusable and not traced()
-            and h.dtype in (torch.float32, torch.float64) and h.shape[-1] <= 4 * math.prod(edges)
+            and h.dtype in (torch.float32, torch.float64) and subblocks_pay(h.shape[-1], edges)
         )
 
     def _subblock_path(self, blocks: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor | None:

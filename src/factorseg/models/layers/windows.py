@@ -371,13 +371,18 @@ def window_sums(
 
     The sub-blocks of every window of every shift are gathered by one ``index_select`` (the window
     partition of the sub-block grid, :func:`_window_numbers`), then summed in contiguous groups.
-    The window order is that of :func:`window_stack`.
+    The window order is that of :func:`window_stack`. The gradient is the adjoint,
+    :func:`subblock_sums` (one gather per shift), rather than autograd's: that would write the
+    gathered size out again and scatter it back into zeros (1.4x slower forward + backward).
     """
     sub = _subblock_layout(lay, edges)
-    index = _index(tables, _stack_rows, sub, device=t.device)
-    gathered = t.index_select(dim, index)
-    shape = (len(lay.shifts), lay.num_windows, sub.window_voxels)
-    return gathered.view(*t.shape[:dim], *shape, *t.shape[dim + 1 :]).sum(dim + 2)
+
+    def apply(u: Tensor) -> Tensor:
+        gathered = u.index_select(dim, _index(tables, _stack_rows, sub, device=u.device))
+        shape = (len(lay.shifts), lay.num_windows, sub.window_voxels)
+        return gathered.view(*u.shape[:dim], *shape, *u.shape[dim + 1 :]).sum(dim + 2)
+
+    return _relayout(t, apply, lambda g: _shift_sums(g, lay, edges, dim, tables))
 
 
 def subblock_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], tables: IndexTables | None = None) -> Tensor:
@@ -385,12 +390,17 @@ def subblock_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], tables: In
 
     Every sub-block gets the sum, over the shifts, of the value of the window that contains it.
     """
-    s, w = t.shape[1], t.shape[2]
+    return _shift_sums(t, lay, edges, 1, tables)
+
+
+def _shift_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], dim: int, tables: IndexTables | None) -> Tensor:
+    """:func:`subblock_sums` for per-window values ``(S, W)`` at dims ``dim, dim + 1`` -> ``K`` at ``dim``."""
+    s, w = t.shape[dim], t.shape[dim + 1]
     rows = _index(tables, _subblock_rows, lay, tuple(edges), device=t.device)
-    flat = t.reshape(t.shape[0], s * w, *t.shape[3:])
-    out = flat.index_select(1, rows[0])
+    flat = t.reshape(*t.shape[:dim], s * w, *t.shape[dim + 2 :])
+    out = flat.index_select(dim, rows[0])
     for i in range(1, s):
-        out = out.add_(flat.index_select(1, rows[i]))
+        out = out.add_(flat.index_select(dim, rows[i]))
     return out
 
 
