@@ -273,6 +273,11 @@ def _transpose_times(x: Tensor, u: Tensor) -> Tensor:
     return _from_channels_last(torch.bmm(y, head_loadings_t(u).transpose(1, 2)), x).transpose(-1, -2)
 
 
+def _batch_last(g: Tensor, m: int) -> Tensor:
+    """Gram matrices ``g (..., M, M)`` as ``(M, M, Bf)``, the layout of :func:`_rank1_hals_step`."""
+    return g.reshape(-1, m * m).t().contiguous().view(m, m, -1)
+
+
 def _rank1_hals_step(g_xv: Tensor, g_vv: Tensor, u: Tensor, a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """One rank-1 HALS iteration in Gram form; the state ``(u, a)`` stands for ``v = a X^T u``.
 
@@ -621,7 +626,10 @@ class NMF(nn.Module):
         else:  # the first iteration is done: the loop runs the rest
             detached, untracked = untracked > 0, max(0, untracked - 1)
             tracked = self.num_iters - 1 - untracked
-        g, g_left = (t.reshape(-1, m, m).permute(1, 2, 0).contiguous() for t in (g, g_left))  # (M, M, Bf)
+        # (M, M, Bf) through a 2D transpose (8x faster on the CPU than the same copy as a 3D permute).
+        g_left = _batch_last(g_left, m) if g_left is not g else None
+        g = _batch_last(g, m)
+        g_left = g if g_left is None else g_left
         u = start.reshape(-1, m).t().contiguous()  # (M, Bf)
         if tracked > 0 and torch.is_grad_enabled() and (g.requires_grad or u.requires_grad):
             u, a = _GramLoop.apply(g, g_left, u, tracked, untracked, eps, detached)
