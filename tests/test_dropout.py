@@ -71,3 +71,23 @@ def test_mask_follows_the_memory_layout() -> None:
     from factorseg.models.layers.dropout import keep_mask
 
     assert torch.equal(keep, keep_mask((2, 8, 5, 4, 3), 0.3, torch.device("cpu"))[0])
+
+
+@pytest.mark.parametrize("block_bytes", [None, 4 * 37])  # the second: many ragged pieces of 37 elements
+def test_masked_in_pieces_equals_where(block_bytes, monkeypatch) -> None:
+    """The piecewise product (dense, same layout) and the ``where`` fallback (other layouts) agree exactly."""
+    from factorseg.models.layers import fastpath
+    from factorseg.models.layers.dropout import keep_mask_like, masked
+
+    if block_bytes is not None:
+        monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", block_bytes)
+    torch.manual_seed(8)
+    x = torch.randn(2, 6, 5, 4, 3).contiguous(memory_format=torch.channels_last_3d)
+    keep, scale = keep_mask_like(x, 0.3)
+    expected = torch.where(keep, x, 0.0) * scale
+    out = masked(x, (keep, scale))
+    assert torch.equal(out, expected) and out.is_contiguous(memory_format=torch.channels_last_3d)
+    grad = torch.randn(2, 6, 5, 4, 3)  # contiguous: another layout than the mask's
+    assert torch.equal(masked(grad, (keep, scale)), torch.where(keep, grad, 0.0) * scale)
+    strided = torch.randn(2, 6, 5, 4, 6)[..., ::2]  # not dense
+    assert torch.equal(masked(strided, (keep, scale)), torch.where(keep, strided, 0.0) * scale)

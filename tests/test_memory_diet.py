@@ -76,27 +76,6 @@ def test_gradcheck() -> None:
         )
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("approximate", ["none", "tanh"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_hidden_dropout_folded_into_the_product_is_exact(dtype, approximate: str, bias: bool) -> None:
-    """Dropped hidden units give exactly zero GELU and GELU gradient, even for large pre-activations."""
-    from factorseg.models.layers.mlp import _hidden
-
-    gen = torch.Generator().manual_seed(4)
-    normed = torch.randn(300, 6, generator=gen, dtype=dtype) * 1e3
-    w1 = torch.randn(16, 6, generator=gen, dtype=dtype) * 1e3
-    b1 = torch.randn(16, generator=gen, dtype=dtype) if bias else None
-    keep = torch.rand(300, 16, generator=gen) > 0.5
-    h = _hidden(normed, w1, b1, keep)
-    plain = F.linear(normed, w1, b1)
-    grad = torch.randn(300, 16, generator=gen, dtype=dtype)
-    g, d = F.gelu(h, approximate=approximate), torch.ops.aten.gelu_backward(grad, h, approximate=approximate)
-    assert g[~keep].eq(0).all() and d[~keep].eq(0).all()
-    assert torch.equal(h[keep], plain[keep])
-    assert torch.equal(g[keep], F.gelu(plain, approximate=approximate)[keep])
-
-
 def test_block_uses_the_diet_only_when_training_with_autograd() -> None:
     block = FactorizerBlock(8, 3, 2.0, 0.0, head_dim=4, window_size=4, shifts=[0, 2]).double()
     x = torch.randn(1, 8, 8, 8, 8, dtype=torch.float64)

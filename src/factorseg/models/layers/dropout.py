@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from factorseg.models.layers.fastpath import traced
+from factorseg.models.layers.fastpath import block_rows, traced
 
 
 class Dropout(nn.Dropout):
@@ -64,15 +64,43 @@ def keep_mask(
     return keep, 1.0 / (1.0 - p)
 
 
+def as_factor(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """A boolean keep-mask as 0/1 factors of ``dtype`` (``None`` stays ``None``), to multiply by.
+
+    On the CPU, converting the mask's bytes (its ``uint8`` view) and multiplying is 3-5x faster than
+    ``where`` on the boolean mask or a product with it (both convert booleans element by element); the
+    factors are a temporary the size of the mask, so callers convert cache-sized pieces.
+    """
+    return None if keep is None else keep.view(torch.uint8).to(dtype)
+
+
 def masked(x: Tensor, keep: tuple[Tensor, float] | None) -> Tensor:
     """``where(keep, x, 0) * scale`` (dropout with a given :func:`keep_mask`), or ``x`` without one.
 
-    (A product by the mask's ``uint8`` view is 1.1-1.2x faster on the CPU, but PyTorch first converts the
-    mask to a float temporary the size of ``x``: a higher peak in training, so not used.)
+    Where ``x`` and the mask have the same dense layout (a mask from :func:`keep_mask_like`), the
+    product runs over cache-sized pieces in memory order, each with its :func:`as_factor` factors: no
+    map-sized temporary. Elsewhere ``where``.
     """
     if keep is None:
         return x
-    return torch.where(keep[0], x, x.new_zeros(())).mul_(keep[1])
+    mask, scale = keep
+    flat_x, flat_mask = _memory_flat(x), _memory_flat(mask)
+    if flat_x is None or flat_mask is None or x.stride() != mask.stride():
+        return torch.where(mask, x, x.new_zeros(())).mul_(scale)
+    out = torch.empty_like(x)  # the same strides as the dense x
+    flat_out = _memory_flat(out)
+    assert flat_out is not None
+    n = block_rows(1, x.element_size())
+    for xs, ms, os in zip(flat_x.split(n), flat_mask.split(n), flat_out.split(n)):
+        torch.mul(xs, as_factor(ms, x.dtype).mul_(scale), out=os)
+    return out
+
+
+def _memory_flat(t: Tensor) -> Tensor | None:
+    """A 1D view of a dense tensor in memory order, or ``None`` where ``t`` is not dense."""
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    p = t.permute(order)
+    return p.view(-1) if p.is_contiguous() else None
 
 
 class _KeepScale(torch.autograd.Function):

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
-from factorseg.models.layers.dropout import Dropout, keep_mask
+from factorseg.models.layers.dropout import Dropout, as_factor, keep_mask
 from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, row_blocks, unrecorded_eager
 
 
@@ -60,22 +60,13 @@ class MLP(nn.Module):
         return y
 
 
-DROPPED_PRE_ACTIVATION = -1e12
-"""Where a hidden unit is dropped, its GELU input is set to this: GELU and its derivative are then exactly
-zero there (both approximations, float32 and float64, for any product term below 1e11 in magnitude),
-so the hidden layer's dropout needs no masking pass of its own."""
+def _hidden(normed: Tensor, w1: Tensor, b1: Tensor | None, approximate: str, keep: Tensor | None) -> Tensor:
+    """The hidden layer ``gelu(normed W1^T + b1)``, dropped units zeroed (unscaled: the scale is in ``W2``).
 
-
-def _hidden(normed: Tensor, w1: Tensor, b1: Tensor | None, keep: Tensor | None) -> Tensor:
-    """The first product ``normed W1^T + b1``, with :data:`DROPPED_PRE_ACTIVATION` added where ``keep`` drops.
-
-    The dropout rides on the product's bias initialisation (``where(keep, b1, NEG)``, then ``addmm_``):
-    the copy of the bias that ``F.linear`` makes anyway.
+    ``keep`` is a mask in :func:`as_factor` form.
     """
-    if keep is None:
-        return F.linear(normed, w1, b1)
-    bias = b1 if b1 is not None else normed.new_zeros(())
-    return torch.where(keep, bias, DROPPED_PRE_ACTIVATION).addmm_(normed, w1.t())
+    h = torch.ops.aten.gelu_(F.linear(normed, w1, b1), approximate=approximate)
+    return h if keep is None else h.mul_(keep)
 
 
 def _split(t: Tensor | None, n: int) -> Iterable[Tensor | None]:
@@ -95,11 +86,11 @@ class _MLPResidual(torch.autograd.Function):
     Both passes run over blocks of rows (:func:`~factorseg.models.layers.fastpath.block_rows`), the
     weight gradients accumulating block by block: no map-sized normalised copy, hidden layer or hidden
     gradient is ever allocated (the plain backward pass holds four hidden-width maps at once), and each
-    block's chain of row-wise steps stays in the cache. The hidden layer's dropout costs no pass of its
-    own: it is folded into the first product (:func:`_hidden`), which zeroes the GELU and its derivative
-    where units are dropped, and both dropout scales are folded into the second product's weights and
-    the weight gradients. Same values and gradients as the plain formulation, up to rounding
-    (tests/test_memory_diet.py).
+    block's chain of row-wise steps stays in the cache. The dropout masks are applied block by block as
+    float factors (:func:`~factorseg.models.layers.dropout.as_factor`: 3-5x faster on the CPU than
+    ``where`` on the boolean masks), and both dropout scales are folded into the second product's
+    weights and the weight gradients. Same values and gradients as the plain formulation, up to
+    rounding (tests/test_memory_diet.py).
     """
 
     @staticmethod
@@ -120,12 +111,11 @@ class _MLPResidual(torch.autograd.Function):
         ):
             normed, mean, rstd = torch.ops.aten.native_layer_norm(r, [c], ln_w, ln_b, eps)
             stats.append((mean, rstd))
-            h = torch.ops.aten.gelu_(_hidden(normed, w1, b1, k1), approximate=approximate)
-            z = F.linear(h, w2s, b2)
+            z = F.linear(_hidden(normed, w1, b1, approximate, as_factor(k1, r.dtype)), w2s, b2)
             if k2 is None:
                 torch.add(r, z, out=o)
             else:
-                torch.add(r, torch.where(k2, z, z.new_zeros(())), alpha=keep2[1], out=o)
+                torch.add(r, z.mul_(as_factor(k2, z.dtype)), alpha=keep2[1], out=o)
         mean, rstd = (torch.cat(s) for s in zip(*stats))
         masks = [] if keep is None else [keep1[0], keep2[0]]
         ctx.save_for_backward(rows, mean, rstd, ln_w, ln_b, w1, b1, w2, *masks)
@@ -153,13 +143,17 @@ class _MLPResidual(torch.autograd.Function):
             rows.split(n), dout.split(n), mean.split(n), rstd.split(n), k1s, k2s, _split(dy, n)
         ):
             normed = torch.ops.aten.native_layer_norm(r, [c], ln_w, ln_b, eps)[0]
-            h = _hidden(normed, w1, b1, k1)
-            dz = d if k2 is None else torch.where(k2, d, d.new_zeros(()))  # (s2 dz: the true one)
+            h = F.linear(normed, w1, b1)
+            f1 = as_factor(k1, r.dtype)
+            dz = d if k2 is None else d * as_factor(k2, d.dtype)  # (s2 dz: the true one)
             if need[5]:
-                dw2.addmm_(dz.t(), F.gelu(h, approximate=approximate))
+                g = F.gelu(h, approximate=approximate)
+                dw2.addmm_(dz.t(), g if f1 is None else g.mul_(f1))
+                del g
             db2 += dz.sum(0)
-            dh = torch.ops.aten.gelu_backward(dz @ w2s, h, approximate=approximate)
-            del h, dz
+            dg = dz @ w2s
+            dh = torch.ops.aten.gelu_backward(dg if f1 is None else dg.mul_(f1), h, approximate=approximate)
+            del h, dz, dg
             if need[3]:
                 dw1.addmm_(dh.t(), normed)
             db1 += dh.sum(0)
