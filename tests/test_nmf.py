@@ -163,3 +163,41 @@ def test_bad_arguments() -> None:
         NMF(4, solver="als")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rows"):
         NMF(4)(torch.rand(5, 9))
+
+
+@pytest.mark.parametrize("tracked,untracked,detached", [(1, 0, False), (4, 0, False), (3, 2, False), (2, 0, True), (1, 3, False)])
+@pytest.mark.parametrize("left_differs", [False, True])
+def test_gram_loop_backward_is_autograds(tracked: int, untracked: int, detached: bool, left_differs: bool) -> None:
+    """The hand-written backward of the Gram-form loop equals autograd through the loop, for every schedule
+    (including a left Gram matrix of its own, whose gradient only the first step of a truncated one gets)."""
+    from factorseg.models.layers.nmf import _gram_loop, _GramLoop
+
+    gen = torch.Generator().manual_seed(tracked * 10 + untracked)
+    m, b = 5, 7
+    x = torch.rand(b, m, 9, dtype=torch.float64, generator=gen)
+    g = (x @ x.transpose(1, 2)).permute(1, 2, 0).contiguous()  # (M, M, Bf)
+    g_left = g.clone() if left_differs else g
+    u0 = torch.rand(m, b, dtype=torch.float64, generator=gen)
+    if untracked == 0 and not detached:  # a tracked start; one entry of u0 zero: the ReLU's kink stays put
+        u0[0, 0] = 0.0
+    du, da = torch.randn(m, b, dtype=torch.float64, generator=gen), torch.randn(b, dtype=torch.float64, generator=gen)
+    inputs = [t.detach().clone().requires_grad_() for t in (g, g_left, u0)]
+    if not left_differs:
+        inputs[1] = inputs[0]
+    u, a = _gram_loop(*inputs[:2], inputs[2], tracked, untracked, 1e-12, detached)
+    expected = torch.autograd.grad([u, a], [inputs[0], inputs[1], inputs[2]], [du, da], allow_unused=True,
+                                   materialize_grads=True)
+    mine = [t.detach().clone().requires_grad_() for t in (g, g_left, u0)]
+    if not left_differs:
+        mine[1] = mine[0]
+    u2, a2 = _GramLoop.apply(mine[0], mine[1], mine[2], tracked, untracked, 1e-12, detached)
+    torch.testing.assert_close((u2, a2), (u, a), rtol=0, atol=0)
+    got = torch.autograd.grad([u2, a2], mine, [du, da], allow_unused=True, materialize_grads=True)
+    for e, r in zip(got, expected):
+        torch.testing.assert_close(e, r, rtol=1e-10, atol=1e-12)
+    if untracked or detached:  # a truncated gradient: not the function's own, which gradcheck measures
+        return
+    assert torch.autograd.gradcheck(
+        lambda *t: _GramLoop.apply(t[0], t[1] if left_differs else t[0], t[2], tracked, untracked, 1e-12, detached),
+        tuple(t.detach().clone().requires_grad_() for t in (g, g_left, u0 + 0.05)),
+    )

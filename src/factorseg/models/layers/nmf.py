@@ -278,69 +278,119 @@ def _batch_last(g: Tensor, m: int) -> Tensor:
     return g.reshape(-1, m * m).t().contiguous().view(m, m, -1)
 
 
-def _rank1_hals_step(g_xv: Tensor, g_vv: Tensor, u: Tensor, a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def _rank1_hals_step(
+    g_xv: Tensor, g_vv: Tensor, u: Tensor, a: Tensor, eps: float
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
     """One rank-1 HALS iteration in Gram form; the state ``(u, a)`` stands for ``v = a X^T u``.
 
     ``u <- relu(X v) / (v.v + eps)`` with ``X v = a G u`` (``g_xv``) and ``v.v = a^2 u^T G u`` (``g_vv``).
     Batch-last layout (``g (M, M, Bf)``, ``u (M, Bf)``, ``a (Bf,)``) keeps every operation vectorised
-    over the many tiny matrices.
+    over the many tiny matrices. Returns the new state and ``(G_xv u, G_vv u, v.v)``, which the
+    backward pass (:func:`_gram_loop_backward`) reads.
     """
     gu = (g_xv * u.unsqueeze(0)).sum(dim=1)
     guv = gu if g_vv is g_xv else (g_vv * u.unsqueeze(0)).sum(dim=1)
     vv = (a * a) * (u * guv).sum(dim=0)
     u = torch.relu(a * gu) / (vv + eps)
-    return u, 1.0 / ((u * u).sum(dim=0) + eps)
+    return u, 1.0 / ((u * u).sum(dim=0) + eps), (gu, guv, vv)
 
 
 def _gram_loop(
-    g: Tensor, g_left: Tensor, u: Tensor, tracked: int, untracked: int, eps: float, detached_start: bool = False
+    g: Tensor, g_left: Tensor, u: Tensor, tracked: int, untracked: int, eps: float, detached_start: bool = False,
+    record: list[tuple[Tensor, ...]] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Rank-1 HALS in Gram form from ``u (M, Bf)``: ``untracked`` steps without gradient, then ``tracked``.
 
     The start stands for ``v = X^T u / (u.u + eps)``; ``detached_start`` says that this ``v`` is a
     constant for autograd (it came from untracked work), as the untracked steps' last ``v`` is.
+    ``record`` receives, per tracked step, its state ``(u, a)``, its :func:`_rank1_hals_step` products
+    and whether it read ``g_left``.
     """
     a = 1.0 / ((u * u).sum(dim=0) + eps)
     with torch.no_grad():
         g_const = g.detach()
         for _ in range(untracked):
-            u, a = _rank1_hals_step(g_const, g_const, u, a, eps)
+            u, a, _ = _rank1_hals_step(g_const, g_const, u, a, eps)
     for i in range(tracked):
-        if i == 0 and (untracked > 0 or detached_start):  # the previous v is a constant here
-            u, a = _rank1_hals_step(g_left, g_const, u, a, eps)
-        else:
-            u, a = _rank1_hals_step(g, g, u, a, eps)
+        left = i == 0 and (untracked > 0 or detached_start)  # the previous v is a constant here
+        state = (u, a)
+        u, a, products = _rank1_hals_step(g_left, g_const, u, a, eps) if left else _rank1_hals_step(g, g, u, a, eps)
+        if record is not None:
+            record.append((*state, *products, left))
     return u, a
 
 
-class _GramLoop(torch.autograd.Function):
-    """:func:`_gram_loop` as one autograd node, saving only its inputs.
+def _gram_loop_backward(
+    g: Tensor, g_left: Tensor, u0: Tensor, u: Tensor, a: Tensor, record: list[tuple[Tensor, ...]], eps: float,
+    du: Tensor | None, da: Tensor | None, start_tracked: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Gradients ``(dg, dg_left, du0)`` of :func:`_gram_loop`'s result ``(u, a)``, by hand, from its ``record``.
 
-    The forward runs without recording; the backward recomputes the (tiny) loop under autograd and
-    differentiates it, so the graph holds one node instead of dozens of small operations.
+    Per tracked step (reversed), with ``D = v.v + eps``, ``u' = relu(a G_xv u) / D``, ``a' = 1 / (u'.u' + eps)``:
+    ``a'`` passes ``-2 a'^2 da' u'`` to ``u'``; ``u'`` passes ``du' / D`` to the ReLU's input ``p = a G_xv u``
+    (where ``u' > 0``) and ``-(du'.u') / D`` to ``v.v = a^2 u^T G_vv u``; those to ``a``, ``u`` and the Gram
+    matrices (``dG += d(G u) u^T``, ``du += G^T d(G u)``). Two passes over the Gram matrices per step,
+    where autograd needs five and a recomputation. ``du0`` (``None`` unless ``start_tracked``) includes
+    the start's ``a = 1 / (u0.u0 + eps)``.
+    """
+    dg = torch.zeros_like(g)
+    dg_left = None
+    du = torch.zeros_like(u) if du is None else du
+    da = torch.zeros_like(a) if da is None else da
+    for u_t, a_t, gu, guv, vv, left in reversed(record):
+        du = du - (2.0 * a * a * da) * u  # through a' = 1 / (u'.u' + eps)
+        d = vv + eps
+        dvv = -(du * u).sum(dim=0) / d
+        dp = (du / d) * (u > 0)
+        dgu = dp * a_t
+        da = (dp * gu).sum(dim=0) + dvv * 2.0 * a_t * (u_t * guv).sum(dim=0)
+        dguv = (dvv * a_t * a_t) * u_t
+        du = (dvv * a_t * a_t) * guv
+        g_xv = g_left if left else g
+        if left:  # G_vv is the constant G here: it passes its gradient to u only
+            du = du + (g * dguv.unsqueeze(1)).sum(dim=0)
+            dg_left = torch.zeros_like(g_left) if dg_left is None else dg_left
+            dg_left.addcmul_(dgu.unsqueeze(1), u_t.unsqueeze(0))
+        else:
+            dgu = dgu + dguv
+            dg.addcmul_(dgu.unsqueeze(1), u_t.unsqueeze(0))
+        du = du + (g_xv * dgu.unsqueeze(1)).sum(dim=0)  # G_xv^T d(G_xv u)
+        u, a = u_t, a_t
+    if not start_tracked:
+        return dg, dg_left, None
+    return dg, dg_left, du - (2.0 * a * a * da) * u0  # through the start's a = 1 / (u0.u0 + eps)
+
+
+class _GramLoop(torch.autograd.Function):
+    """:func:`_gram_loop` as one autograd node with a hand-written backward (:func:`_gram_loop_backward`).
+
+    Saves the inputs and, per tracked step, its state and ``M x Bf`` products (no ``M x M`` ones):
+    the graph holds one node instead of dozens of small operations, and the backward pass neither
+    recomputes the loop nor records it.
     """
 
     @staticmethod
     def forward(
         ctx: Any, g: Tensor, g_left: Tensor, u: Tensor, tracked: int, untracked: int, eps: float, detached: bool
     ):
-        ctx.save_for_backward(g, g_left, u)
-        ctx.schedule = (tracked, untracked, eps, detached)
-        return _gram_loop(g, g_left, u, tracked, untracked, eps, detached)
+        record: list[tuple[Tensor, ...]] = []
+        out_u, out_a = _gram_loop(g, g_left, u, tracked, untracked, eps, detached, record)
+        flat = [t for step in record for t in step[:5]]
+        ctx.save_for_backward(g, g_left, u, out_u, out_a, *flat)
+        ctx.lefts = [step[5] for step in record]
+        ctx.settings = (eps, untracked == 0)  # else the start reaches the tracked steps through no_grad ones
+        return out_u, out_a
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, du: Tensor | None, da: Tensor | None):
-        g, g_left, u0 = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = [g.detach().requires_grad_(), g_left.detach().requires_grad_()]
-            if ctx.needs_input_grad[2]:  # a start computed from the data (the fixed_uv init's first step)
-                leaves.append(u0.detach().requires_grad_())
-            u, a = _gram_loop(leaves[0], leaves[1], leaves[2] if len(leaves) > 2 else u0, *ctx.schedule)
-            pairs = [(t, d) for t, d in ((u, du), (a, da)) if d is not None]
-            grads = torch.autograd.grad([t for t, _ in pairs], leaves, [d for _, d in pairs], allow_unused=True)
-        du0 = grads[2] if len(grads) > 2 else None
-        return grads[0], grads[1], du0, None, None, None, None
+        g, g_left, u0, u, a, *flat = ctx.saved_tensors
+        eps, start_tracked = ctx.settings
+        record = [(*flat[5 * i : 5 * i + 5], left) for i, left in enumerate(ctx.lefts)]
+        dg, dg_left, du0 = _gram_loop_backward(
+            g, g_left, u0, u, a, record, eps, du, da, start_tracked and ctx.needs_input_grad[2]
+        )
+        return dg, dg_left, du0, None, None, None, None
 
 
 def nndsvd(x: Tensor, rank: int, fill: float | None = None) -> tuple[Tensor, Tensor]:
