@@ -215,13 +215,14 @@ def test_bf16_autocast_takes_the_window_path_and_stays_close() -> None:
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05 * float(expected.abs().max()))
 
 
-@pytest.mark.parametrize("channels,sub", [(16, True), (24, False), (32, False)])
-def test_path_rule_takes_subblocks_up_to_twice_their_voxels(channels: int, sub: bool) -> None:
-    """Windows of 4^3 shifted by 2 have sub-blocks of 8 voxels: 16 channels take them, more do not;
-    either way the values are the reference's."""
+@pytest.mark.parametrize("window,channels,sub", [(4, 16, True), (4, 24, False), (4, 32, False), (8, 256, True),
+                                                 (8, 264, False)])
+def test_path_rule(window: int, channels: int, sub: bool) -> None:
+    """Windows of 4^3 shifted by 2 have sub-blocks of 8 voxels: up to 16 channels take them; windows of 8^3
+    shifted by 4 have 64-voxel ones: up to 256 channels. Either way the values are the reference's."""
     nmf = NMFConfig(rank=1, num_iters=5, init="fixed_uv")
-    mixer = NMFMixer(channels, 3, head_dim=8, window_size=4, shifts=[0, 2], nmf=nmf).double()
-    x = torch.randn(1, channels, 8, 8, 4, dtype=torch.float64)
+    mixer = NMFMixer(channels, 3, head_dim=8, window_size=window, shifts=[0, window // 2], nmf=nmf).double()
+    x = torch.randn(1, channels, 2 * window, 2 * window, window, dtype=torch.float64)
     assert subblocks_pay(channels, subblock_edges(mixer.matricize.layout_of(x))) is sub
     calls = _count_decompose_calls(mixer)
     out = mixer(x)

@@ -31,8 +31,8 @@ from factorseg.models.layers.windows import (
     pad_channels_last,
     shift_window_sums,
     subblock_edges,
-    subblock_sums,
     subblock_weights,
+    subblock_windows,
     to_subblocks,
     window_stack,
     window_sums,
@@ -51,14 +51,16 @@ def _check_path(path: str) -> None:
 def subblocks_pay(channels: int, edges: Sequence[int]) -> bool:
     """Whether the sub-block path beats the window path for ``channels`` and sub-blocks of ``edges``.
 
-    The sub-block path keeps a ``C x C`` Gram matrix and a ``C x C`` output map per sub-block of ``Q``
-    voxels, so its per-voxel work grows as ``C / Q``; the window path's does not. Measured on a block's
-    training step and forward pass (one thread, ``docs/performance.md``, "mixer path rule"): with
-    ``C <= 2 Q`` the sub-block path is faster or level (1.16-1.87x faster at ``Q = 64``, ``C = 32 .. 128``;
-    0.96-0.98x at ``Q = 8``, ``C = 16``, where it also needs less memory), beyond it the window path
-    (1.2-1.4x faster at ``Q = 8``, ``C = 32``, level at ``Q = 64``, ``C = 256``; less memory in both).
+    Per sub-block of ``Q`` voxels the sub-block path keeps a ``C x C`` Gram matrix and gathers its
+    windows' factors (``2 S H C`` values), so its per-voxel overhead grows as ``C / Q``; the window
+    path gathers every window of every shift, which costs more for larger windows. Measured on a
+    block's mixer, training step and forward pass (one thread, ``docs/performance.md``, "mixer path
+    rule"): with 8-voxel sub-blocks (windows of 4 shifted by 2) the sub-block path is level at
+    ``C = 2 Q`` and 1.1-1.4x slower beyond; with 64-voxel ones (windows of 8 shifted by 4) it is
+    1.3-1.7x faster up to ``C = 4 Q``. Hence ``C <= 2 Q``, and ``C <= 4 Q`` from 64 voxels on.
     """
-    return channels <= 2 * math.prod(edges)
+    q = math.prod(edges)
+    return channels <= (4 if q >= 64 else 2) * q
 
 
 class NMFMixer(nn.Module):
@@ -73,11 +75,12 @@ class NMFMixer(nn.Module):
       sub-block's Gram blocks, which add up to every window's of every shift; the NMF iterates on
       those ``head_dim x head_dim`` matrices (:meth:`factorseg.models.layers.nmf.NMF.solve_gram_form`).
       Since ``v = a X^T u``, the reconstruction of a voxel is a linear map of its own features,
-      ``x^T (sum_h a_h u_h u_h^T W_out^T) / S`` per window; the maps of the windows of all shifts that
-      contain a sub-block are added, and one product per sub-block gives the output. No window of any
-      shift is ever gathered, and ``v`` is never formed.
+      ``x^T (sum_h a_h u_h u_h^T W_out^T) / S`` per window, of rank ``H``; each sub-block gathers
+      the ``H x C`` factors of its windows of every shift, and two thin products per sub-block give
+      the output. No window of any shift is ever gathered, and ``v`` is never formed.
     * Window path (other solvers and inits, ranks > 1, huge values, export tracing, half precision,
-      more channels than twice a sub-block's voxels (:func:`subblocks_pay`), ``path="windows"``): the windows of all shifts are gathered into a window-major buffer
+      many channels for small sub-blocks (:func:`subblocks_pay`), ``path="windows"``): the windows of
+      all shifts are gathered into a window-major buffer
       (:func:`factorseg.models.layers.windows.window_stack`), ``nmf.decompose`` factorises its
       ``(B, S, H, W, head_dim, N)`` matrices (a strided view, the values :meth:`matrices` returns),
       and the reconstruction is scattered back.
@@ -198,13 +201,17 @@ class NMFMixer(nn.Module):
         if solved is None:
             return None
         u, a = solved  # (B, S, H, W, M, 1), (B, S, H, W)
-        s = len(lay.shifts)
+        s, heads = len(lay.shifts), u.shape[2]
         w_out = pointwise_weight(self.out_proj)
         left = head_loadings_t(u * a[..., None, None])  # (B S W, H, C): rows a_h u_h^T
         right = head_loadings_t(u) @ (w_out.t() / s)  # (B S W, H, C): rows u_h^T W_out^T / S
-        per_window = (left.transpose(1, 2) @ right).view(b, s, lay.num_windows, c, c)
-        per_block = subblock_sums(per_window, lay, edges, tables)  # (B, K, C, C)
-        rec = torch.bmm(blocks.reshape(-1, *blocks.shape[2:]), per_block.view(-1, c, c))
+        # Each sub-block's map is the sum over its windows of left^T right, of rank S H < C: the factors
+        # of its windows are gathered (2 S H C values instead of S C^2) and applied as two thin products.
+        per_block = [
+            subblock_windows(t.view(b, s, lay.num_windows, heads * c), lay, edges, tables).view(-1, s * heads, c)
+            for t in (left, right)
+        ]  # (B K, S H, C) each
+        rec = torch.bmm(torch.bmm(blocks.reshape(-1, *blocks.shape[2:]), per_block[0].transpose(1, 2)), per_block[1])
         if self.out_proj.bias is not None:  # the shift average of a constant: the bias once
             rec = rec.add_(self.out_proj.bias)
         return from_subblocks(rec.view(blocks.shape), lay, edges)

@@ -201,10 +201,16 @@ def _gram(x: Tensor) -> Tensor:
     return _blocks_to_heads(torch.bmm(y.transpose(1, 2), y), x)
 
 
-def gram_pair(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(G, G_left)`` of matrices ``x (..., M, N)`` for :meth:`NMF.solve_gram_form` (see :class:`_Gram`)."""
+def gram_pair(x: Tensor, left: bool = True) -> tuple[Tensor, Tensor]:
+    """``(G, G_left)`` of matrices ``x (..., M, N)`` for :meth:`NMF.solve_gram_form` (see :class:`_Gram`).
+
+    ``left=False`` (no truncated gradient reads ``G_left``): ``G`` twice, the same tensor.
+    """
     if torch.is_grad_enabled() and x.requires_grad:
-        return _Gram.apply(x)
+        if left:
+            return _Gram.apply(x, True)
+        g = _Gram.apply(x, False)
+        return g, g
     g = _gram(x)
     return g, g
 
@@ -220,7 +226,7 @@ def grams_in_range(g: Tensor) -> bool:
 
 
 class _Gram(torch.autograd.Function):
-    """``G = X X^T`` of every matrix ``X (..., M, N)``, returned twice: ``G`` and ``G_left``.
+    """``G = X X^T`` of every matrix ``X (..., M, N)``; with ``left``, returned twice: ``G`` and ``G_left``.
 
     Both have the same value; ``G_left`` differentiates as ``X X_detached^T`` (``X v`` for a constant
     ``v = X^T w``), which the first tracked step of a last-k gradient needs. One product serves both
@@ -228,14 +234,14 @@ class _Gram(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx: Any, x: Tensor, left: bool) -> Tensor | tuple[Tensor, Tensor]:
         ctx.save_for_backward(x)
         g = _gram(x)
-        return g, g.clone()
+        return (g, g.clone()) if left else g
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, dg: Tensor | None, dgl: Tensor | None) -> Tensor:
+    def backward(ctx: Any, dg: Tensor | None, dgl: Tensor | None = None) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         d = None if dg is None else dg + dg.transpose(-1, -2)
         if dgl is not None:
@@ -243,9 +249,9 @@ class _Gram(torch.autograd.Function):
         assert d is not None
         y = _channels_last_view(x)
         if y is None:
-            return d @ x
+            return d @ x, None
         # Per head, dY_h = Y_h D_h^T with Y_h = X_h^T.
-        return _from_channels_last(torch.bmm(y, _heads_to_blocks(d.transpose(-1, -2), x)), x)
+        return _from_channels_last(torch.bmm(y, _heads_to_blocks(d.transpose(-1, -2), x)), x), None
 
 
 def head_loadings_t(u: Tensor) -> Tensor:
@@ -625,7 +631,7 @@ class NMF(nn.Module):
             raise ValueError("the Gram form needs the rank-1 HALS solver and an init other than nndsvd")
         if (v0 is None) == (self.init == "fixed_uv"):
             raise ValueError("the Gram form needs v0 exactly for the fixed_uv init")
-        g_parts, g_parts_left = gram_pair(parts)
+        g_parts, g_parts_left = gram_pair(parts, left=self._needs_left_gram)
         g = g_parts if sums is None else sums(g_parts)
         if check_range and not grams_in_range(g):
             return None

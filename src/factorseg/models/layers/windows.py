@@ -26,7 +26,8 @@ not be materialised at all. Every window of every shift is a union of *sub-block
 edge is the gcd of the window and the shifts along each axis (4^3 for 8^3 windows shifted by 4).
 :func:`to_subblocks` lays the map out sub-block-major once (one copy, the size of the map, for all
 shifts together), :func:`window_sums` adds per-sub-block values into per-window values of every
-shift (the window partition of the small sub-block grid), and :func:`subblock_sums` is its adjoint.
+shift (the window partition of the small sub-block grid), and :func:`subblock_sums` is its adjoint
+(:func:`subblock_windows` the same without the sum over the shifts).
 
 Index tables are cached process-wide as CPU tensors; their copies on other devices are kept by the
 module that uses them (:class:`IndexTables`, one per :class:`WindowMatricize`), so that device memory
@@ -382,19 +383,16 @@ def window_sums(
         shape = (len(lay.shifts), lay.num_windows, sub.window_voxels)
         return gathered.view(*u.shape[:dim], *shape, *u.shape[dim + 1 :]).sum(dim + 2)
 
-    return _relayout(t, apply, lambda g: _shift_sums(g, lay, edges, dim, tables))
+    return _relayout(t, apply, lambda g: subblock_sums(g, lay, edges, tables, dim))
 
 
-def subblock_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], tables: IndexTables | None = None) -> Tensor:
-    """Adjoint of :func:`window_sums` (``dim=1``): per-window values ``(B, S, W, *rest)`` -> ``(B, K, *rest)``.
+def subblock_sums(
+    t: Tensor, lay: WindowLayout, edges: Sequence[int], tables: IndexTables | None = None, dim: int = 1
+) -> Tensor:
+    """Adjoint of :func:`window_sums`: per-window values ``(S, W)`` at dims ``dim, dim + 1`` -> ``K`` at ``dim``.
 
     Every sub-block gets the sum, over the shifts, of the value of the window that contains it.
     """
-    return _shift_sums(t, lay, edges, 1, tables)
-
-
-def _shift_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], dim: int, tables: IndexTables | None) -> Tensor:
-    """:func:`subblock_sums` for per-window values ``(S, W)`` at dims ``dim, dim + 1`` -> ``K`` at ``dim``."""
     s, w = t.shape[dim], t.shape[dim + 1]
     rows = _index(tables, _subblock_rows, lay, tuple(edges), device=t.device)
     flat = t.reshape(*t.shape[:dim], s * w, *t.shape[dim + 2 :])
@@ -402,6 +400,24 @@ def _shift_sums(t: Tensor, lay: WindowLayout, edges: Sequence[int], dim: int, ta
     for i in range(1, s):
         out = out.add_(flat.index_select(dim, rows[i]))
     return out
+
+
+def subblock_windows(
+    t: Tensor, lay: WindowLayout, edges: Sequence[int], tables: IndexTables | None = None
+) -> Tensor:
+    """Per-window values ``(B, S, W, *rest)`` -> ``(B, K, S, *rest)``: each sub-block's window of every shift.
+
+    One ``index_select`` (:func:`subblock_sums` is this summed over ``S``).
+    """
+    b, s, w = t.shape[:3]
+    rows = _index(tables, _subblock_window_rows, lay, tuple(edges), device=t.device)
+    gathered = t.reshape(b, s * w, *t.shape[3:]).index_select(1, rows)
+    return gathered.view(b, -1, s, *t.shape[3:])
+
+
+def _subblock_window_rows(lay: WindowLayout, edges: tuple[int, ...]) -> np.ndarray:
+    """:func:`_subblock_rows` sub-block-major: ``(K S,)``, the shifts of each sub-block together."""
+    return np.ascontiguousarray(_subblock_rows(lay, edges).T).reshape(-1)
 
 
 def _subblock_rows(lay: WindowLayout, edges: tuple[int, ...]) -> np.ndarray:
