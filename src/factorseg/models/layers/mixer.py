@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
+from factorseg.models.layers.norm import layer_norm_from_stats
 from factorseg.models.layers.windows import (
     WindowLayout,
     WindowMatricize,
@@ -258,7 +259,8 @@ class _NormProjectSubblocks(torch.autograd.Function):
     Autograd would keep three maps of ``C`` values per voxel here: the LayerNorm's input, its output
     (the in-projection's input) and the ReLU's output, besides the sub-block copy that the NMF's
     products keep anyway. This keeps the input, the LayerNorm statistics and the sub-blocks (the
-    output, shared with those products), recomputes the LayerNorm in the backward pass and reads the
+    output, shared with those products), recomputes the LayerNorm from its statistics in the backward
+    pass (:func:`~factorseg.models.layers.norm.layer_norm_from_stats`) and reads the
     ReLU's mask off the sub-blocks. No product is recomputed. Same values and gradients as the plain
     formulation (tests/test_memory_diet.py).
     """
@@ -287,7 +289,7 @@ class _NormProjectSubblocks(torch.autograd.Function):
         # The ReLU's backward (where its output is > 0), in sub-block order, then back to the map.
         dh = crop_channels_last(from_subblocks(torch.ops.aten.threshold_backward(dblocks, blocks, 0), lay, edges), lay)
         dh = dh.reshape(-1, dh.shape[-1])
-        normed = torch.ops.aten.native_layer_norm(x, [c], ln_w, ln_b, eps)[0].view(-1, c)
+        normed = layer_norm_from_stats(x, mean, rstd, ln_w, ln_b).view(-1, c)
         dw = dh.t() @ normed if need[3] else None
         db = dh.sum(0) if need[4] else None
         del normed

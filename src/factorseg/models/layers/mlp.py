@@ -14,6 +14,7 @@ from torch.autograd.function import once_differentiable
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, as_factor, keep_mask
 from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, row_blocks, unrecorded_eager
+from factorseg.models.layers.norm import layer_norm_from_stats
 
 
 class MLP(nn.Module):
@@ -80,8 +81,9 @@ class _MLPResidual(torch.autograd.Function):
     The plain formulation keeps, per voxel, the LayerNorm input and output, the GELU input and output,
     the LayerNorm statistics and both dropout masks: about 6.75 C values' worth. This function keeps
     the input ``y``, the LayerNorm statistics and the (boolean) masks, 1.75 C, and recomputes the rest
-    in the backward pass: the normalisation, the first product (the GELU input) and the GELU: one
-    matrix product more per backward pass.
+    in the backward pass: the normalisation (from the saved statistics,
+    :func:`~factorseg.models.layers.norm.layer_norm_from_stats`), the first product (the GELU input)
+    and the GELU: one matrix product more per backward pass.
 
     Both passes run over blocks of rows (:func:`~factorseg.models.layers.fastpath.block_rows`), the
     weight gradients accumulating block by block: no map-sized normalised copy, hidden layer or hidden
@@ -142,7 +144,7 @@ class _MLPResidual(torch.autograd.Function):
         for r, d, m, sd, k1, k2, o in zip(
             rows.split(n), dout.split(n), mean.split(n), rstd.split(n), k1s, k2s, _split(dy, n)
         ):
-            normed = torch.ops.aten.native_layer_norm(r, [c], ln_w, ln_b, eps)[0]
+            normed = layer_norm_from_stats(r, m, sd, ln_w, ln_b)
             h = F.linear(normed, w1, b1)
             f1 = as_factor(k1, r.dtype)
             dz = d if k2 is None else d * as_factor(k2, d.dtype)  # (s2 dz: the true one)

