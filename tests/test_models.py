@@ -188,3 +188,32 @@ def test_saved_configs_spell_out_the_architecture_and_old_ones_load_as_they_were
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), old_model.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dims,shape", [(3, (2, 6, 3, 4, 5)), (2, (1, 4, 5, 7)), (1, (2, 3, 9))])
+@pytest.mark.parametrize("bias", [True, False])
+def test_transposed_conv_with_the_adjoint_weight_gradient_is_torchs(dims: int, shape, bias: bool) -> None:
+    """Values and every gradient of the fast-weight-gradient transposed convolution are nn.ConvTranspose's."""
+    from factorseg.models.layers.conv import conv_transpose, conv_transpose_nd
+
+    torch.manual_seed(dims)
+    conv = conv_transpose_nd(dims)(shape[1], 3, 2, stride=2, bias=bias).double()
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    params = [x, *conv.parameters()]
+    out = conv_transpose(conv, x)
+    weight = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weight).sum(), params)
+    ref = conv(x)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), params)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *t: conv_transpose(conv, t[0]), (x,))
+    # a frozen input (the first up-sampling of a network whose encoder is frozen) and channels-last float32
+    conv32 = conv_transpose_nd(dims)(shape[1], 3, 2, stride=2, bias=bias)
+    x32 = torch.randn(shape)
+    if dims == 3:
+        x32 = x32.contiguous(memory_format=torch.channels_last_3d)
+    (dw,) = torch.autograd.grad(conv_transpose(conv32, x32).square().sum(), [conv32.weight])
+    (dw_ref,) = torch.autograd.grad(conv32(x32).square().sum(), [conv32.weight])
+    torch.testing.assert_close(dw, dw_ref, rtol=1e-5, atol=1e-5)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from factorseg.models.layers.conv import channels_last, conv_nd, conv_padded_input, conv_transpose_nd
+from factorseg.models.layers.conv import channels_last, conv_nd, conv_padded_input, conv_transpose, conv_transpose_nd
 from factorseg.models.layers.dropout import Dropout
 from factorseg.models.layers.fastpath import can_modify_inplace, traced
 from factorseg.models.layers.mixer import NMFMixer
@@ -117,7 +117,7 @@ class Upsample(nn.Module):
         self.conv = conv_transpose_nd(spatial_dims)(in_channels, out_channels, 2, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x)
+        return conv_transpose(self.conv, x)
 
 
 class PositionalEmbedding(nn.Module):
