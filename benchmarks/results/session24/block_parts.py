@@ -3,6 +3,7 @@
 Run from the repository root: python benchmarks/results/session24/block_parts.py THREADS"""
 import sys, time, torch
 sys.path[:0] = ["src", "."]
+from benchmarks.common import interleaved
 from benchmarks.recipe_step import recipe_model
 from factorseg.models.layers.mlp import mlp_residual
 torch.set_num_threads(int(sys.argv[1]))
@@ -12,10 +13,8 @@ b = m.encoder[0][0]; m.train()
 x = torch.randn(4, 16, 40, 56, 40).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
 xc = x.detach().movedim(1, -1).contiguous().requires_grad_()
 def med(f, n=7):
-    f(); f(); ts=[]
-    for _ in range(n):
-        t0=time.perf_counter(); f(); ts.append(time.perf_counter()-t0)
-    ts.sort(); return ts[n//2]*1e3
+    """Median milliseconds of ``n`` calls after a warm-up."""
+    return interleaved({"f": f}, n, torch.device("cpu"))["f"].median * 1e3
 def mixer():
     y = b.mixer(x, norm=b.norm1.norm); y.backward(torch.ones_like(y))
 def mixer_f():

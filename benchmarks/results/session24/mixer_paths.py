@@ -4,6 +4,7 @@ Run from the repository root: python benchmarks/results/session24/mixer_paths.py
 (force: the sub-block path even where factorseg.models.layers.mixer.subblocks_pay says no)."""
 import sys, time, torch
 sys.path[:0] = ["src", "."]
+from benchmarks.common import interleaved
 from factorseg.models.blocks import FactorizerBlock
 from factorseg.models.layers.nmf import NMFConfig
 from factorseg.models.layers.mixer import with_mixer_path
@@ -11,10 +12,8 @@ import factorseg.models.layers.mixer as MX
 if len(sys.argv) > 2: MX.subblocks_pay = lambda c, e: True
 torch.set_num_threads(int(sys.argv[1]))
 def med(f, n=5):
-    f(); ts=[]
-    for _ in range(n):
-        t0=time.perf_counter(); f(); ts.append(time.perf_counter()-t0)
-    ts.sort(); return ts[n//2]*1e3
+    """Median milliseconds of ``n`` calls after a warm-up."""
+    return interleaved({"f": f}, n, torch.device("cpu"))["f"].median * 1e3
 cases = [  # window, head_dim, C, batch, spatial
     (4, 8, 16, 4, (40, 56, 40)), (4, 8, 32, 4, (20, 28, 20)), (4, 4, 32, 1, (64, 64, 64)), (4, 4, 64, 1, (32, 32, 32)),
     (8, 8, 32, 1, (64, 64, 64)), (8, 8, 64, 1, (32, 32, 32)), (8, 8, 128, 1, (32, 32, 32)), (8, 8, 256, 1, (16, 16, 16)),
