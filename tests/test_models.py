@@ -217,3 +217,7 @@ def test_transposed_conv_with_the_adjoint_weight_gradient_is_torchs(dims: int, s
     (dw,) = torch.autograd.grad(conv_transpose(conv32, x32).square().sum(), [conv32.weight])
     (dw_ref,) = torch.autograd.grad(conv32(x32).square().sum(), [conv32.weight])
     torch.testing.assert_close(dw, dw_ref, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16-mixed training on the CPU: PyTorch's own path
+        y = conv_transpose(conv32, x32.requires_grad_())
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16 and conv32.weight.grad is not None and x32.grad is not None

@@ -69,11 +69,12 @@ def conv_transpose(conv: nn.Module, x: Tensor) -> Tensor:
     (BraTS preset at 128^3, 64 -> 32 channels, kernel and stride 2: 0.73 s); it equals the weight
     gradient of the ordinary convolution that maps the output gradient back to the input's shape
     (``dW = sum z (x) patches(dy)``), which oneDNN computes in 0.17 s, bit for bit the same. Other devices,
-    padding, dilation, groups or graph capture: ``conv(x)``.
+    padding, dilation, groups, autocast (whose casts the saved tensors would not have) or graph capture:
+    ``conv(x)``.
     """
     if (
         x.device.type != "cpu" or traced() or conv.groups != 1 or any(conv.padding) or any(conv.output_padding)
-        or any(d != 1 for d in conv.dilation) or not torch.is_grad_enabled()
+        or any(d != 1 for d in conv.dilation) or not torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")
     ):
         return conv(x)
     return _ConvTranspose.apply(x, conv.weight, conv.bias, tuple(conv.stride))
