@@ -221,3 +221,20 @@ def test_transposed_conv_with_the_adjoint_weight_gradient_is_torchs(dims: int, s
         y = conv_transpose(conv32, x32.requires_grad_())
     y.float().sum().backward()
     assert y.dtype == torch.bfloat16 and conv32.weight.grad is not None and x32.grad is not None
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4, 8])
+def test_padded_input_conv_is_the_conv(channels: int) -> None:
+    """The stem's convolution with its input channels padded (2-7 channels) or not (1, 8) gives conv(x) and its gradients."""
+    from factorseg.models.layers.conv import channels_last, conv_padded_input
+
+    torch.manual_seed(channels)
+    conv = torch.nn.Conv3d(channels, 5, 3, padding=1, bias=False).double()
+    x = channels_last(torch.randn(2, channels, 5, 6, 4, dtype=torch.float64)).requires_grad_()
+    out, ref = conv_padded_input(conv, x), conv(x)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    weight = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * weight).sum(), [x, conv.weight])
+    ref_grads = torch.autograd.grad((ref * weight).sum(), [x, conv.weight])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)

@@ -49,12 +49,15 @@ def pointwise_to_channels_first(conv: nn.Module, x: Tensor) -> Tensor:
 def conv_padded_input(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv(x)`` with the input channels zero-padded to a multiple of 8 (weights padded to match).
 
-    oneDNN has no fast kernel for 3D convolutions on few input channels (4 MRI modalities): padding
-    to 8 makes the stem's first convolution about 3x faster; the zeros add nothing to the result.
-    Not under graph capture: the ONNX exporter mis-shapes the absent bias of a functional conv.
+    oneDNN has no fast kernel for some 3D convolutions on few input channels (4 MRI modalities): padding
+    to 8 made the stem's first convolution about 3x faster; the zeros add nothing to the result. A single
+    channel is left as it is: its own kernel is faster in every shape measured (1.4-4.6x forward, 1.1-2.5x
+    forward + backward at 48^3-96^3, batch 1-4; docs/performance.md), while with 2-7 channels either
+    side wins depending on the shape. Not under graph capture: the ONNX exporter mis-shapes the absent
+    bias of a functional conv.
     """
     c = x.shape[1]
-    if x.dim() != 5 or c % 8 == 0 or x.device.type != "cpu" or traced():
+    if x.dim() != 5 or c == 1 or c % 8 == 0 or x.device.type != "cpu" or traced():
         return conv(x)
     extra = -c % 8
     xp = channels_last(F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra)))
