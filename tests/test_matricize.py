@@ -96,10 +96,11 @@ def test_subblocks_round_trip_and_window_sums(spatial, head_dim, window, shifts)
     b = torch.randn(2, len(lay.shifts), lay.num_windows, 5, dtype=torch.float64)
     torch.testing.assert_close((window_sums(a, lay, edges) * b).sum(), (a * subblock_sums(b, lay, edges)).sum())
     # subblock_windows keeps the shifts apart: their sum is subblock_sums, shift s's part the windows of s.
-    torch.testing.assert_close(subblock_windows(b, lay, edges).sum(2), subblock_sums(b, lay, edges), rtol=1e-12, atol=1e-12)
+    per_shift = subblock_windows(b, lay, edges)
+    torch.testing.assert_close(per_shift.sum(2), subblock_sums(b, lay, edges), rtol=1e-12, atol=1e-12)
     for s, shift in enumerate(lay.shifts):
         one = WindowLayout(lay.spatial, lay.window, lay.grid, (shift,))
-        assert torch.equal(subblock_windows(b, lay, edges)[:, :, s], subblock_sums(b[:, s : s + 1], one, edges))
+        assert torch.equal(per_shift[:, :, s], subblock_sums(b[:, s : s + 1], one, edges))
     xr = x.clone().requires_grad_()
     g = torch.randn_like(blocks)
     (grad,) = torch.autograd.grad((to_subblocks(xr, lay, edges) * g).sum(), xr)

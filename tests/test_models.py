@@ -225,7 +225,7 @@ def test_transposed_conv_with_the_adjoint_weight_gradient_is_torchs(dims: int, s
 
 @pytest.mark.parametrize("channels", [1, 3, 4, 8])
 def test_padded_input_conv_is_the_conv(channels: int) -> None:
-    """The stem's convolution with its input channels padded (2-7 channels) or not (1, 8) gives conv(x) and its gradients."""
+    """The stem's convolution, its input channels padded (2-7) or not (1, 8): conv(x) and its gradients."""
     from factorseg.models.layers.conv import channels_last, conv_padded_input
 
     torch.manual_seed(channels)

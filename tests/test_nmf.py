@@ -165,7 +165,9 @@ def test_bad_arguments() -> None:
         NMF(4)(torch.rand(5, 9))
 
 
-@pytest.mark.parametrize("tracked,untracked,detached", [(1, 0, False), (4, 0, False), (3, 2, False), (2, 0, True), (1, 3, False)])
+@pytest.mark.parametrize(
+    "tracked,untracked,detached", [(1, 0, False), (4, 0, False), (3, 2, False), (2, 0, True), (1, 3, False)]
+)
 @pytest.mark.parametrize("left_differs", [False, True])
 def test_gram_loop_backward_is_autograds(tracked: int, untracked: int, detached: bool, left_differs: bool) -> None:
     """The hand-written backward of the Gram-form loop equals autograd through the loop, for every schedule

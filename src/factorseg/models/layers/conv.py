@@ -53,14 +53,14 @@ def conv_padded_input(conv: nn.Module, x: Tensor) -> Tensor:
     to 8 made the stem's first convolution about 3x faster; the zeros add nothing to the result. A single
     channel is left as it is: its own kernel is faster in every shape measured (1.4-4.6x forward, 1.1-2.5x
     forward + backward at 48^3-96^3, batch 1-4; docs/performance.md; 1.2x with the channels-last copy of
-    its output that the blocks need), while with 2-7 channels either side wins depending on the shape. Not under graph capture: the ONNX exporter mis-shapes the absent
-    bias of a functional conv.
+    its output that the blocks need), while with 2-7 channels either side wins depending on the shape.
+    Not under graph capture: the ONNX exporter mis-shapes the absent bias of a functional conv.
     """
     c = x.shape[1]
-    if x.dim() == 5 and c == 1 and x.device.type == "cpu" and not traced():
-        return channels_last(conv(x))  # (a one-channel input is channels-first too: so is oneDNN's output)
     if x.dim() != 5 or c % 8 == 0 or x.device.type != "cpu" or traced():
         return conv(x)
+    if c == 1:  # a one-channel input is channels-first too, and so is oneDNN's output
+        return channels_last(conv(x))
     extra = -c % 8
     xp = channels_last(F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra)))
     wp = F.pad(conv.weight, (0, 0) * (x.dim() - 2) + (0, extra))

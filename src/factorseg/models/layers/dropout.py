@@ -42,7 +42,7 @@ def keep_mask_like(x: Tensor, p: float) -> tuple[Tensor, float]:
     Masking a channels-last map with a mask in channels-first order reads one of the two across
     strides (1.7x slower at 64^3 x 32 channels); a mask laid out like ``x`` is read in step with it.
     """
-    order = sorted(range(x.dim()), key=lambda d: (-x.stride(d), d))
+    order = _memory_order(x)
     keep, scale = keep_mask([x.shape[d] for d in order], p, x.device)
     return keep.permute([order.index(d) for d in range(x.dim())]), scale
 
@@ -96,10 +96,14 @@ def masked(x: Tensor, keep: tuple[Tensor, float] | None) -> Tensor:
     return out
 
 
+def _memory_order(t: Tensor) -> list[int]:
+    """``t``'s dims from the outermost in memory to the innermost (a permutation to its memory order)."""
+    return sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+
+
 def _memory_flat(t: Tensor) -> Tensor | None:
     """A 1D view of a dense tensor in memory order, or ``None`` where ``t`` is not dense."""
-    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
-    p = t.permute(order)
+    p = t.permute(_memory_order(t))
     return p.view(-1) if p.is_contiguous() else None
 
 

@@ -329,7 +329,7 @@ def _gram_loop(
 def _gram_loop_backward(
     g: Tensor, g_left: Tensor, u0: Tensor, u: Tensor, a: Tensor, record: list[tuple[Tensor, ...]], eps: float,
     du: Tensor | None, da: Tensor | None, start_tracked: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Gradients ``(dg, dg_left, du0)`` of :func:`_gram_loop`'s result ``(u, a)``, by hand, from its ``record``.
 
     Per tracked step (reversed), with ``D = v.v + eps``, ``u' = relu(a G_xv u) / D``, ``a' = 1 / (u'.u' + eps)``:
@@ -339,8 +339,7 @@ def _gram_loop_backward(
     where autograd needs five and a recomputation. ``du0`` (``None`` unless ``start_tracked``) includes
     the start's ``a = 1 / (u0.u0 + eps)``.
     """
-    dg = torch.zeros_like(g)
-    dg_left = None
+    dg = dg_left = None  # allocated by the first step that reads the matrix
     du = torch.zeros_like(u) if du is None else du
     da = torch.zeros_like(a) if da is None else da
     for u_t, a_t, gu, guv, vv, left in reversed(record):
@@ -359,6 +358,7 @@ def _gram_loop_backward(
             dg_left.addcmul_(dgu.unsqueeze(1), u_t.unsqueeze(0))
         else:
             dgu = dgu + dguv
+            dg = torch.zeros_like(g) if dg is None else dg
             dg.addcmul_(dgu.unsqueeze(1), u_t.unsqueeze(0))
         du = du + (g_xv * dgu.unsqueeze(1)).sum(dim=0)  # G_xv^T d(G_xv u)
         u, a = u_t, a_t
