@@ -62,6 +62,35 @@ def test_tuned_process_does_not_fault_freed_tensors_in_again() -> None:
     assert results["tuned"]["faults"] < results["default"]["faults"] / 4
 
 
+_TRIM_PROBE = """
+import ctypes, json
+from factorseg import allocator
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+applied = allocator.tune()
+block = libc.malloc(ctypes.c_size_t(3 << 30))  # untouched: costs address space, not memory
+held = libc.mallinfo2().arena
+libc.free(ctypes.c_void_p(block))
+print(json.dumps({"applied": applied, "held": held, "after_free": libc.mallinfo2().arena}))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc malloc settings are Linux-only")
+def test_tuned_heap_keeps_more_than_two_gib_freed_at_once() -> None:
+    """A 128^3 forward pass frees over 2 GiB at once; the heap must keep it (trim threshold INT_MAX did not)."""
+    out = subprocess.run([sys.executable, "-c", _TRIM_PROBE], capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin"})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if not result["applied"]:
+        pytest.skip("not glibc")
+    assert result["held"] >= 3 << 30
+    assert result["after_free"] == result["held"]
+
+
 def test_python_dash_m_runs_the_command() -> None:
     out = subprocess.run([sys.executable, "-m", "factorseg", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("factorseg ")

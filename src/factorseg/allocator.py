@@ -7,7 +7,9 @@ on the 2-core VM this project is developed on, half of a Factorizer training ste
 zeroing pages (docs/performance.md). Keeping freed memory in the heap removes that cost:
 
 * ``M_MMAP_MAX = 0``: no block is served by ``mmap``; everything comes from the heap, which is reused;
-* ``M_TRIM_THRESHOLD`` = max: the heap top is never given back (it is reused by the next step);
+* ``M_TRIM_THRESHOLD = -1``: the heap top is never given back (it is reused by the next step). The
+  largest positive value, 2 GiB, is not enough: a 128^3 forward pass frees more than that at once, and
+  glibc then trims the heap and the next pass faults it in again (1.5 GiB a pass, measured);
 * ``M_TOP_PAD`` = 256 MiB: the heap grows in large steps (fewer ``brk`` calls);
 * ``M_ARENA_MAX = 1``: one arena, so that autograd's backward thread does not allocate from a
   secondary arena, whose heaps glibc shrinks whatever the trim threshold.
@@ -18,7 +20,7 @@ Library code does not change process-wide state behind its caller, so :func:`tun
 ``factorseg`` command (every sub-command, ``python -m factorseg``, and the DDP workers, which run the
 same command) and by the benchmarks, never on import. Python API users who want the same can call
 ``factorseg.allocator.tune()`` at the start of their program, or start Python with
-``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:glibc.malloc.top_pad=268435456:glibc.malloc.arena_max=1``.
+``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.top_pad=268435456:glibc.malloc.arena_max=1``.
 ``FACTORSEG_ALLOCATOR=default`` (or any ``GLIBC_TUNABLES`` of the user's own that sets malloc
 parameters) leaves glibc as it is.
 """
@@ -37,7 +39,7 @@ OPT_OUT = "FACTORSEG_ALLOCATOR"
 # mallopt parameter numbers (glibc malloc.h).
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 _TOP_PAD = 256 << 20
-_INT_MAX = 2**31 - 1
+_NO_TRIM = -1  # mallopt(3): disables trimming completely
 
 
 def wanted(environ: Mapping[str, str] | None = None) -> bool:
@@ -69,5 +71,5 @@ def tune(environ: Mapping[str, str] | None = None) -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX), (_M_TOP_PAD, _TOP_PAD))
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NO_TRIM), (_M_TOP_PAD, _TOP_PAD))
     return all(bool(libc.mallopt(param, ctypes.c_int(value))) for param, value in settings)
