@@ -1,4 +1,4 @@
-"""Scaling: forward time per voxel of the Swin Factorizer (and SegResNet) from 32^3 to 160^3.
+"""Scaling: forward (or training-step) time per voxel of the Swin Factorizer and SegResNet, 32^3 to 160^3.
 
 The method is linear in the number of voxels, so time per voxel should be flat once the input is
 large enough to amortise fixed costs. Sizes are interleaved within each repetition; reported are
@@ -7,6 +7,7 @@ and up (target: within 25 %), and the memory page-faulted in per timed run (medi
 when the allocator stopped reusing freed memory.
 
     python -m benchmarks.scaling --sizes 32 48 64 80 96 112 128 144 160 --repeats 3
+    python -m benchmarks.scaling --mode train --models swin_factorizer --sizes 64 96 128 160 --repeats 3
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from benchmarks.common import (
     common_arguments,
     fmt_seconds,
     forward_runner,
+    train_runner,
     inputs,
     interleaved,
     markdown_table,
@@ -51,6 +53,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["swin_factorizer", "segresnet"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 48, 64, 80, 96, 112, 128, 144, 160])
     parser.add_argument("--flat-from", type=int, default=64)
+    parser.add_argument("--mode", choices=["forward", "train"], default="forward",
+                        help="time the forward pass (inference) or a training step (AdamW, deep-supervision loss)")
     args = parser.parse_args()
     env = setup(args)
     device = torch.device(args.device)
@@ -60,8 +64,9 @@ def main() -> None:
         torch.manual_seed(0)
         model = build(name, 128).to(device)  # both models are size-agnostic
         for size in args.sizes:
-            x, _ = inputs(size, device)
-            runs[(name, size)] = counting_faults(forward_runner(model, x), faults.setdefault(f"{name}@{size}", []))
+            x, target = inputs(size, device)
+            run = forward_runner(model, x) if args.mode == "forward" else train_runner(model, x, target)
+            runs[(name, size)] = counting_faults(run, faults.setdefault(f"{name}@{size}", []))
             keys.append((name, size))
     timings = interleaved({f"{n}@{s}": runs[(n, s)] for n, s in keys}, args.repeats, device)
     del runs
@@ -88,14 +93,14 @@ def main() -> None:
     table = markdown_table(["model", "input", "min s", "median s", "ns/voxel (min)", "ns/voxel (median)",
                             "page faults per run, MiB (median)"], rows)
     print(table)
-    save_json(args.out / "scaling.json", {"environment": env, "results": results, "table": table})
+    save_json(args.out / "scaling.json", {"environment": env, "mode": args.mode, "results": results, "table": table})
 
     def draw(fig) -> None:
         ax = fig.subplots()
         for name in args.models:
             ax.plot(args.sizes, [results[name][str(s)]["ns_per_voxel_min"] for s in args.sizes], marker="o", label=name)
         ax.set_xlabel("cubic input edge (voxels)")
-        ax.set_ylabel("forward time per voxel, ns (minimum)")
+        ax.set_ylabel(f"{args.mode} time per voxel, ns (minimum)")
         ax.set_ylim(bottom=0)
         ax.set_title(f"time per voxel, {args.threads} threads, {device.type}")
         ax.legend()
