@@ -119,30 +119,6 @@ def test_block_matches_reference(case: tuple) -> None:
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize(
-    "spatial,window,shifts,channels,head_dim,bias",
-    [((8, 8, 8), 4, [0, 2], 16, 4, False), ((8, 72, 64), 8, [0, 4], 32, 8, True),
-     ((12, 8), (4, 4), [0, (2, 2)], 8, 2, False)],
-    ids=["3d", "3d-planes-in-three-and-one", "2d"],
-)
-def test_inference_projects_into_subblocks_like_the_reference(spatial, window, shifts, channels, head_dim, bias) -> None:
-    """Without autograd the in-projection writes straight into the sub-blocks, a slab of planes at a time
-    (at 72 x 64 voxels a plane, 3 of the 4 planes of a sub-block row fill a row block, then 1)."""
-    torch.manual_seed(0)
-    block = FactorizerBlock(channels, len(spatial), mlp_ratio=2.0, dropout=0.0, head_dim=head_dim,
-                            window_size=window, shifts=shifts, in_bias=bias, nmf=NMFConfig(init="fixed_uv")).double()
-    block.eval()
-    x = torch.randn(2, channels, *spatial, dtype=torch.float64)
-    calls = []
-    project = block.mixer._project_subblocks
-    block.mixer._project_subblocks = lambda *a: calls.append(1) or project(*a)  # type: ignore[method-assign]
-    with torch.inference_mode():
-        out = block(x.to(memory_format=torch.channels_last_3d) if len(spatial) == 3 else x)
-        ref = reference_block(block, x)
-    assert calls == [1]
-    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
-
-
 def test_matrices_are_the_reference_windows() -> None:
     """The API layout of the matrices (B, S, H, W, head_dim, N) is the roll-and-reshape one."""
     mixer, x = _mixer(CASES[3], 8, torch.float64)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
-from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, row_blocks, traced, unrecorded_eager
+from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
 from factorseg.models.layers.norm import layer_norm_from_stats
 from factorseg.models.layers.windows import (
@@ -34,7 +34,6 @@ from factorseg.models.layers.windows import (
     subblock_edges,
     subblock_weights,
     subblock_windows,
-    subblocks_in_place_order,
     to_subblocks,
     window_stack,
     window_sums,
@@ -137,8 +136,6 @@ class NMFMixer(nn.Module):
                 xl.contiguous(), norm.weight, norm.bias, pointwise_weight(self.in_proj), self.in_proj.bias,
                 norm.eps, lay, edges,
             )
-        elif self._takes_subblocks(xl, edges) and self._projects_into_subblocks(xl, norm, lay):
-            blocks = self._project_subblocks(xl, norm, lay, edges)
         else:
             # relu_ is safe: the linear's backward does not need its output.
             h = pad_channels_last(torch.relu_(self._project(xl, norm)), lay)
@@ -166,42 +163,6 @@ class NMFMixer(nn.Module):
             else:
                 torch.addmm(b, norm(src), w.t(), out=dst)
         return out.view(*xl.shape[:-1], w.shape[0])
-
-    def _projects_into_subblocks(self, xl: Tensor, norm: nn.LayerNorm | None, lay: WindowLayout) -> bool:
-        """Whether :meth:`_project_subblocks` serves an inference call: nothing recorded, a contiguous unpadded map."""
-        params = [*self.in_proj.parameters(), *(() if norm is None else norm.parameters())]
-        return not lay.is_padded and xl.is_contiguous() and unrecorded_eager(xl, *params)
-
-    def _project_subblocks(
-        self, xl: Tensor, norm: nn.LayerNorm | None, lay: WindowLayout, edges: Sequence[int]
-    ) -> Tensor:
-        """``to_subblocks(relu(in_proj(norm(xl))))`` for inference, a few planes of the map at a time.
-
-        Each slab of planes (cache-sized) is normalised, projected and rectified in one buffer and copied
-        straight into its sub-blocks: the projected map is never written out in voxel order and read
-        again for the sub-block copy (the same values, row by row).
-        """
-        w, bias = pointwise_weight(self.in_proj), self.in_proj.bias
-        b, c = xl.shape[0], w.shape[0]
-        blocks = xl.new_empty(b, math.prod(p // e for p, e in zip(lay.padded, edges)), math.prod(edges), c)
-        target = subblocks_in_place_order(blocks, lay, edges)  # (B, g0, e0, g1, e1, ..., C)
-        plane = math.prod(xl.shape[2:-1])
-        step = max(1, min(edges[0], block_rows(max(c, xl.shape[-1]), xl.element_size()) // plane))
-        buffer = xl.new_empty(step * plane, c)
-        for i in range(b):
-            for g in range(target.shape[1]):
-                for j in range(0, edges[0], step):
-                    k = min(j + step, edges[0])
-                    first = g * edges[0] + j
-                    src = xl[i, first : first + k - j].reshape(-1, xl.shape[-1])
-                    out = buffer[: src.shape[0]]
-                    src = src if norm is None else norm(src)
-                    if bias is None:
-                        torch.mm(src, w.t(), out=out)
-                    else:
-                        torch.addmm(bias, src, w.t(), out=out)
-                    target[i, g, j:k].copy_(out.relu_().view(k - j, *target.shape[3:]))
-        return blocks
 
     def _diet(self, xl: Tensor, edges: Sequence[int]) -> bool:
         """Whether :class:`_NormProjectSubblocks` serves this call: training with autograd on the sub-block path."""

@@ -341,27 +341,17 @@ def to_subblocks(x: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
 def from_subblocks(y: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
     """Inverse (and adjoint) of :func:`to_subblocks`: ``(B, K, Q, C)`` -> ``(B, *padded, C)``."""
     b, c = y.shape[0], y.shape[-1]
-
-    def apply(t: Tensor) -> Tensor:
-        return subblocks_in_place_order(t, lay, edges).reshape(b, *lay.padded, c)
-
-    return _relayout(y, apply, lambda t: to_subblocks(t, lay, edges))
-
-
-def subblocks_in_place_order(y: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
-    """A view of sub-block-major ``y (B, K, Q, C)`` as ``(B, g0, e0, g1, e1, ..., C)``: voxel ``(g0 e0 + i0, ...)``
-    of the padded map at ``[:, g0, i0, g1, i1, ...]`` (``g``: sub-block grid, ``e``: sub-block edges).
-
-    Writing a slab ``[b, g0, i:j]`` of it fills planes ``g0 e0 + i .. g0 e0 + j`` of the map straight into
-    their sub-blocks (see ``NMFMixer``'s inference in-projection).
-    """
-    b, c = y.shape[0], y.shape[-1]
     split, order = _subblock_split(lay, edges)
     nd = len(edges)
     inverse = [0] * len(order)
     for position, axis in enumerate(order):
         inverse[axis - 1] = position + 1
-    return y.view(b, *split[0::2], *split[1::2], c).permute(0, *inverse, 2 * nd + 1)
+
+    def apply(t: Tensor) -> Tensor:
+        grid_major = t.view(b, *split[0::2], *split[1::2], c)
+        return grid_major.permute(0, *inverse, 2 * nd + 1).reshape(b, *lay.padded, c)
+
+    return _relayout(y, apply, lambda t: to_subblocks(t, lay, edges))
 
 
 def _subblock_layout(lay: WindowLayout, edges: Sequence[int]) -> WindowLayout:
