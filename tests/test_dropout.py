@@ -91,3 +91,22 @@ def test_masked_in_pieces_equals_where(block_bytes, monkeypatch) -> None:
     assert torch.equal(masked(grad, (keep, scale)), torch.where(keep, grad, 0.0) * scale)
     strided = torch.randn(2, 6, 5, 4, 6)[..., ::2]  # not dense
     assert torch.equal(masked(strided, (keep, scale)), torch.where(keep, strided, 0.0) * scale)
+
+
+@pytest.mark.parametrize("block_bytes", [64, 2 * 2**20])
+@pytest.mark.parametrize("dtype", [torch.int16, torch.int64, torch.uint8])
+def test_at_least_in_pieces_is_the_comparison(block_bytes: int, dtype: torch.dtype, monkeypatch) -> None:
+    """Every value near the bound and at the type's ends, over sizes that leave a partial last piece."""
+    from factorseg.models.layers import fastpath
+    from factorseg.models.layers.dropout import at_least
+
+    monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", block_bytes)
+    info = torch.iinfo(dtype)
+    bound = 0 if dtype == torch.uint8 else -26215
+    ends = torch.tensor([info.min, info.max, bound - 1, bound, bound + 1, 200, 0]).clamp(info.min, info.max)
+    for n in (1, 7, 1000, 100_003):
+        values = torch.randint(info.min, info.max, (n,), dtype=torch.int64).to(dtype)
+        values[: min(n, 7)] = ends[: min(n, 7)].to(dtype)
+        keep = at_least(values, bound)
+        assert keep.dtype == torch.bool and keep.shape == values.shape
+        assert torch.equal(keep, values >= bound)

@@ -59,9 +59,25 @@ def keep_mask(
     if device.type == "cpu":
         threshold = round(p * 65536)
         words = torch.empty(-(-n // 4), dtype=torch.int64).random_(-(2**63), None, generator=generator)
-        return (words.view(torch.int16)[:n] >= threshold - 32768).view(*shape), 65536 / (65536 - threshold)
+        return at_least(words.view(torch.int16)[:n], threshold - 32768).view(*shape), 65536 / (65536 - threshold)
     keep = torch.empty(*shape, device=device).bernoulli_(1.0 - p, generator=generator).bool()
     return keep, 1.0 / (1.0 - p)
+
+
+def at_least(values: Tensor, bound: int) -> Tensor:
+    """``values >= bound`` for a 1D integer CPU tensor, as ``bool``, in cache-sized pieces.
+
+    PyTorch compares element by element where the result is ``bool``, but vectorised where it is the
+    inputs' own type: each piece is compared into a buffer of that type and narrowed into the result's
+    bytes (0/1), 2x faster for the 16-bit numbers of :func:`keep_mask` (one thread: 22.5 -> 11.9 ms for
+    28.7 M; ``benchmarks/results/session25/mask_compare.py``).
+    """
+    keep = torch.empty(values.shape, dtype=torch.bool)
+    n = block_rows(1, values.element_size())
+    buffer = values.new_empty(min(n, values.numel()))
+    for piece, out in zip(values.split(n), keep.view(torch.uint8).split(n)):
+        out.copy_(torch.ge(piece, bound, out=buffer[: piece.numel()]))
+    return keep
 
 
 def as_factor(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:
