@@ -223,15 +223,22 @@ def test_transposed_conv_with_the_adjoint_weight_gradient_is_torchs(dims: int, s
     assert y.dtype == torch.bfloat16 and conv32.weight.grad is not None and x32.grad is not None
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "plain"])
 @pytest.mark.parametrize("channels", [1, 3, 4, 8])
-def test_padded_input_conv_is_the_conv(channels: int) -> None:
-    """The stem's convolution, its input channels padded (2-7) or not (1, 8): conv(x) and its gradients."""
-    from factorseg.models.layers.conv import channels_last, conv_padded_input
+def test_stem_conv_is_the_conv(channels: int, padded: bool, monkeypatch) -> None:
+    """The stem's convolution, with either kernel the timing may pick: conv(x) and its gradients, its float32
+    output channels-last; each input shape timed once."""
+    from factorseg.models.layers import conv as conv_module
+    from factorseg.models.layers.conv import channels_last, stem_conv
+
+    timed = []
+    monkeypatch.setattr(conv_module, "_STEM_PADDED", {})
+    monkeypatch.setattr(conv_module, "_padded_is_faster", lambda conv, x: timed.append(x.shape) or padded)
 
     torch.manual_seed(channels)
     conv = torch.nn.Conv3d(channels, 5, 3, padding=1, bias=False).double()
     x = channels_last(torch.randn(2, channels, 5, 6, 4, dtype=torch.float64)).requires_grad_()
-    out, ref = conv_padded_input(conv, x), conv(x)
+    out, ref = stem_conv(conv, x), conv(x)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     weight = torch.randn_like(ref)
     grads = torch.autograd.grad((out * weight).sum(), [x, conv.weight])
@@ -239,4 +246,24 @@ def test_padded_input_conv_is_the_conv(channels: int) -> None:
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
     # float32 (oneDNN): channels-last output, what the blocks after the stem run on
-    assert conv_padded_input(conv.float(), x.detach().float()).is_contiguous(memory_format=torch.channels_last_3d)
+    assert stem_conv(conv.float(), x.detach().float()).is_contiguous(memory_format=torch.channels_last_3d)
+    # 2-7 channels: timed once per input (shape, dtype), not again
+    assert len(timed) == (2 if channels in (3, 4) else 0)
+
+
+def test_stem_timing_keeps_the_plain_kernel_unless_padding_is_much_faster(monkeypatch) -> None:
+    from factorseg.models.layers import conv as conv_module
+
+    conv = torch.nn.Conv3d(4, 8, 3, padding=1, bias=False)
+    x = conv_module.channels_last(torch.randn(1, 4, 6, 6, 6))
+    for plain, padded, expected in ((1.0, 0.9, False), (1.0, 1.0 / 1.31, True), (0.5, 1.0, False)):
+        seconds = {"plain": plain, "padded": padded}
+        calls = []
+
+        def clock() -> float:  # two timed runs of each kernel (plain first), two clock reads per run
+            calls.append(1)
+            run = (len(calls) - 1) // 2
+            return run * 10.0 + (seconds["plain" if run < 2 else "padded"] if len(calls) % 2 == 0 else 0.0)
+
+        monkeypatch.setattr(conv_module.time, "perf_counter", clock)
+        assert conv_module._padded_is_faster(conv, x) is expected

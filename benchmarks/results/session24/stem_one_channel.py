@@ -5,7 +5,7 @@ import sys, torch
 sys.path[:0] = ["src", "."]
 import torch.nn.functional as F
 from benchmarks.common import interleaved
-from factorseg.models.layers.conv import conv_padded_input, channels_last
+from factorseg.models.layers.conv import stem_conv as conv_padded_input, channels_last  # (renamed 2026-12-06, night)
 torch.set_num_threads(int(sys.argv[1]))
 conv = torch.nn.Conv3d(1, 16, 3, padding=1, bias=False)
 x = channels_last(torch.randn(4, 1, 40, 56, 40))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from factorseg.models.layers.conv import channels_last, conv_nd, conv_padded_input, conv_transpose, conv_transpose_nd
+from factorseg.models.layers.conv import channels_last, conv_nd, conv_transpose, conv_transpose_nd, stem_conv
 from factorseg.models.layers.dropout import Dropout
 from factorseg.models.layers.fastpath import can_modify_inplace, traced
 from factorseg.models.layers.mixer import NMFMixer
@@ -77,7 +77,7 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = channels_last(x)
         conv1, norm1, act, conv2, norm2 = self.body
-        h = act(instance_norm(conv_padded_input(conv1, x), norm1))
+        h = act(instance_norm(stem_conv(conv1, x), norm1))
         h = instance_norm(conv2(h), norm2)
         return F.leaky_relu(h + self.skip(x), 0.01)
 
@@ -90,7 +90,7 @@ class ConvStem(nn.Module):
         self.conv = conv_nd(spatial_dims)(in_channels, out_channels, 3, padding=1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return conv_padded_input(self.conv, channels_last(x))
+        return stem_conv(self.conv, channels_last(x))
 
 
 class Downsample(nn.Module):

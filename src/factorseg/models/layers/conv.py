@@ -1,8 +1,9 @@
-"""Convolutions of any spatial rank, channels-last memory, 1x1 convolutions as matrices, the padded-input conv,
+"""Convolutions of any spatial rank, channels-last memory, 1x1 convolutions as matrices, the stem's conv,
 the transposed conv with a fast weight gradient."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -46,25 +47,59 @@ def pointwise_to_channels_first(conv: nn.Module, x: Tensor) -> Tensor:
     return out.view(x.shape[0], -1, *x.shape[2:])
 
 
-def conv_padded_input(conv: nn.Module, x: Tensor) -> Tensor:
-    """``conv(x)`` with the input channels zero-padded to a multiple of 8 (weights padded to match).
+#: Per stem input (shape, dtype, autocast, threads): whether the padded-input kernel is faster.
+_STEM_PADDED: dict[tuple[Any, ...], bool] = {}
+#: How much faster the padded kernel must be to be taken: close calls keep the plain one, so that the
+#: choice (and the float rounding that comes with it) does not flip between runs.
+_PADDED_MARGIN = 1.3
 
-    oneDNN has no fast kernel for some 3D convolutions on few input channels (4 MRI modalities): padding
-    to 8 made the stem's first convolution about 3x faster; the zeros add nothing to the result. A single
-    channel is left as it is: its own kernel is faster in every shape measured (1.4-4.6x forward, 1.1-2.5x
-    forward + backward at 48^3-96^3, batch 1-4; docs/performance.md; 1.2x with the channels-last copy of
-    its output that the blocks need), while with 2-7 channels either side wins depending on the shape.
-    Not under graph capture: the ONNX exporter mis-shapes the absent bias of a functional conv.
+
+def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
+    """``conv(x)`` for a network's first 3D convolution (few input channels), its output channels-last on the CPU.
+
+    With 2-7 input channels oneDNN's speed depends on the shape, either way: padding the input channels
+    with zeros to 8 (weights padded to match; the zeros add nothing) was 2-3.7x slower for most shapes
+    measured, among them every recipe's (the BraTS stem at 128^3: 199 against 95 ms forward), but 1.8-2.8x
+    faster at batch 1 with 64 x 64 planes and at 80^3 with 3 channels (docs/performance.md, "2026-12-06
+    (night)"). So the first call with a new input shape times both (forward, without gradients) and keeps
+    the padded one where it is at least 1.3x faster. A single channel is never padded (its own kernel
+    is faster in every shape measured); oneDNN returns it channels-first, so it is copied channels-last,
+    which the blocks need. Not under graph capture (no timing; the ONNX exporter mis-shapes the absent
+    bias of a functional conv).
     """
     c = x.shape[1]
     if x.dim() != 5 or c % 8 == 0 or x.device.type != "cpu" or traced():
         return conv(x)
-    if c == 1:  # a one-channel input is channels-first too, and so is oneDNN's output
+    if c == 1:
         return channels_last(conv(x))
-    extra = -c % 8
+    key = (tuple(x.shape), x.dtype, torch.is_autocast_enabled("cpu"), torch.get_num_threads())
+    padded = _STEM_PADDED.get(key)
+    if padded is None:
+        padded = _STEM_PADDED[key] = _padded_is_faster(conv, x)
+    return _padded_input_conv(conv, x) if padded else channels_last(conv(x))
+
+
+def _padded_input_conv(conv: nn.Module, x: Tensor) -> Tensor:
+    """``conv(x)`` with the input channels zero-padded to a multiple of 8, the weights padded to match."""
+    extra = -x.shape[1] % 8
     xp = channels_last(F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra)))
     wp = F.pad(conv.weight, (0, 0) * (x.dim() - 2) + (0, extra))
     return F.conv3d(xp, wp, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _padded_is_faster(conv: nn.Module, x: Tensor) -> bool:
+    """Whether :func:`_padded_input_conv` runs ``conv`` on ``x`` at least ``_PADDED_MARGIN`` times faster (best of 2)."""
+    best = {}
+    with torch.no_grad():
+        for name, run in (("plain", lambda: channels_last(conv(x))), ("padded", lambda: _padded_input_conv(conv, x))):
+            run()  # warm-up: oneDNN builds its kernel
+            times = []
+            for _ in range(2):
+                start = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - start)
+            best[name] = min(times)
+    return best["padded"] * _PADDED_MARGIN <= best["plain"]
 
 
 def conv_transpose(conv: nn.Module, x: Tensor) -> Tensor:
