@@ -4,13 +4,9 @@ Run from the repository root: python benchmarks/results/session24/block_parts.py
 import sys, time, torch
 sys.path[:0] = ["src", "."]
 from benchmarks.common import interleaved
-from benchmarks.recipe_step import recipe_model
 from factorseg.models.layers.mlp import mlp_residual
-torch.set_num_threads(int(sys.argv[1]))
-torch.manual_seed(0)
-m, cfg = recipe_model("hippocampus", 1, 3)
-b = m.encoder[0][0]; m.train()
-x = torch.randn(4, 16, 40, 56, 40).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+from benchmarks.results.session24.hippocampus_block import block_and_input
+b, x = block_and_input(int(sys.argv[1]))
 xc = x.detach().movedim(1, -1).contiguous().requires_grad_()
 def med(f, n=7):
     """Median milliseconds of ``n`` calls after a warm-up."""

@@ -6,12 +6,8 @@ import sys, time, torch
 sys.path[:0] = ["src", "."]
 from torch.profiler import ProfilerActivity, profile
 from benchmarks.common import interleaved
-from benchmarks.recipe_step import recipe_model
-torch.set_num_threads(int(sys.argv[1]))
-torch.manual_seed(0)
-m, cfg = recipe_model("hippocampus", 1, 3)
-b = m.encoder[0][0]; m.train()
-x = torch.randn(4, 16, 40, 56, 40).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+from benchmarks.results.session24.hippocampus_block import block_and_input
+b, x = block_and_input(int(sys.argv[1]))
 def step():
     y = b.mixer(x, norm=b.norm1.norm); y.backward(torch.ones_like(y))
 print("plain, median of 7 (ms)", round(interleaved({"f": step}, 7, torch.device("cpu"))["f"].median * 1e3, 1))
