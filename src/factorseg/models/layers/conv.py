@@ -58,8 +58,8 @@ def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv(x)`` for a network's first 3D convolution (few input channels), its output channels-last on the CPU.
 
     With 2-7 input channels oneDNN's speed depends on the shape, either way: padding the input channels
-    with zeros to 8 (weights padded to match; the zeros add nothing) was 2-3.7x slower for most shapes
-    measured, among them every recipe's (the BraTS stem at 128^3: 199 against 95 ms forward), but 1.8-2.8x
+    with zeros to 8 (weights padded to match; the zeros add nothing) was 1.8-3.9x slower for most shapes
+    measured, among them every recipe's (the BraTS stem at 128^3: 199 against 95 ms forward), but 1.3-2.8x
     faster at batch 1 with 64 x 64 planes and at 80^3 with 3 channels (docs/performance.md, "2026-12-06
     (night)"). So the first call with a new input shape times both (forward, without gradients) and keeps
     the padded one where it is at least 1.3x faster. A single channel is never padded (its own kernel
