@@ -251,6 +251,20 @@ def test_stem_conv_is_the_conv(channels: int, padded: bool, monkeypatch) -> None
     assert len(timed) == (2 if channels in (3, 4) else 0)
 
 
+def test_stem_times_a_bounded_number_of_shapes(monkeypatch) -> None:
+    from factorseg.models.layers import conv as conv_module
+
+    timed = []
+    monkeypatch.setattr(conv_module, "_STEM_PADDED", {})
+    monkeypatch.setattr(conv_module, "_MAX_TIMED", 2)
+    monkeypatch.setattr(conv_module, "_padded_is_faster", lambda conv, x: timed.append(x.shape[2]) or True)
+    conv = torch.nn.Conv3d(3, 4, 3, padding=1, bias=False)
+    for size in (4, 5, 6, 4, 7):
+        x = conv_module.channels_last(torch.randn(1, 3, size, size, size))
+        torch.testing.assert_close(conv_module.stem_conv(conv, x), conv(x))
+    assert timed == [4, 5]  # each shape once, then no more timing
+
+
 def test_stem_timing_keeps_the_plain_kernel_unless_padding_is_much_faster(monkeypatch) -> None:
     from factorseg.models.layers import conv as conv_module
 

@@ -52,6 +52,9 @@ _STEM_PADDED: dict[tuple[Any, ...], bool] = {}
 #: How much faster the padded kernel must be to be taken: close calls keep the plain one, so that the
 #: choice (and the float rounding that comes with it) does not flip between runs.
 _PADDED_MARGIN = 1.3
+#: Input shapes timed per process at most (whole scans of many sizes would otherwise each pay a timing);
+#: beyond them the plain kernel, the faster one in most shapes.
+_MAX_TIMED = 8
 
 
 def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
@@ -62,7 +65,8 @@ def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
     measured, among them every recipe's (the BraTS stem at 128^3: 199 against 95 ms forward), but 1.3-2.8x
     faster at batch 1 with 64 x 64 planes and at 80^3 with 3 channels (docs/performance.md, "2026-12-06
     (night)"). So the first call with a new input shape times both (forward, without gradients) and keeps
-    the padded one where it is at least 1.3x faster. A single channel is never padded (its own kernel
+    the padded one where it is at least 1.3x faster (for the first ``_MAX_TIMED`` shapes of a process;
+    later ones take the plain kernel untimed). A single channel is never padded (its own kernel
     is faster in every shape measured); oneDNN returns it channels-first, so it is copied channels-last,
     which the blocks need. Not under graph capture (no timing; the ONNX exporter mis-shapes the absent
     bias of a functional conv).
@@ -74,7 +78,7 @@ def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
         return channels_last(conv(x))
     key = (tuple(x.shape), x.dtype, torch.is_autocast_enabled("cpu"), torch.get_num_threads())
     padded = _STEM_PADDED.get(key)
-    if padded is None:
+    if padded is None and len(_STEM_PADDED) < _MAX_TIMED:
         padded = _STEM_PADDED[key] = _padded_is_faster(conv, x)
     return _padded_input_conv(conv, x) if padded else channels_last(conv(x))
 
