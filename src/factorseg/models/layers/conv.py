@@ -4,6 +4,7 @@ the transposed conv with a fast weight gradient."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,22 +61,20 @@ _MAX_TIMED = 8
 def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv(x)`` for a network's first 3D convolution (few input channels), its output channels-last on the CPU.
 
-    With 2-7 input channels oneDNN's speed depends on the shape, either way: padding the input channels
+    With 1-7 input channels oneDNN's speed depends on the shape, either way: padding the input channels
     with zeros to 8 (weights padded to match; the zeros add nothing) was 1.8-3.9x slower for most shapes
     measured, among them every recipe's (the BraTS stem at 128^3: 199 against 95 ms forward), but 1.3-2.8x
     faster at batch 1 with 64 x 64 planes and at 80^3 with 3 channels (docs/performance.md, "2026-12-06
     (night)"). So the first call with a new input shape times both (forward, without gradients) and keeps
     the padded one where it is at least 1.3x faster (for the first ``_MAX_TIMED`` shapes of a process;
-    later ones take the plain kernel untimed). A single channel is never padded (its own kernel
-    is faster in every shape measured); oneDNN returns it channels-first, so it is copied channels-last,
-    which the blocks need. Not under graph capture (no timing; the ONNX exporter mis-shapes the absent
+    later ones take the plain kernel untimed). For one channel the plain kernel was faster or level in
+    every shape measured; oneDNN returns its output channels-first, so it is copied channels-last, which
+    the blocks need. Not under graph capture (no timing; the ONNX exporter mis-shapes the absent
     bias of a functional conv).
     """
     c = x.shape[1]
     if x.dim() != 5 or c % 8 == 0 or x.device.type != "cpu" or traced():
         return conv(x)
-    if c == 1:
-        return channels_last(conv(x))
     key = (tuple(x.shape), x.dtype, torch.is_autocast_enabled("cpu"), torch.get_num_threads())
     padded = _STEM_PADDED.get(key)
     if padded is None and len(_STEM_PADDED) < _MAX_TIMED:
@@ -92,18 +91,27 @@ def _padded_input_conv(conv: nn.Module, x: Tensor) -> Tensor:
 
 
 def _padded_is_faster(conv: nn.Module, x: Tensor) -> bool:
-    """Whether :func:`_padded_input_conv` runs ``conv`` on ``x`` at least ``_PADDED_MARGIN`` times faster (best of 2)."""
-    best = {}
+    """Whether :func:`_padded_input_conv` runs ``conv`` on ``x`` fast enough to be taken (:func:`_padding_pays`)."""
     with torch.no_grad():
-        for name, run in (("plain", lambda: channels_last(conv(x))), ("padded", lambda: _padded_input_conv(conv, x))):
-            run()  # warm-up: oneDNN builds its kernel
-            times = []
-            for _ in range(2):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            best[name] = min(times)
-    return best["padded"] * _PADDED_MARGIN <= best["plain"]
+        plain = _best_seconds(lambda: channels_last(conv(x)))
+        padded = _best_seconds(lambda: _padded_input_conv(conv, x))
+    return _padding_pays(plain, padded)
+
+
+def _best_seconds(run: Callable[[], object]) -> float:
+    """The shorter of two timed calls of ``run``, after a warm-up (in which oneDNN builds its kernel)."""
+    run()
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _padding_pays(plain: float, padded: float) -> bool:
+    """Whether the padded kernel is at least ``_PADDED_MARGIN`` times faster than the plain one."""
+    return padded * _PADDED_MARGIN <= plain
 
 
 def conv_transpose(conv: nn.Module, x: Tensor) -> Tensor:

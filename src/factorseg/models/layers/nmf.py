@@ -683,9 +683,9 @@ class NMF(nn.Module):
             detached, untracked = untracked > 0, max(0, untracked - 1)
             tracked = self.num_iters - 1 - untracked
         # (M, M, Bf) through a 2D transpose (8x faster on the CPU than the same copy as a 3D permute).
-        g_left = _batch_last(g_left, m) if g_left is not g else None
+        shared = g_left is g
         g = _batch_last(g, m)
-        g_left = g if g_left is None else g_left
+        g_left = g if shared else _batch_last(g_left, m)
         u = start.reshape(-1, m).t().contiguous()  # (M, Bf)
         if tracked > 0 and torch.is_grad_enabled() and (g.requires_grad or u.requires_grad):
             u, a = _GramLoop.apply(g, g_left, u, tracked, untracked, eps, detached)
