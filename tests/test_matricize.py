@@ -117,3 +117,36 @@ def test_subblocks_round_trip_and_window_sums(spatial, head_dim, window, shifts)
             member = window_sums(ones, one, edges, dim=0)[0]  # (W, K): 1 where window w holds k
             expected += torch.einsum("bcwd,wk->bckd", gw[:, :, s], member)
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, 3])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_row_gather_equals_index_select(dim, index_dtype) -> None:
+    """The folded dim-0 gather gives ``index_select``'s values exactly: repeated and unsorted rows,
+    one leading row, non-contiguous inputs (which take ``index_select`` itself)."""
+    from factorseg.models.layers.windows import _select
+
+    gen = torch.Generator().manual_seed(dim)
+    for shape in [(3, 5, 4, 6), (1, 5, 4, 6), (2, 1, 7, 1)]:
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        for source in (t, t.transpose(0, 3)):
+            n = source.shape[dim]
+            index = torch.randint(0, n, (2 * n + 1,), generator=gen).to(index_dtype)
+            got = _select(source, dim, index)
+            assert torch.equal(got, source.index_select(dim, index))
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_row_scatter_add_equals_index_add(dim) -> None:
+    """The folded dim-0 ``index_add_`` adds what ``index_add_`` along ``dim`` adds (repeated rows accumulate)."""
+    from factorseg.models.layers.windows import _add_rows
+
+    gen = torch.Generator().manual_seed(dim)
+    shape = [3, 4, 5]
+    source_shape = list(shape)
+    source_shape[dim] = 9
+    source = torch.randn(*source_shape, generator=gen, dtype=torch.float64)
+    index = torch.randint(0, shape[dim], (9,), generator=gen)
+    start = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    got = _add_rows(start.clone(), dim, index, source)
+    torch.testing.assert_close(got, start.clone().index_add_(dim, index, source), rtol=1e-14, atol=1e-14)

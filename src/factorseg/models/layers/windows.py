@@ -49,6 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from factorseg.models.layers.fastpath import traced
+
 
 def _as_tuple(value: int | Sequence[int], dims: int, what: str) -> tuple[int, ...]:
     if isinstance(value, int):
@@ -237,6 +239,42 @@ def _index(tables: IndexTables | None, table: Callable[..., np.ndarray], *args: 
     return (tables if tables is not None else IndexTables()).get(table, *args, device=device)
 
 
+def _dim0_kernels(*tensors: Tensor) -> bool:
+    """Whether a gather / scatter-add along an inner dim may run as one along dim 0 of a row view
+    (:func:`_fold`): contiguous CPU tensors, no graph capture."""
+    return not traced() and all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+
+
+def _fold(index: Tensor, lead: int, n: int) -> Tensor:
+    """``index`` (rows of one ``n``-row slice) repeated for ``lead`` consecutive slices of ``n`` rows."""
+    dtype = torch.int64 if lead * n > torch.iinfo(torch.int32).max else index.dtype
+    rows = index.to(dtype)
+    return rows if lead == 1 else (torch.arange(0, lead * n, n, dtype=dtype).unsqueeze(1) + rows).view(-1)
+
+
+def _select(t: Tensor, dim: int, index: Tensor) -> Tensor:
+    """``t.index_select(dim, index)``; on the CPU as one gather of whole rows along dim 0 (:func:`_fold`).
+
+    PyTorch's CPU ``index_select`` along an inner dim copies slice by slice: 1.4-1.7x slower than one
+    dim-0 gather of the same rows on one thread, 1.7-2.5x on two (the hippocampus recipe's window sums;
+    ``benchmarks/results/session26/index_select_forms.py``).
+    """
+    if dim == 0 or not _dim0_kernels(t):
+        return t.index_select(dim, index)
+    lead, n = math.prod(t.shape[:dim]), t.shape[dim]
+    rows = t.view(lead * n, -1).index_select(0, _fold(index, lead, n))
+    return rows.view(*t.shape[:dim], index.numel(), *t.shape[dim + 1 :])
+
+
+def _add_rows(out: Tensor, dim: int, index: Tensor, source: Tensor) -> Tensor:
+    """``out.index_add_(dim, index, source)``; on the CPU along dim 0 of row views (:func:`_fold`)."""
+    if dim == 0 or not _dim0_kernels(out, source):
+        return out.index_add_(dim, index, source)
+    lead, n, trail = math.prod(out.shape[:dim]), out.shape[dim], math.prod(out.shape[dim + 1 :])
+    out.view(lead * n, trail).index_add_(0, _fold(index, lead, n), source.view(-1, trail))
+    return out
+
+
 def window_stack(x: Tensor, lay: WindowLayout, tables: IndexTables | None = None) -> Tensor:
     """Channels-last ``(B, *padded, C)`` -> window-major ``(B, S, W, N, C)``, one slot per shift.
 
@@ -293,7 +331,7 @@ def _unstack_rows(lay: WindowLayout) -> np.ndarray:
 def _stack(x: Tensor, lay: WindowLayout, tables: IndexTables | None) -> Tensor:
     b, c = x.shape[0], x.shape[-1]
     index = _index(tables, _stack_rows, lay, device=x.device)
-    out = x.reshape(b, -1, c).index_select(1, index)
+    out = _select(x.reshape(b, -1, c), 1, index)
     return out.view(b, len(lay.shifts), lay.num_windows, lay.window_voxels, c)
 
 
@@ -370,18 +408,27 @@ def window_sums(
 ) -> Tensor:
     """Per-sub-block values (``K`` along ``dim``) summed per window of each shift: ``K`` -> ``S, W``.
 
-    The sub-blocks of every window of every shift are gathered by one ``index_select`` (the window
-    partition of the sub-block grid, :func:`_window_numbers`), then summed in contiguous groups.
-    The window order is that of :func:`window_stack`. The gradient is the adjoint,
-    :func:`subblock_sums` (one gather per shift), rather than autograd's: that would write the
+    On the CPU each shift adds every sub-block into its window (``index_add_``, the rows of
+    :func:`_subblock_rows`): no gathered copy, 1.7-2x faster than gathering and summing
+    (``benchmarks/results/session26/window_sums_forms.py``). Elsewhere (and under graph capture) the
+    sub-blocks of every window of every shift are gathered by one ``index_select`` (the window
+    partition of the sub-block grid, :func:`_window_numbers`), then summed in contiguous groups
+    (deterministic on a GPU). The window order is that of :func:`window_stack`. The gradient is the
+    adjoint, :func:`subblock_sums` (one gather per shift), rather than autograd's: that would write the
     gathered size out again and scatter it back into zeros (1.4x slower forward + backward).
     """
     sub = _subblock_layout(lay, edges)
+    s, w = len(lay.shifts), lay.num_windows
 
     def apply(u: Tensor) -> Tensor:
+        if _dim0_kernels(u):
+            rows = _index(tables, _subblock_rows, lay, tuple(edges), device=u.device)  # (S, K) -> S W
+            out = u.new_zeros(*u.shape[:dim], s * w, *u.shape[dim + 1 :])
+            for shift_rows in rows:
+                _add_rows(out, dim, shift_rows, u)
+            return out.view(*u.shape[:dim], s, w, *u.shape[dim + 1 :])
         gathered = u.index_select(dim, _index(tables, _stack_rows, sub, device=u.device))
-        shape = (len(lay.shifts), lay.num_windows, sub.window_voxels)
-        return gathered.view(*u.shape[:dim], *shape, *u.shape[dim + 1 :]).sum(dim + 2)
+        return gathered.view(*u.shape[:dim], s, w, sub.window_voxels, *u.shape[dim + 1 :]).sum(dim + 2)
 
     return _relayout(t, apply, lambda g: subblock_sums(g, lay, edges, tables, dim))
 
@@ -396,9 +443,9 @@ def subblock_sums(
     s, w = t.shape[dim], t.shape[dim + 1]
     rows = _index(tables, _subblock_rows, lay, tuple(edges), device=t.device)
     flat = t.reshape(*t.shape[:dim], s * w, *t.shape[dim + 2 :])
-    out = flat.index_select(dim, rows[0])
+    out = _select(flat, dim, rows[0])
     for i in range(1, s):
-        out = out.add_(flat.index_select(dim, rows[i]))
+        out = out.add_(_select(flat, dim, rows[i]))
     return out
 
 
@@ -411,7 +458,7 @@ def subblock_windows(
     """
     b, s, w = t.shape[:3]
     rows = _index(tables, _subblock_window_rows, lay, tuple(edges), device=t.device)
-    gathered = t.reshape(b, s * w, *t.shape[3:]).index_select(1, rows)
+    gathered = _select(t.reshape(b, s * w, *t.shape[3:]), 1, rows)
     return gathered.view(b, -1, s, *t.shape[3:])
 
 
@@ -437,6 +484,10 @@ def shift_window_sums(
     """
     b, s = t.shape[0], t.shape[1]
     flat = t.reshape(b, s * t.shape[2], *t.shape[3:])
+    if _dim0_kernels(flat):  # as in window_sums: each sub-block added into its window of its shift
+        rows = _index(tables, _subblock_rows, lay, tuple(edges), device=t.device).reshape(-1)  # S K -> S W
+        out = _add_rows(flat.new_zeros(b, s * lay.num_windows, *t.shape[3:]), 1, rows, flat)
+        return out.view(b, s, lay.num_windows, *t.shape[3:])
     gathered = flat.index_select(1, _index(tables, _shift_window_rows, lay, tuple(edges), device=t.device))
     sub_voxels = math.prod(w // e for w, e in zip(lay.window, edges))
     return gathered.view(b, s, lay.num_windows, sub_voxels, *t.shape[3:]).sum(3)
