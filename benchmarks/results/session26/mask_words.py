@@ -4,6 +4,10 @@
 Tuned allocator; min and median of 20 calls.
 
     python benchmarks/results/session26/mask_words.py
+
+``random_words`` was tried in commit 06121b3 and taken out in the next: run this in a worktree of that
+commit (``git worktree add /tmp/wt 06121b3 && cd /tmp/wt && PYTHONPATH=src python benchmarks/results/session26/mask_words.py``).
+The figures are in ``mask_words.txt``; the hippocampus step with it in ``ab_recipe_step_mask_threads.txt``.
 """
 
 import time

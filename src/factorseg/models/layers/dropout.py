@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -60,57 +58,10 @@ def keep_mask(
     n = math.prod(shape)
     if device.type == "cpu":
         threshold = round(p * 65536)
-        words = random_words(-(-n // 4), generator)
+        words = torch.empty(-(-n // 4), dtype=torch.int64).random_(-(2**63), None, generator=generator)
         return at_least(words.view(torch.int16)[:n], threshold - 32768).view(*shape), 65536 / (65536 - threshold)
     keep = torch.empty(*shape, device=device).bernoulli_(1.0 - p, generator=generator).bool()
     return keep, 1.0 / (1.0 - p)
-
-
-#: Random words per independently seeded stream of :func:`random_words` (2 MiB).
-STREAM_WORDS = 1 << 18
-_MASK64 = 2**64 - 1
-_pool: ThreadPoolExecutor | None = None
-_pool_workers = 0
-_pool_lock = threading.Lock()
-
-
-def random_words(n: int, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` uniform 64-bit CPU words, drawn on up to ``torch.get_num_threads()`` threads (pieces of
-    :data:`STREAM_WORDS` words, each from its own generator seeded by a hash of one seed drawn from
-    ``generator``; independent of the number of threads)."""
-    words = torch.empty(n, dtype=torch.int64)
-    if n <= STREAM_WORDS:
-        return words.random_(-(2**63), None, generator=generator)
-    seed = int(torch.empty((), dtype=torch.int64).random_(-(2**63), None, generator=generator)) & _MASK64
-    pieces = words.split(STREAM_WORDS)
-
-    def fill(i: int) -> None:
-        pieces[i].random_(-(2**63), None, generator=torch.Generator().manual_seed(_stream_seed(seed, i)))
-
-    threads = min(torch.get_num_threads(), len(pieces))
-    if threads <= 1:
-        for i in range(len(pieces)):
-            fill(i)
-    else:
-        list(_threads(threads).map(fill, range(len(pieces))))
-    return words
-
-
-def _stream_seed(seed: int, index: int) -> int:
-    z = (seed + (index + 1) * 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def _threads(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_workers
-    with _pool_lock:
-        if _pool is None or _pool_workers != workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool, _pool_workers = ThreadPoolExecutor(workers, thread_name_prefix="factorseg-rng"), workers
-        return _pool
 
 
 def at_least(values: Tensor, bound: int) -> Tensor:
