@@ -256,7 +256,7 @@ def _select(t: Tensor, dim: int, index: Tensor) -> Tensor:
     """``t.index_select(dim, index)``; on the CPU as one gather of whole rows along dim 0 (:func:`_fold`).
 
     PyTorch's CPU ``index_select`` along an inner dim copies slice by slice: 1.4-1.7x slower than one
-    dim-0 gather of the same rows on one thread, 1.7-2.5x on two (the hippocampus recipe's window sums;
+    dim-0 gather of the same rows on one thread, 1.6-2.4x on two (the hippocampus recipe's window sums;
     ``benchmarks/results/session26/index_select_forms.py``).
     """
     if dim == 0 or not _dim0_kernels(t):
