@@ -110,3 +110,43 @@ def test_at_least_in_pieces_is_the_comparison(block_bytes: int, dtype: torch.dty
         keep = at_least(values, bound)
         assert keep.dtype == torch.bool and keep.shape == values.shape
         assert torch.equal(keep, values >= bound)
+
+
+@pytest.mark.parametrize("block_bytes", [None, 8 * 37])  # the second: many ragged pieces of 37 elements
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_add_to_equals_the_sum_with_dropout(block_bytes, layout, monkeypatch) -> None:
+    """``add_to(x, b)`` is ``x + drop(b)``: the same mask (same seed), values and gradients (float64)."""
+    from factorseg.models.layers import fastpath
+
+    if block_bytes is not None:
+        monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", block_bytes)
+    fmt = torch.contiguous_format if layout == "contiguous" else torch.channels_last_3d
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.randn(2, 6, 5, 4, 3, generator=gen, dtype=torch.float64).contiguous(memory_format=fmt)
+    b0 = torch.randn(2, 6, 5, 4, 3, generator=gen, dtype=torch.float64).contiguous(memory_format=fmt)
+    grad = torch.randn(2, 6, 5, 4, 3, generator=gen, dtype=torch.float64)
+    drop = Dropout(0.3)
+    results = []
+    for fused in (True, False):
+        x, b = x0.clone().requires_grad_(), b0.clone().requires_grad_()
+        torch.manual_seed(9)
+        out = drop.add_to(x, b) if fused else x + drop(b)
+        out.backward(grad)
+        results.append((out.detach(), x.grad, b.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-15, atol=1e-15)
+    assert bool((results[0][2] == 0).any()) and bool((results[0][2] != 0).any())  # some dropped, some kept
+
+
+def test_add_to_falls_back_and_is_plain_in_eval() -> None:
+    """Other layouts, broadcasting and eval mode give ``x + drop(b)`` (eval: ``x + b``)."""
+    drop = Dropout(0.3)
+    x = torch.randn(2, 6, 5, 4, 3)
+    b = torch.randn(2, 6, 5, 4, 3).contiguous(memory_format=torch.channels_last_3d)  # another layout than x's
+    for branch in (b, b[:, :1].expand_as(b), torch.randn(6, 5, 4, 3)):
+        torch.manual_seed(4)
+        got = drop.add_to(x, branch)
+        torch.manual_seed(4)
+        torch.testing.assert_close(got, x + drop(branch), rtol=0, atol=0)
+    drop.eval()
+    torch.testing.assert_close(drop.add_to(x, b), x + b, rtol=0, atol=0)
