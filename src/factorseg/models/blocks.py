@@ -41,7 +41,7 @@ class FactorizerBlock(nn.Module):
         xc = x.movedim(1, -1).contiguous()
         # Out of place: the input may be a skip connection and the mixer's output seen by hooks.
         # (The mixer normalises: in training it then keeps less for the backward pass.)
-        y = self.drop.add_to(xc, self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
+        y = xc + self.drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
         if self._diet(y):
             return mlp_residual(y, self.norm2.norm, self.mlp).movedim(-1, 1)
         if can_modify_inplace(y) and y.is_contiguous():  # (add_norm_to_ checks the parameters)

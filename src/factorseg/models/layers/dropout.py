@@ -35,20 +35,6 @@ class Dropout(nn.Dropout):
         keep, scale = keep_mask_like(x, self.p)
         return _KeepScale.apply(x, keep, scale)
 
-    def add_to(self, x: Tensor, branch: Tensor) -> Tensor:
-        """``x + self(branch)`` (a residual connection), in one pass where :class:`Dropout` draws its own mask.
-
-        The dropped branch is never written out: each cache-sized piece of the sum is one ``addcmul``
-        of ``x``, ``branch`` and the mask's factors (:class:`_AddKeepScale`), the same mask and values as
-        ``x + self(branch)``. Where ``x`` and ``branch`` differ in shape, dtype or dense layout, that sum.
-        """
-        if not self.training or self.p == 0 or self.p == 1 or self.inplace or branch.device.type != "cpu" or traced():
-            return x + self(branch)
-        keep, scale = keep_mask_like(branch, self.p)
-        if x.shape != branch.shape or x.dtype != branch.dtype or x.stride() != branch.stride() or _memory_flat(x) is None:
-            return x + _KeepScale.apply(branch, keep, scale)
-        return _AddKeepScale.apply(x, branch, keep, scale)
-
 
 def keep_mask_like(x: Tensor, p: float) -> tuple[Tensor, float]:
     """:func:`keep_mask` for ``x``, drawn in ``x``'s memory order (the same as ``x.shape`` for contiguous ``x``).
@@ -135,27 +121,6 @@ def _memory_flat(t: Tensor) -> Tensor | None:
     """A 1D view of a dense tensor in memory order, or ``None`` where ``t`` is not dense."""
     p = t.permute(_memory_order(t))
     return p.view(-1) if p.is_contiguous() else None
-
-
-class _AddKeepScale(torch.autograd.Function):
-    """``x + masked(branch, (keep, scale))`` for ``x``, ``branch`` and ``keep`` of one dense layout, saving only the mask."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, branch: Tensor, keep: Tensor, scale: float) -> Tensor:
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        out = torch.empty_like(x)  # the same strides as the dense x
-        pieces = [_memory_flat(t) for t in (x, branch, keep, out)]
-        n = block_rows(1, x.element_size())
-        for xs, bs, ms, os in zip(*(p.split(n) for p in pieces)):  # type: ignore[union-attr]
-            torch.addcmul(xs, bs, as_factor(ms, x.dtype), value=scale, out=os)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:
-        (keep,) = ctx.saved_tensors
-        return grad, masked(grad, (keep, ctx.scale)), None, None
 
 
 class _KeepScale(torch.autograd.Function):
