@@ -255,9 +255,9 @@ def _fold(index: Tensor, lead: int, n: int) -> Tensor:
 def _select(t: Tensor, dim: int, index: Tensor) -> Tensor:
     """``t.index_select(dim, index)``; on the CPU as one gather of whole rows along dim 0 (:func:`_fold`).
 
-    PyTorch's CPU ``index_select`` along an inner dim copies slice by slice: 1.4-1.7x slower than one
-    dim-0 gather of the same rows on one thread, 1.6-2.4x on two (the hippocampus recipe's window sums;
-    ``benchmarks/results/session26/index_select_forms.py``).
+    PyTorch's CPU ``index_select`` along an inner dim copies slice by slice: 1.4-1.8x slower than one
+    dim-0 gather of the same rows on one thread, 2x on two (the hippocampus recipe's window sums;
+    ``benchmarks/results/session26/gather_forms.py``).
     """
     if dim == 0 or not _dim0_kernels(t):
         return t.index_select(dim, index)
@@ -409,8 +409,8 @@ def window_sums(
     """Per-sub-block values (``K`` along ``dim``) summed per window of each shift: ``K`` -> ``S, W``.
 
     On the CPU each shift adds every sub-block into its window (``index_add_``, the rows of
-    :func:`_subblock_rows`): no gathered copy, 1.7-2x faster than gathering and summing
-    (``benchmarks/results/session26/window_sums_forms.py``). Elsewhere (and under graph capture) the
+    :func:`_subblock_rows`): no gathered copy, 1.4-2.2x faster than gathering and summing
+    (``benchmarks/results/session26/gather_forms.py``, ``window_sums_brats128.py``). Elsewhere (and under graph capture) the
     sub-blocks of every window of every shift are gathered by one ``index_select`` (the window
     partition of the sub-block grid, :func:`_window_numbers`), then summed in contiguous groups
     (deterministic on a GPU). The window order is that of :func:`window_stack`. The gradient is the
