@@ -196,17 +196,29 @@ def test_mixer_diet_saves_two_maps_less() -> None:
     assert plain - diet >= 2 * map_bytes - 1024, (diet, plain)
 
 
-def test_fuse_equals_the_convolution_of_the_concatenation() -> None:
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("grad", [True, False])
+def test_fuse_equals_the_convolution_of_the_up_sampled_map_and_the_skip(bias: bool, grad: bool) -> None:
+    """``_fuse`` (the up-sampling composed with the fuse's part over it) is ``fuse(cat([up(low), skip]))``:
+    values and every gradient (float64), with and without the fuse's bias, in training and inference;
+    ``compose_up_fuse=False`` (the modules in turn) too."""
     torch.manual_seed(0)
-    conv = torch.nn.Conv3d(16, 8, 1).double()
-    up = torch.randn(2, 8, 4, 6, 2, dtype=torch.float64, requires_grad=True)
+    net = Factorizer(in_channels=1, out_channels=2, widths=(8, 16), head_dim=4, window_size=2,
+                     proj_bias=bias).double()
+    low = torch.randn(2, 16, 2, 3, 1, dtype=torch.float64).contiguous(memory_format=torch.channels_last_3d)
     skip = torch.randn(2, 8, 4, 6, 2, dtype=torch.float64).contiguous(memory_format=torch.channels_last_3d)
-    skip.requires_grad_()
-    out = Factorizer._fuse(conv, up, skip)
-    ref = conv(torch.cat([up, skip], dim=1))
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    params = [up, skip, *conv.parameters()]
-    weight = torch.randn(ref.shape, dtype=torch.float64)
-    grads = torch.autograd.grad((out * weight).sum(), params)
-    for g, r in zip(grads, torch.autograd.grad((ref * weight).sum(), params)):
-        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    low.requires_grad_(grad)
+    skip.requires_grad_(grad)
+    params = [low, skip, *net.up[0].parameters(), *net.fuse[0].parameters()]
+    weight = torch.randn(2, 8, 4, 6, 2, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        ref = net.fuse[0](torch.cat([net.up[0](low), skip], dim=1))
+        for composed in (True, False):
+            net.compose_up_fuse = composed
+            out = net._fuse(0, low, skip)
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+            assert out.is_contiguous(memory_format=torch.channels_last_3d)
+            if grad:
+                grads = torch.autograd.grad((out * weight).sum(), params)
+                for g, r in zip(grads, torch.autograd.grad((ref * weight).sum(), params, retain_graph=True)):
+                    torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)

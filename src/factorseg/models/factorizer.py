@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from factorseg.models.blocks import ConvBlock, ConvStem, Downsample, FactorizerBlock, PositionalEmbedding, Upsample
-from factorseg.models.layers.conv import conv_nd, pointwise_to_channels_first, pointwise_weight
+from factorseg.models.layers.conv import conv_nd, conv_transpose, pointwise_to_channels_first, pointwise_weight
+from factorseg.models.layers.fastpath import can_modify_inplace
 from factorseg.models.layers.dropout import Dropout
 from factorseg.models.layers.mixer import with_mixer_path
 from factorseg.models.layers.nmf import Init, NMFConfig, Solver
@@ -150,6 +151,8 @@ class Factorizer(nn.Module):
                 shift_list = [0]
         self.spatial_dims, self.deep_supervision, self.ds_heads = spatial_dims, deep_supervision, ds_heads
         self.checkpoint_blocks = checkpoint_blocks
+        #: Each up-sampling and the 1x1 fuse after it as one transposed convolution (:meth:`_fuse`).
+        self.compose_up_fuse = True
         self.total_stride = 2 ** (levels - 1)
         self._seed = seed
         nmf = NMFConfig(rank, nmf_iters, solver, init, backprop_iters, seed, eps)
@@ -198,18 +201,37 @@ class Factorizer(nn.Module):
             h = checkpoint(block, h, use_reentrant=False)
         return h
 
-    @staticmethod
-    def _fuse(conv: nn.Module, up: Tensor, skip: Tensor) -> Tensor:
-        """``conv(cat([up, skip]))`` (a 1x1 convolution) as two products over channels-last voxels.
+    def _fuse(self, i: int, low: Tensor, skip: Tensor) -> Tensor:
+        """``fuse[i](cat([up[i](low), skip]))`` (a 1x1 convolution after the up-sampling), without the up-sampled map.
 
-        No concatenated copy is made, nor kept for the backward pass (where the skip is kept anyway,
-        by the down-sampling convolution). Returns channels-last memory.
+        The 1x1 convolution's part that reads the up-sampled channels, applied after the transposed
+        convolution, is itself one transposed convolution whose weights are the two composed (a product of
+        small weight tensors): the up-sampled map is never formed, multiplied at full resolution, or kept
+        for the backward pass (at 128^3 with 32 channels, 256 MiB and three products over 2 M voxels).
+        The skip's part is a product over channels-last voxels added to it; no concatenated copy is made
+        (the skip is kept for the backward pass anyway, by the down-sampling convolution). The same values
+        as the modules in turn, up to float rounding (``compose_up_fuse=False`` applies them in turn, as
+        drawn, for FLOP counts). Returns channels-last memory.
         """
-        c, spatial = up.shape[1], up.shape[2:]
+        conv, up = self.fuse[i], self.up[i].conv
+        c = up.out_channels
         w = pointwise_weight(conv)
-        rows = F.linear(up.movedim(1, -1), w[:, :c], conv.bias)
-        out = torch.addmm(rows.view(-1, w.shape[0]), skip.movedim(1, -1).reshape(-1, skip.shape[1]), w[:, c:].t())
-        return out.view(up.shape[0], *spatial, w.shape[0]).movedim(-1, 1)
+        w_up, w_skip = w[:, :c], w[:, c:]
+        if self.compose_up_fuse:
+            bias = None if up.bias is None else w_up @ up.bias
+            if conv.bias is not None:
+                bias = conv.bias if bias is None else bias + conv.bias
+            out = conv_transpose(up, low, torch.einsum("ic...,oc->io...", up.weight, w_up), bias)
+            rows = out.movedim(1, -1).reshape(-1, w.shape[0])
+        else:
+            up_map = self.up[i](low)
+            rows = F.linear(up_map.movedim(1, -1), w_up, conv.bias).view(-1, w.shape[0])
+        skip_rows = skip.movedim(1, -1).reshape(-1, skip.shape[1])
+        if can_modify_inplace(rows, skip_rows, w_skip):
+            rows = rows.addmm_(skip_rows, w_skip.t())  # no second map
+        else:
+            rows = torch.addmm(rows, skip_rows, w_skip.t())
+        return rows.view(low.shape[0], *skip.shape[2:], w.shape[0]).movedim(-1, 1)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         outputs = self.forward_all(x, heads=self.training and self.deep_supervision)
@@ -228,7 +250,7 @@ class Factorizer(nn.Module):
             h = self._stage(stage, h)
         decoded: list[Tensor] = []
         for i in reversed(range(len(self.up))):
-            h = self.fuse_drop(self._fuse(self.fuse[i], self.up[i](h), skips[i]))
+            h = self.fuse_drop(self._fuse(i, h, skips[i]))
             h = self._stage(self.decoder[i], h)
             decoded.append(h)
         out = pointwise_to_channels_first(self.head, h)
@@ -292,6 +314,9 @@ def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counted = with_mixer_path(model, "windows").eval()
+    for net in counted.modules():
+        if isinstance(net, Factorizer):
+            net.compose_up_fuse = False  # the up-sampled map and the fuse's product over it, as drawn
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         counted(torch.zeros(*shape))
     return int(counter.get_total_flops())

@@ -114,8 +114,11 @@ def _padding_pays(plain: float, padded: float) -> bool:
     return padded * _PADDED_MARGIN <= plain
 
 
-def conv_transpose(conv: nn.Module, x: Tensor) -> Tensor:
+def conv_transpose(conv: nn.Module, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
     """``conv(x)`` for a transposed convolution, whose weight gradient on the CPU comes from the adjoint convolution.
+
+    ``weight`` (with ``bias``, ``None`` for none) replaces the module's own: ``conv``'s settings (stride,
+    padding, ...) with other weights, such as ``conv``'s composed with a 1x1 convolution after it.
 
     oneDNN's own weight gradient of a strided 3D transposed convolution is slow on channels-last maps
     (BraTS preset at 128^3, 64 -> 32 channels, kernel and stride 2: 0.73 s); it equals the weight
@@ -128,8 +131,13 @@ def conv_transpose(conv: nn.Module, x: Tensor) -> Tensor:
         x.device.type != "cpu" or traced() or conv.groups != 1 or any(conv.padding) or any(conv.output_padding)
         or any(d != 1 for d in conv.dilation) or not torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")
     ):
-        return conv(x)
-    return _ConvTranspose.apply(x, conv.weight, conv.bias, tuple(conv.stride))
+        if weight is None:
+            return conv(x)
+        fn = {3: F.conv_transpose1d, 4: F.conv_transpose2d, 5: F.conv_transpose3d}[x.dim()]
+        return fn(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation)
+    if weight is None:
+        weight, bias = conv.weight, conv.bias
+    return _ConvTranspose.apply(x, weight, bias, tuple(conv.stride))
 
 
 class _ConvTranspose(torch.autograd.Function):
