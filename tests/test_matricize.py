@@ -127,10 +127,12 @@ def test_row_gather_equals_index_select(dim, index_dtype) -> None:
     from factorseg.models.layers.windows import _select
 
     gen = torch.Generator().manual_seed(dim)
-    for shape in [(3, 5, 4, 6), (1, 5, 4, 6), (2, 1, 7, 1)]:
+    for shape in [(3, 5, 4, 6), (1, 5, 4, 6), (2, 1, 7, 1), (2, 5, 4, 0)]:  # the last: empty rows
         t = torch.randn(*shape, generator=gen, dtype=torch.float64)
         for source in (t, t.transpose(0, 3)):
             n = source.shape[dim]
+            if n == 0:
+                continue
             index = torch.randint(0, n, (2 * n + 1,), generator=gen).to(index_dtype)
             got = _select(source, dim, index)
             assert torch.equal(got, source.index_select(dim, index))

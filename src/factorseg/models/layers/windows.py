@@ -261,8 +261,8 @@ def _select(t: Tensor, dim: int, index: Tensor) -> Tensor:
     """
     if dim == 0 or not _dim0_kernels(t):
         return t.index_select(dim, index)
-    lead, n = math.prod(t.shape[:dim]), t.shape[dim]
-    rows = t.view(lead * n, -1).index_select(0, _fold(index, lead, n))
+    lead, n, trail = math.prod(t.shape[:dim]), t.shape[dim], math.prod(t.shape[dim + 1 :])
+    rows = t.view(lead * n, trail).index_select(0, _fold(index, lead, n))
     return rows.view(*t.shape[:dim], index.numel(), *t.shape[dim + 1 :])
 
 
