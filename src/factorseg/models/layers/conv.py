@@ -67,10 +67,9 @@ def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
     faster at batch 1 with 64 x 64 planes and at 80^3 with 3 channels (docs/performance.md, "2026-12-06
     (night)"). So the first call with a new input shape times both (forward, without gradients) and keeps
     the padded one where it is at least 1.3x faster (for the first ``_MAX_TIMED`` shapes of a process;
-    later ones take the plain kernel untimed). For one channel the plain kernel was faster or level in
-    every shape measured; oneDNN returns its output channels-first, so it is copied channels-last, which
-    the blocks need. Not under graph capture (no timing; the ONNX exporter mis-shapes the absent
-    bias of a functional conv).
+    later ones take the plain kernel untimed). The plain kernel's output is copied channels-last, which the
+    blocks need (oneDNN returns it channels-first for a one-channel input). Not under graph capture (no
+    timing; the ONNX exporter mis-shapes the absent bias of a functional conv).
     """
     c = x.shape[1]
     if x.dim() != 5 or c % 8 == 0 or x.device.type != "cpu" or traced():
