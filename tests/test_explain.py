@@ -158,7 +158,12 @@ def test_captured_factors_are_the_forward_pass_factors(init: str) -> None:
                    **{**SMALL, "dropout": 0.0})
     mixer = model.encoder[1][0].mixer
     seen: dict[str, torch.Tensor] = {}
-    handle = mixer.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], out=out))
+
+    def hook(mod: torch.nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        residual = kwargs.get("residual")  # the block has the mixer add its output to the residual
+        seen.update(x=args[0], out=out if residual is None else out - residual.movedim(-1, 1))
+
+    handle = mixer.register_forward_hook(hook, with_kwargs=True)
     x = torch.randn(1, 1, 10, 6, 14)
     torch.manual_seed(1)
     with torch.no_grad():

@@ -119,6 +119,28 @@ def test_subblocks_round_trip_and_window_sums(spatial, head_dim, window, shifts)
     torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("spatial,head_dim,window,shifts", CASES)
+@pytest.mark.parametrize("voxels", [1, 100, 10**9])
+def test_subblock_boxes_tile_the_subblock_order(spatial, head_dim, window, shifts, voxels) -> None:
+    """The boxes' views, in turn, are ``to_subblocks`` of the map: contiguous runs of K covering it once."""
+    from factorseg.models.layers.windows import box_view, pad_channels_last, subblock_boxes, subblock_edges, to_subblocks
+
+    lay = WindowMatricize(len(spatial), head_dim, window, shifts).layout(spatial)
+    edges = subblock_edges(lay)
+    x = pad_channels_last(torch.randn(2, *spatial, 3), lay)
+    blocks = to_subblocks(x, lay, edges)
+    boxes = subblock_boxes(lay, edges, voxels)
+    assert boxes[0].k.start == 0 and boxes[-1].k.stop == blocks.shape[1]
+    assert all(a.k.stop == b.k.start for a, b in zip(boxes, boxes[1:]))
+    q = blocks.shape[2]
+    assert all((b.k.stop - b.k.start) * q <= max(voxels, q) for b in boxes)  # cache-sized, at least one sub-block
+    for i in range(2):
+        for box in boxes:
+            view = box_view(x[i], box, edges)
+            assert view.shape[:-1] == (*box.counts, *edges)
+            assert torch.equal(view.reshape(-1, q, 3), blocks[i, box.k])
+
+
 @pytest.mark.parametrize("dim", [0, 1, 2, 3])
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_row_gather_equals_index_select(dim, index_dtype) -> None:

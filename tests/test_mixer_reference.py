@@ -119,6 +119,38 @@ def test_block_matches_reference(case: tuple) -> None:
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4], CASES[6], CASES[11], CASES[16]],
+                         ids=["swin", "padded", "global", "2d-subblocks", "fixed_uv", "shrunk"])
+@pytest.mark.parametrize("box_bytes", [None, 4 * 8 * 8 * 3], ids=["cache", "small-boxes"])
+def test_inference_box_paths_match_reference(case: tuple, box_bytes: int | None, monkeypatch) -> None:
+    """In inference the mixer projects into its sub-blocks and adds its output to the residual one box of
+    sub-blocks at a time: the values of the reference block, the input untouched, whatever the box size."""
+    from factorseg.models.layers import fastpath
+
+    if box_bytes is not None:
+        monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", box_bytes)
+    spatial, head_dim, window, shifts, rank, solver, k, iters, init = case
+    torch.manual_seed(0)
+    block = FactorizerBlock(8, len(spatial), mlp_ratio=2.0, dropout=0.1, head_dim=head_dim, window_size=window,
+                            shifts=shifts, nmf=NMFConfig(rank=rank, num_iters=iters, solver=solver, init=init)).double()
+    block.eval()
+    x = torch.randn(2, 8, *spatial, dtype=torch.float64)
+    before = x.clone()
+    boxwise: list[int] = []
+    project = NMFMixer._project_subblocks
+    monkeypatch.setattr(NMFMixer, "_project_subblocks", lambda *a: boxwise.append(1) or project(*a))
+    with torch.inference_mode():
+        out = block(x)
+        mixed = block.mixer(x, norm=block.norm1.norm, residual=x.movedim(1, -1))
+        ref = reference_block(block, x)
+        ref_mixed = x + reference_mixer(block.mixer, block.norm1(x))
+    lay = block.mixer.matricize.layout_of(x)
+    assert len(boxwise) == (0 if lay.is_padded else 2)
+    assert torch.equal(x, before)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(mixed, ref_mixed, rtol=1e-9, atol=1e-9)
+
+
 def test_matrices_are_the_reference_windows() -> None:
     """The API layout of the matrices (B, S, H, W, head_dim, N) is the roll-and-reshape one."""
     mixer, x = _mixer(CASES[3], 8, torch.float64)

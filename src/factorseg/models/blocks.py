@@ -25,7 +25,9 @@ class FactorizerBlock(nn.Module):
 
     Runs channels-last (LayerNorm over channels and the 1x1 convolutions become plain matrix
     products over voxels) and returns a channels-last tensor (``(B, C, *spatial)`` shape), so that
-    a stack of blocks and the model's convolutions never permute between layouts.
+    a stack of blocks and the model's convolutions never permute between layouts. Where its dropout
+    draws nothing, the block hands the residual to the mixer (``mixer(x, norm=..., residual=x)``), whose
+    output, as forward hooks see it, then includes the residual.
     """
 
     def __init__(self, channels: int, spatial_dims: int, mlp_ratio: float, dropout: float, **mixer: Any) -> None:
@@ -39,9 +41,13 @@ class FactorizerBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xc = x.movedim(1, -1).contiguous()
-        # Out of place: the input may be a skip connection and the mixer's output seen by hooks.
-        # (The mixer normalises: in training it then keeps less for the backward pass.)
-        y = xc + self.drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
+        # Out of place: the input may be a skip connection. The mixer normalises (in training it then keeps
+        # less for the backward pass) and, where no dropout draws, adds the residual (in inference, box by
+        # box without writing its own output).
+        if self.drop.training and self.drop.p > 0:
+            y = xc + self.drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
+        else:
+            y = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm, residual=xc).movedim(1, -1)
         if self._diet(y):
             return mlp_residual(y, self.norm2.norm, self.mlp).movedim(-1, 1)
         if can_modify_inplace(y) and y.is_contiguous():  # (add_norm_to_ checks the parameters)

@@ -20,17 +20,19 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
-from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced, unrecorded_eager
+from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
 from factorseg.models.layers.norm import layer_norm_from_stats
 from factorseg.models.layers.windows import (
     WindowLayout,
     WindowMatricize,
+    box_view,
     crop_channels_last,
     from_subblocks,
     matrices_view,
     pad_channels_last,
     shift_window_sums,
+    subblock_boxes,
     subblock_edges,
     subblock_weights,
     subblock_windows,
@@ -120,12 +122,14 @@ class NMFMixer(nn.Module):
         """The nonnegative window matrices the NMF factorises, and their layout."""
         return self.matricize(torch.relu(self.in_proj(x)))
 
-    def forward(self, x: Tensor, norm: nn.LayerNorm | None = None) -> Tensor:
-        """The mixed map of ``x`` (``(B, C, *spatial)``), or of ``norm(x)`` (over channels) when ``norm`` is given.
+    def forward(self, x: Tensor, norm: nn.LayerNorm | None = None, residual: Tensor | None = None) -> Tensor:
+        """The mixed map of ``x`` (``(B, C, *spatial)``), or of ``norm(x)`` (over channels) when ``norm`` is given;
+        ``residual + `` that map when ``residual`` (channels-last ``(B, *spatial, C)``) is given.
 
         With ``norm``, a training call on the sub-block path normalises, projects and lays out the map in
-        one step that keeps less for the backward pass (:class:`_NormProjectSubblocks`); the values are
-        those of ``self(norm(x))``.
+        one step that keeps less for the backward pass (:class:`_NormProjectSubblocks`); an inference call
+        does the same one cache-sized box of sub-blocks at a time (:meth:`_project_subblocks`), and adds
+        its output to ``residual`` in the same way: the values are those of ``residual + self(norm(x))``.
         """
         lay = self.matricize.layout_of(x)
         edges = subblock_edges(lay)
@@ -136,15 +140,54 @@ class NMFMixer(nn.Module):
                 xl.contiguous(), norm.weight, norm.bias, pointwise_weight(self.in_proj), self.in_proj.bias,
                 norm.eps, lay, edges,
             )
+        elif self._boxwise(lay, edges, xl, *(() if norm is None else norm.parameters())):
+            blocks = self._project_subblocks(xl, norm, lay, edges)
         else:
             # relu_ is safe: the linear's backward does not need its output.
             h = pad_channels_last(torch.relu_(self._project(xl, norm)), lay)
             if self._takes_subblocks(h, edges):
                 blocks = to_subblocks(h, lay, edges)
-        out = self._subblock_path(blocks, lay, edges) if blocks is not None else None
-        if out is None:
+        factors = self._subblock_factors(blocks, lay, edges) if blocks is not None else None
+        if factors is None:
             out = self._window_path(h if h is not None else from_subblocks(blocks, lay, edges), lay)
-        return crop_channels_last(out, lay).movedim(-1, 1)
+        elif residual is not None and self._boxwise(lay, edges, residual):
+            return self._add_subblock_output(residual, blocks, factors, lay, edges).movedim(-1, 1)
+        else:
+            out = self._subblock_output(blocks, factors, lay, edges)
+        out = crop_channels_last(out, lay)
+        return (out if residual is None else residual + out).movedim(-1, 1)
+
+    def _boxwise(self, lay: WindowLayout, edges: Sequence[int], x: Tensor, *params: Tensor) -> bool:
+        """Whether an inference call on the sub-block path runs one box of sub-blocks at a time
+        (:func:`subblock_boxes`): nothing recorded (with ``params`` besides the mixer's) and no padding."""
+        return (
+            not lay.is_padded and self._takes_subblocks(x, edges)
+            and unrecorded_eager(x, *self.parameters(), *params)
+        )
+
+    def _project_subblocks(self, xl: Tensor, norm: nn.LayerNorm | None, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+        """``to_subblocks(relu(in_proj(norm(xl))))`` for inference, one cache-sized box at a time.
+
+        Each box's voxels are read in sub-block order (one strided copy, into the cache), normalised and
+        projected straight into their sub-blocks: neither the projected map nor a map-sized copy of it is
+        written (the same values: every step is row by row).
+        """
+        b, c = xl.shape[0], xl.shape[-1]
+        w, bias = pointwise_weight(self.in_proj), self.in_proj.bias
+        q = math.prod(edges)
+        blocks = xl.new_empty(b, math.prod(lay.padded) // q, q, w.shape[0])
+        for i in range(b):
+            for box in subblock_boxes(lay, tuple(edges), block_rows(max(c, w.shape[0]), xl.element_size())):
+                rows = box_view(xl[i], box, edges).reshape(-1, c)
+                if norm is not None:
+                    rows = norm(rows)
+                dst = blocks[i, box.k].view(-1, w.shape[0])
+                if bias is None:
+                    torch.mm(rows, w.t(), out=dst)
+                else:
+                    torch.addmm(bias, rows, w.t(), out=dst)
+                dst.relu_()
+        return blocks
 
     def _project(self, xl: Tensor, norm: nn.LayerNorm | None) -> Tensor:
         """The in-projection of ``norm(xl)`` (channels-last), block by block where nothing is recorded.
@@ -185,9 +228,10 @@ class NMFMixer(nn.Module):
             and h.dtype in (torch.float32, torch.float64) and subblocks_pay(h.shape[-1], edges)
         )
 
-    def _subblock_path(self, blocks: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor | None:
-        """Output ``(B, *padded, C)`` from the sub-block-major features ``blocks (B, K, Q, C)``
-        (:func:`to_subblocks` of the in-projected map), or ``None`` where the window path must run."""
+    def _subblock_factors(self, blocks: Tensor, lay: WindowLayout, edges: Sequence[int]) -> tuple[Tensor, Tensor] | None:
+        """The NMF on the sub-block path, from the sub-block-major features ``blocks (B, K, Q, C)``
+        (:func:`to_subblocks` of the in-projected map), as each sub-block's linear map: the factors
+        ``(B K, S H, C)`` whose product ``left^T right`` it is; ``None`` where the window path must run."""
         b, c = blocks.shape[0], blocks.shape[-1]
         tables = self.matricize.tables
         v0 = self.nmf.initial_v(lay.window).to(blocks.dtype) if self.nmf.init == "fixed_uv" else None
@@ -208,14 +252,43 @@ class NMFMixer(nn.Module):
         right = head_loadings_t(u) @ (w_out.t() / s)  # (B S W, H, C): rows u_h^T W_out^T / S
         # Each sub-block's map is the sum over its windows of left^T right, of rank S H < C: the factors
         # of its windows are gathered (2 S H C values instead of S C^2) and applied as two thin products.
-        per_block = [
+        left, right = (
             subblock_windows(t.view(b, s, lay.num_windows, heads * c), lay, edges, tables).view(-1, s * heads, c)
             for t in (left, right)
-        ]  # (B K, S H, C) each
-        rec = torch.bmm(torch.bmm(blocks.reshape(-1, *blocks.shape[2:]), per_block[0].transpose(1, 2)), per_block[1])
+        )
+        return left, right
+
+    def _subblock_output(
+        self, blocks: Tensor, factors: tuple[Tensor, Tensor], lay: WindowLayout, edges: Sequence[int]
+    ) -> Tensor:
+        """Output ``(B, *padded, C)``: each sub-block's rows times its map (:meth:`_subblock_factors`), plus the bias."""
+        left, right = factors
+        rec = torch.bmm(torch.bmm(blocks.reshape(-1, *blocks.shape[2:]), left.transpose(1, 2)), right)
         if self.out_proj.bias is not None:  # the shift average of a constant: the bias once
             rec = rec.add_(self.out_proj.bias)
         return from_subblocks(rec.view(blocks.shape), lay, edges)
+
+    def _add_subblock_output(
+        self, residual: Tensor, blocks: Tensor, factors: tuple[Tensor, Tensor], lay: WindowLayout, edges: Sequence[int]
+    ) -> Tensor:
+        """``residual + crop(_subblock_output(...))`` for inference, one cache-sized box of sub-blocks at a time.
+
+        Each box's output stays in the cache and is added to the residual straight into its place in the
+        map: neither the sub-block-major output nor its map-order copy is written (the same values).
+        """
+        left, right = factors
+        b, k, q, c = blocks.shape
+        out = torch.empty_like(residual, memory_format=torch.contiguous_format)
+        left, right = left.view(b, k, -1, c), right.view(b, k, -1, c)
+        for i in range(b):
+            for box in subblock_boxes(lay, tuple(edges), block_rows(c, blocks.element_size())):
+                rec = torch.bmm(torch.bmm(blocks[i, box.k], left[i, box.k].transpose(1, 2)), right[i, box.k])
+                if self.out_proj.bias is not None:
+                    rec = rec.add_(self.out_proj.bias)
+                torch.add(
+                    box_view(residual[i], box, edges), rec.view(*box.counts, *edges, c), out=box_view(out[i], box, edges)
+                )
+        return out
 
     def _times_v0(self, blocks: Tensor, v0: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
         """``X v0`` of every window of every shift, ``(B, S, H, W, M, 1)``, from sub-blocks ``(B, K, Q, C)``.

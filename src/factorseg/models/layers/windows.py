@@ -37,6 +37,7 @@ goes with that module.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -390,6 +391,63 @@ def from_subblocks(y: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor
         return grid_major.permute(0, *inverse, 2 * nd + 1).reshape(b, *lay.padded, c)
 
     return _relayout(y, apply, lambda t: to_subblocks(t, lay, edges))
+
+
+@dataclass(frozen=True)
+class SubblockBox:
+    """A run of whole sub-blocks, consecutive in sub-block-major order, that tiles a box of the map.
+
+    ``k``: their range of ``K``; ``spatial``: the box's slices of the padded map; ``counts``: the box's
+    size in sub-blocks along each axis.
+    """
+
+    k: slice
+    spatial: tuple[slice, ...]
+    counts: tuple[int, ...]
+
+
+@functools.lru_cache(maxsize=64)
+def subblock_boxes(lay: WindowLayout, edges: tuple[int, ...], voxels: int) -> tuple[SubblockBox, ...]:
+    """The sub-block-major order of ``lay`` cut into :class:`SubblockBox` es of about ``voxels`` voxels (at least one sub-block).
+
+    For kernels that go from the map to its sub-blocks (or back) one cache-sized box at a time: a box
+    fixes the grid index of the first axes, takes a range of the next one and all of the others, so its
+    sub-blocks are one contiguous run of ``K`` and its voxels one strided view of the map (:func:`box_view`).
+    """
+    grid = [p // e for p, e in zip(lay.padded, edges)]
+    q, nd = math.prod(edges), len(edges)
+    d = 0  # the axis the boxes take ranges of: the first whose units (one index, all of the later axes) fit
+    while d < nd - 1 and math.prod(grid[d + 1 :]) * q > voxels:
+        d += 1
+    unit = math.prod(grid[d + 1 :])
+    step = max(1, voxels // (unit * q))
+    boxes = []
+    for prefix in itertools.product(*(range(g) for g in grid[:d])):
+        first = 0
+        for i, g in zip(prefix, grid[:d]):
+            first = first * g + i
+        for start in range(0, grid[d], step):
+            stop = min(start + step, grid[d])
+            k0 = (first * grid[d] + start) * unit
+            boxes.append(SubblockBox(
+                slice(k0, k0 + (stop - start) * unit),
+                (
+                    *(slice(i * e, (i + 1) * e) for i, e in zip(prefix, edges)),
+                    slice(start * edges[d], stop * edges[d]),
+                    *(slice(None) for _ in grid[d + 1 :]),
+                ),
+                (*(1 for _ in prefix), stop - start, *grid[d + 1 :]),
+            ))
+    return tuple(boxes)
+
+
+def box_view(x: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
+    """The voxels of ``box`` in a channels-last map of one batch item ``(*padded, C)``, sub-block-major:
+    a ``(*box.counts, *edges, C)`` view (its :meth:`~torch.Tensor.reshape` to ``(n, Q, C)`` is those
+    sub-blocks of :func:`to_subblocks`)."""
+    nd = len(edges)
+    split = [v for g, e in zip(box.counts, edges) for v in (g, e)]
+    return x[box.spatial].view(*split, x.shape[-1]).permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd)
 
 
 def _subblock_layout(lay: WindowLayout, edges: Sequence[int]) -> WindowLayout:
