@@ -134,20 +134,20 @@ class NMFMixer(nn.Module):
         lay = self.matricize.layout_of(x)
         edges = subblock_edges(lay)
         xl = x.movedim(1, -1)
-        h = blocks = None
+        h = blocks = known = None
         if norm is not None and self._diet(xl, edges):
             blocks = _NormProjectSubblocks.apply(
                 xl.contiguous(), norm.weight, norm.bias, pointwise_weight(self.in_proj), self.in_proj.bias,
                 norm.eps, lay, edges,
             )
         elif self._boxwise(lay, edges, xl, *(() if norm is None else norm.parameters())):
-            blocks = self._project_subblocks(xl, norm, lay, edges)
+            blocks, known = self._project_subblocks(xl, norm, lay, edges)
         else:
             # relu_ is safe: the linear's backward does not need its output.
             h = pad_channels_last(torch.relu_(self._project(xl, norm)), lay)
             if self._takes_subblocks(h, edges):
                 blocks = to_subblocks(h, lay, edges)
-        factors = self._subblock_factors(blocks, lay, edges) if blocks is not None else None
+        factors = self._subblock_factors(blocks, lay, edges, known) if blocks is not None else None
         if factors is None:
             out = self._window_path(h if h is not None else from_subblocks(blocks, lay, edges), lay)
         elif residual is not None and self._boxwise(lay, edges, residual):
@@ -165,29 +165,43 @@ class NMFMixer(nn.Module):
             and unrecorded_eager(x, *self.parameters(), *params)
         )
 
-    def _project_subblocks(self, xl: Tensor, norm: nn.LayerNorm | None, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
-        """``to_subblocks(relu(in_proj(norm(xl))))`` for inference, one cache-sized box at a time.
+    def _project_subblocks(
+        self, xl: Tensor, norm: nn.LayerNorm | None, lay: WindowLayout, edges: Sequence[int]
+    ) -> tuple[Tensor, tuple[Tensor, Tensor | None]]:
+        """``to_subblocks(relu(in_proj(norm(xl))))`` for inference, one cache-sized box at a time, and what
+        the NMF reads of the sub-blocks: their Gram matrices and, for the ``fixed_uv`` init, ``X v0``'s parts.
 
         Each box's voxels are read in sub-block order (one strided copy, into the cache), normalised and
-        projected straight into their sub-blocks: neither the projected map nor a map-sized copy of it is
-        written (the same values: every step is row by row).
+        projected straight into their sub-blocks; while they are in the cache, the heads' Gram matrices
+        of every sub-block (``(B, 1, H, K, M, M)``, :func:`~factorseg.models.layers.nmf.gram_pair`'s) and their
+        ``v0``-weighted sums per shift (``(B, S, K, C)``, :meth:`_times_v0`'s) are taken from them. Neither
+        the projected map nor a map-sized copy of it is written, and the sub-blocks are read back only for
+        the output (the same values: every step is row by row or sub-block by sub-block).
         """
         b, c = xl.shape[0], xl.shape[-1]
         w, bias = pointwise_weight(self.in_proj), self.in_proj.bias
-        q = math.prod(edges)
-        blocks = xl.new_empty(b, math.prod(lay.padded) // q, q, w.shape[0])
+        cout, q, m = w.shape[0], math.prod(edges), self.matricize.head_dim
+        heads, k = cout // m, math.prod(lay.padded) // q
+        blocks = xl.new_empty(b, k, q, cout)
+        grams = xl.new_empty(b, 1, heads, k, m, m)
+        weights = self._v0_weights(lay, edges, xl.dtype)  # (S, K, Q)
+        per_shift = None if weights is None else xl.new_empty(b, weights.shape[0], k, cout)
         for i in range(b):
-            for box in subblock_boxes(lay, tuple(edges), block_rows(max(c, w.shape[0]), xl.element_size())):
+            for box in subblock_boxes(lay, tuple(edges), block_rows(max(c, cout), xl.element_size())):
                 rows = box_view(xl[i], box, edges).reshape(-1, c)
                 if norm is not None:
                     rows = norm(rows)
-                dst = blocks[i, box.k].view(-1, w.shape[0])
+                dst = blocks[i, box.k]
                 if bias is None:
-                    torch.mm(rows, w.t(), out=dst)
+                    torch.mm(rows, w.t(), out=dst.view(-1, cout))
                 else:
-                    torch.addmm(bias, rows, w.t(), out=dst)
+                    torch.addmm(bias, rows, w.t(), out=dst.view(-1, cout))
                 dst.relu_()
-        return blocks
+                full = torch.bmm(dst.transpose(1, 2), dst).view(-1, heads, m, heads, m)
+                grams[i, 0, :, box.k] = full.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2)
+                if weights is not None:
+                    per_shift[i, :, box.k] = torch.bmm(weights[:, box.k].transpose(0, 1), dst).transpose(0, 1)
+        return blocks, (grams, per_shift)
 
     def _project(self, xl: Tensor, norm: nn.LayerNorm | None) -> Tensor:
         """The in-projection of ``norm(xl)`` (channels-last), block by block where nothing is recorded.
@@ -228,20 +242,34 @@ class NMFMixer(nn.Module):
             and h.dtype in (torch.float32, torch.float64) and subblocks_pay(h.shape[-1], edges)
         )
 
-    def _subblock_factors(self, blocks: Tensor, lay: WindowLayout, edges: Sequence[int]) -> tuple[Tensor, Tensor] | None:
+    def _v0_weights(self, lay: WindowLayout, edges: Sequence[int], dtype: torch.dtype) -> Tensor | None:
+        """The ``fixed_uv`` init's ``v0`` as weights of each sub-block's voxels per shift (``(S, K, Q)``,
+        :func:`subblock_weights`); ``None`` for the other inits."""
+        if self.nmf.init != "fixed_uv":
+            return None
+        v0 = self.nmf.initial_v(lay.window).to(dtype)
+        return subblock_weights(v0[:, 0], lay, edges, self.matricize.tables)
+
+    def _subblock_factors(
+        self, blocks: Tensor, lay: WindowLayout, edges: Sequence[int],
+        known: tuple[Tensor, Tensor | None] | None = None,
+    ) -> tuple[Tensor, Tensor] | None:
         """The NMF on the sub-block path, from the sub-block-major features ``blocks (B, K, Q, C)``
         (:func:`to_subblocks` of the in-projected map), as each sub-block's linear map: the factors
-        ``(B K, S H, C)`` whose product ``left^T right`` it is; ``None`` where the window path must run."""
+        ``(B K, S H, C)`` whose product ``left^T right`` it is; ``None`` where the window path must run.
+        ``known``: the sub-blocks' Gram matrices and ``X v0`` parts where :meth:`_project_subblocks` took them."""
         b, c = blocks.shape[0], blocks.shape[-1]
         tables = self.matricize.tables
         v0 = self.nmf.initial_v(lay.window).to(blocks.dtype) if self.nmf.init == "fixed_uv" else None
+        grams, per_shift = known if known is not None else (None, None)
         solved = self.nmf.solve_gram_form(
             matrices_view(blocks.unsqueeze(1), self.matricize.head_dim),  # (B, 1, H, K, M, Q)
             self.nmf.eps_for(blocks.dtype),
             v0,
             # Per sub-block (K) -> per window of each shift (S, W): (B, H, S, W, M, M) -> (B, S, H, W, M, M).
             sums=lambda g: window_sums(g[:, 0], lay, edges, dim=2, tables=tables).transpose(1, 2),
-            times_v0=lambda v: self._times_v0(blocks, v, lay, edges),
+            times_v0=lambda v: self._times_v0(blocks, v, lay, edges, per_shift),
+            grams=grams,
         )
         if solved is None:
             return None
@@ -290,17 +318,21 @@ class NMFMixer(nn.Module):
                 )
         return out
 
-    def _times_v0(self, blocks: Tensor, v0: Tensor, lay: WindowLayout, edges: Sequence[int]) -> Tensor:
+    def _times_v0(
+        self, blocks: Tensor, v0: Tensor, lay: WindowLayout, edges: Sequence[int], per_block: Tensor | None = None
+    ) -> Tensor:
         """``X v0`` of every window of every shift, ``(B, S, H, W, M, 1)``, from sub-blocks ``(B, K, Q, C)``.
 
         ``v0`` weights each voxel by its position in its window: a sub-block's voxels get the ``v0``
         entries of the slot the sub-block fills in its window of each shift, so per shift one weighted
-        sum per sub-block, then the per-window sums (no window is gathered).
+        sum per sub-block (``per_block``, ``(B, S, K, C)``, where known), then the per-window sums (no
+        window is gathered).
         """
         b, c = blocks.shape[0], blocks.shape[-1]
         tables = self.matricize.tables
-        weights = subblock_weights(v0[:, 0], lay, edges, tables)  # (S, K, Q)
-        per_block = torch.einsum("skq,bkqc->bskc", weights, blocks)
+        if per_block is None:
+            weights = subblock_weights(v0[:, 0], lay, edges, tables)  # (S, K, Q)
+            per_block = torch.einsum("skq,bkqc->bskc", weights, blocks)
         per_window = shift_window_sums(per_block, lay, edges, tables)  # (B, S, W, C)
         m = self.matricize.head_dim
         return per_window.view(b, len(lay.shifts), lay.num_windows, c // m, m).transpose(2, 3).unsqueeze(-1)

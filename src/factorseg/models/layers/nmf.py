@@ -616,6 +616,7 @@ class NMF(nn.Module):
         sums: Callable[[Tensor], Tensor] | None = None,
         times_v0: Callable[[Tensor], Tensor] | None = None,
         check_range: bool = True,
+        grams: Tensor | None = None,
     ) -> tuple[Tensor, Tensor] | None:
         """Rank-1 HALS of nonnegative matrices ``X`` through their Gram matrices: ``u (..., M, 1)`` and
         ``a (...)`` with ``v = a X^T u`` (the fused path of :meth:`decompose`, and the mixer's sub-block path).
@@ -625,13 +626,14 @@ class NMF(nn.Module):
         window of every shift). ``v0`` is the ``fixed_uv`` init's buffer (:meth:`initial_v`), ``None``
         for the other inits; its first ``U`` step needs ``X v0``: ``times_v0(v0)``, by default
         ``parts @ v0``. With ``check_range``, ``None`` where :func:`grams_in_range` says the matrices
-        need rescaling (which :meth:`decompose` does).
+        need rescaling (which :meth:`decompose` does). ``grams``: the Gram matrices of ``parts`` where the
+        caller has already computed them (outside autograd, which then does not reach ``parts``).
         """
         if not self.fusable:
             raise ValueError("the Gram form needs the rank-1 HALS solver and an init other than nndsvd")
         if (v0 is None) == (self.init == "fixed_uv"):
             raise ValueError("the Gram form needs v0 exactly for the fixed_uv init")
-        g_parts, g_parts_left = gram_pair(parts, left=self._needs_left_gram)
+        g_parts, g_parts_left = gram_pair(parts, left=self._needs_left_gram) if grams is None else (grams, grams)
         g = g_parts if sums is None else sums(g_parts)
         if check_range and not grams_in_range(g):
             return None
