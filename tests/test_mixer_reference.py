@@ -126,6 +126,7 @@ def test_inference_box_paths_match_reference(case: tuple, box_bytes: int | None,
     """In inference the mixer projects into its sub-blocks and adds its output to the residual one box of
     sub-blocks at a time: the values of the reference block, the input untouched, whatever the box size."""
     from factorseg.models.layers import fastpath
+    from factorseg.models.layers import mixer as mixer_module
 
     if box_bytes is not None:
         monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", box_bytes)
@@ -137,8 +138,8 @@ def test_inference_box_paths_match_reference(case: tuple, box_bytes: int | None,
     x = torch.randn(2, 8, *spatial, dtype=torch.float64)
     before = x.clone()
     boxwise: list[int] = []
-    project = NMFMixer._project_subblocks
-    monkeypatch.setattr(NMFMixer, "_project_subblocks", lambda *a: boxwise.append(1) or project(*a))
+    project = mixer_module.project_subblocks
+    monkeypatch.setattr(mixer_module, "project_subblocks", lambda *a: boxwise.append(1) or project(*a))
     with torch.inference_mode():
         out = block(x)
         mixed = block.mixer(x, norm=block.norm1.norm, residual=x.movedim(1, -1))

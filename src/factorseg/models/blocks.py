@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from factorseg.models.layers.conv import channels_last, conv_nd, conv_transpose, conv_transpose_nd, stem_conv
-from factorseg.models.layers.dropout import Dropout
+from factorseg.models.layers.dropout import Dropout, keep_mask
 from factorseg.models.layers.fastpath import can_modify_inplace, traced
 from factorseg.models.layers.mixer import NMFMixer
 from factorseg.models.layers.mlp import MLP, mlp_residual
@@ -25,9 +25,9 @@ class FactorizerBlock(nn.Module):
 
     Runs channels-last (LayerNorm over channels and the 1x1 convolutions become plain matrix
     products over voxels) and returns a channels-last tensor (``(B, C, *spatial)`` shape), so that
-    a stack of blocks and the model's convolutions never permute between layouts. Where its dropout
-    draws nothing, the block hands the residual to the mixer (``mixer(x, norm=..., residual=x)``), whose
-    output, as forward hooks see it, then includes the residual.
+    a stack of blocks and the model's convolutions never permute between layouts. The block hands the
+    residual and its dropout mask to the mixer (``mixer(x, norm=..., residual=x, keep=...)``), whose
+    output, as forward hooks see it, then includes them (except where the dropout is PyTorch's own).
     """
 
     def __init__(self, channels: int, spatial_dims: int, mlp_ratio: float, dropout: float, **mixer: Any) -> None:
@@ -42,12 +42,17 @@ class FactorizerBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         xc = x.movedim(1, -1).contiguous()
         # Out of place: the input may be a skip connection. The mixer normalises (in training it then keeps
-        # less for the backward pass) and, where no dropout draws, adds the residual (in inference, box by
-        # box without writing its own output).
-        if self.drop.training and self.drop.p > 0:
-            y = xc + self.drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
-        else:
+        # less for the backward pass), drops out and adds the residual (on the CPU box by box, without
+        # writing its own output).
+        drop = self.drop
+        if not drop.training or drop.p == 0:
             y = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm, residual=xc).movedim(1, -1)
+        elif drop.draws_own_mask(xc):
+            # The mask Dropout would draw for the channels-last output, drawn here: the mixer applies it.
+            keep = keep_mask(xc.shape, drop.p, xc.device)
+            y = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm, residual=xc, keep=keep).movedim(1, -1)
+        else:
+            y = xc + drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
         if self._diet(y):
             return mlp_residual(y, self.norm2.norm, self.mlp).movedim(-1, 1)
         if can_modify_inplace(y) and y.is_contiguous():  # (add_norm_to_ checks the parameters)

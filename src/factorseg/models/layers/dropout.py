@@ -27,13 +27,25 @@ class Dropout(nn.Dropout):
     state dict as ``nn.Dropout``. Forward + backward timing: ``benchmarks/dropout.py``.
     """
 
+    def draws_own_mask(self, x: Tensor) -> bool:
+        """Whether a training call on ``x`` draws a :func:`keep_mask_like` mask (else it is ``F.dropout``'s, or none)."""
+        return self.training and 0 < self.p < 1 and not self.inplace and x.device.type == "cpu" and not traced()
+
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0 or self.inplace or x.device.type != "cpu" or traced():
-            return super().forward(x)
-        if self.p == 1:
+        if self.training and self.p == 1 and not self.inplace and x.device.type == "cpu" and not traced():
             return x * 0.0
-        keep, scale = keep_mask_like(x, self.p)
-        return _KeepScale.apply(x, keep, scale)
+        if not self.draws_own_mask(x):
+            return super().forward(x)
+        return drop_with(x, keep_mask_like(x, self.p))
+
+
+Keep = tuple[Tensor, float]
+"""A dropout keep-mask (``bool``, from :func:`keep_mask`) and the scale of kept values."""
+
+
+def drop_with(x: Tensor, keep: Keep) -> Tensor:
+    """Dropout of ``x`` with a given keep-mask (:func:`masked`), differentiable, saving only the mask."""
+    return _KeepScale.apply(x, *keep)
 
 
 def keep_mask_like(x: Tensor, p: float) -> tuple[Tensor, float]:

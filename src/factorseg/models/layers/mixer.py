@@ -20,19 +20,19 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
-from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, row_blocks, traced, unrecorded_eager
+from factorseg.models.layers.dropout import Keep, drop_with
+from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
 from factorseg.models.layers.norm import layer_norm_from_stats
+from factorseg.models.layers.subblock_boxes import add_subblock_output, project_subblocks
 from factorseg.models.layers.windows import (
     WindowLayout,
     WindowMatricize,
-    box_view,
     crop_channels_last,
     from_subblocks,
     matrices_view,
     pad_channels_last,
     shift_window_sums,
-    subblock_boxes,
     subblock_edges,
     subblock_weights,
     subblock_windows,
@@ -122,26 +122,34 @@ class NMFMixer(nn.Module):
         """The nonnegative window matrices the NMF factorises, and their layout."""
         return self.matricize(torch.relu(self.in_proj(x)))
 
-    def forward(self, x: Tensor, norm: nn.LayerNorm | None = None, residual: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, norm: nn.LayerNorm | None = None, residual: Tensor | None = None, keep: Keep | None = None
+    ) -> Tensor:
         """The mixed map of ``x`` (``(B, C, *spatial)``), or of ``norm(x)`` (over channels) when ``norm`` is given;
-        ``residual + `` that map when ``residual`` (channels-last ``(B, *spatial, C)``) is given.
+        ``residual + `` that map when ``residual`` (channels-last ``(B, *spatial, C)``) is given, with the map
+        dropped out by ``keep`` (a :func:`~factorseg.models.layers.dropout.keep_mask` over ``residual``'s shape).
 
-        With ``norm``, a training call on the sub-block path normalises, projects and lays out the map in
-        one step that keeps less for the backward pass (:class:`_NormProjectSubblocks`); an inference call
-        does the same one cache-sized box of sub-blocks at a time (:meth:`_project_subblocks`), and adds
-        its output to ``residual`` in the same way: the values are those of ``residual + self(norm(x))``.
+        On the CPU, for unpadded maps on the sub-block path (inference, and training with ``norm``), the
+        normalisation, in-projection and sub-block layout, and the output, dropout and residual sum, run one
+        cache-sized box of sub-blocks at a time (:mod:`~factorseg.models.layers.subblock_boxes`). Other training
+        calls on the sub-block path with ``norm`` keep less for the backward pass through
+        :class:`_NormProjectSubblocks`. The values are those of ``residual + drop(self(norm(x)))``.
         """
         lay = self.matricize.layout_of(x)
         edges = subblock_edges(lay)
         xl = x.movedim(1, -1)
         h = blocks = known = None
-        if norm is not None and self._diet(xl, edges):
+        boxes = self._boxwise(lay, edges, xl, norm)
+        if boxes:
+            blocks, *known = project_subblocks(
+                xl, None if norm is None else (norm.weight, norm.bias, norm.eps), pointwise_weight(self.in_proj),
+                self.in_proj.bias, lay, edges, self.matricize.head_dim, self._v0_weights(lay, edges, xl.dtype),
+            )
+        elif norm is not None and self._diet(xl, edges):
             blocks = _NormProjectSubblocks.apply(
                 xl.contiguous(), norm.weight, norm.bias, pointwise_weight(self.in_proj), self.in_proj.bias,
                 norm.eps, lay, edges,
             )
-        elif self._boxwise(lay, edges, xl, *(() if norm is None else norm.parameters())):
-            blocks, known = self._project_subblocks(xl, norm, lay, edges)
         else:
             # relu_ is safe: the linear's backward does not need its output.
             h = pad_channels_last(torch.relu_(self._project(xl, norm)), lay)
@@ -150,58 +158,27 @@ class NMFMixer(nn.Module):
         factors = self._subblock_factors(blocks, lay, edges, known) if blocks is not None else None
         if factors is None:
             out = self._window_path(h if h is not None else from_subblocks(blocks, lay, edges), lay)
-        elif residual is not None and self._boxwise(lay, edges, residual):
-            return self._add_subblock_output(residual, blocks, factors, lay, edges).movedim(-1, 1)
+        elif residual is not None and boxes:
+            out = add_subblock_output(residual, blocks, *factors, self.out_proj.bias, keep, lay, edges)
+            return out.movedim(-1, 1)
         else:
             out = self._subblock_output(blocks, factors, lay, edges)
         out = crop_channels_last(out, lay)
+        if keep is not None:
+            out = drop_with(out, keep)
         return (out if residual is None else residual + out).movedim(-1, 1)
 
-    def _boxwise(self, lay: WindowLayout, edges: Sequence[int], x: Tensor, *params: Tensor) -> bool:
-        """Whether an inference call on the sub-block path runs one box of sub-blocks at a time
-        (:func:`subblock_boxes`): nothing recorded (with ``params`` besides the mixer's) and no padding."""
-        return (
-            not lay.is_padded and self._takes_subblocks(x, edges)
-            and unrecorded_eager(x, *self.parameters(), *params)
-        )
-
-    def _project_subblocks(
-        self, xl: Tensor, norm: nn.LayerNorm | None, lay: WindowLayout, edges: Sequence[int]
-    ) -> tuple[Tensor, tuple[Tensor, Tensor | None]]:
-        """``to_subblocks(relu(in_proj(norm(xl))))`` for inference, one cache-sized box at a time, and what
-        the NMF reads of the sub-blocks: their Gram matrices and, for the ``fixed_uv`` init, ``X v0``'s parts.
-
-        Each box's voxels are read in sub-block order (one strided copy, into the cache), normalised and
-        projected straight into their sub-blocks; while they are in the cache, the heads' Gram matrices
-        of every sub-block (``(B, 1, H, K, M, M)``, :func:`~factorseg.models.layers.nmf.gram_pair`'s) and their
-        ``v0``-weighted sums per shift (``(B, S, K, C)``, :meth:`_times_v0`'s) are taken from them. Neither
-        the projected map nor a map-sized copy of it is written, and the sub-blocks are read back only for
-        the output (the same values: every step is row by row or sub-block by sub-block).
-        """
-        b, c = xl.shape[0], xl.shape[-1]
-        w, bias = pointwise_weight(self.in_proj), self.in_proj.bias
-        cout, q, m = w.shape[0], math.prod(edges), self.matricize.head_dim
-        heads, k = cout // m, math.prod(lay.padded) // q
-        blocks = xl.new_empty(b, k, q, cout)
-        grams = xl.new_empty(b, 1, heads, k, m, m)
-        weights = self._v0_weights(lay, edges, xl.dtype)  # (S, K, Q)
-        per_shift = None if weights is None else xl.new_empty(b, weights.shape[0], k, cout)
-        for i in range(b):
-            for box in subblock_boxes(lay, tuple(edges), block_rows(max(c, cout), xl.element_size())):
-                rows = box_view(xl[i], box, edges).reshape(-1, c)
-                if norm is not None:
-                    rows = norm(rows)
-                dst = blocks[i, box.k]
-                if bias is None:
-                    torch.mm(rows, w.t(), out=dst.view(-1, cout))
-                else:
-                    torch.addmm(bias, rows, w.t(), out=dst.view(-1, cout))
-                dst.relu_()
-                full = torch.bmm(dst.transpose(1, 2), dst).view(-1, heads, m, heads, m)
-                grams[i, 0, :, box.k] = full.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2)
-                if weights is not None:
-                    per_shift[i, :, box.k] = torch.bmm(weights[:, box.k].transpose(0, 1), dst).transpose(0, 1)
-        return blocks, (grams, per_shift)
+    def _boxwise(self, lay: WindowLayout, edges: Sequence[int], xl: Tensor, norm: nn.LayerNorm | None) -> bool:
+        """Whether this call runs box by box (:mod:`~factorseg.models.layers.subblock_boxes`): on the CPU, an
+        unpadded map on the sub-block path, and either nothing recorded by autograd, or ``norm`` given and
+        no truncated gradient (which needs the Gram matrices' second form, :func:`gram_pair`)."""
+        if xl.device.type != "cpu" or lay.is_padded or torch.is_autocast_enabled("cpu"):
+            return False
+        if not self._takes_subblocks(xl, edges):
+            return False
+        if unrecorded_eager(xl, *self.parameters(), *(() if norm is None else norm.parameters())):
+            return True
+        return norm is not None and not self.nmf.needs_left_gram
 
     def _project(self, xl: Tensor, norm: nn.LayerNorm | None) -> Tensor:
         """The in-projection of ``norm(xl)`` (channels-last), block by block where nothing is recorded.
@@ -295,28 +272,6 @@ class NMFMixer(nn.Module):
         if self.out_proj.bias is not None:  # the shift average of a constant: the bias once
             rec = rec.add_(self.out_proj.bias)
         return from_subblocks(rec.view(blocks.shape), lay, edges)
-
-    def _add_subblock_output(
-        self, residual: Tensor, blocks: Tensor, factors: tuple[Tensor, Tensor], lay: WindowLayout, edges: Sequence[int]
-    ) -> Tensor:
-        """``residual + crop(_subblock_output(...))`` for inference, one cache-sized box of sub-blocks at a time.
-
-        Each box's output stays in the cache and is added to the residual straight into its place in the
-        map: neither the sub-block-major output nor its map-order copy is written (the same values).
-        """
-        left, right = factors
-        b, k, q, c = blocks.shape
-        out = torch.empty_like(residual, memory_format=torch.contiguous_format)
-        left, right = left.view(b, k, -1, c), right.view(b, k, -1, c)
-        for i in range(b):
-            for box in subblock_boxes(lay, tuple(edges), block_rows(c, blocks.element_size())):
-                rec = torch.bmm(torch.bmm(blocks[i, box.k], left[i, box.k].transpose(1, 2)), right[i, box.k])
-                if self.out_proj.bias is not None:
-                    rec = rec.add_(self.out_proj.bias)
-                torch.add(
-                    box_view(residual[i], box, edges), rec.view(*box.counts, *edges, c), out=box_view(out[i], box, edges)
-                )
-        return out
 
     def _times_v0(
         self, blocks: Tensor, v0: Tensor, lay: WindowLayout, edges: Sequence[int], per_block: Tensor | None = None

@@ -627,17 +627,20 @@ class NMF(nn.Module):
         for the other inits; its first ``U`` step needs ``X v0``: ``times_v0(v0)``, by default
         ``parts @ v0``. With ``check_range``, ``None`` where :func:`grams_in_range` says the matrices
         need rescaling (which :meth:`decompose` does). ``grams``: the Gram matrices of ``parts`` where the
-        caller has already computed them (outside autograd, which then does not reach ``parts``).
+        caller has already computed them (autograd then reaches ``parts`` only through them; not with a
+        truncated gradient, which needs :func:`gram_pair`'s second matrices).
         """
         if not self.fusable:
             raise ValueError("the Gram form needs the rank-1 HALS solver and an init other than nndsvd")
         if (v0 is None) == (self.init == "fixed_uv"):
             raise ValueError("the Gram form needs v0 exactly for the fixed_uv init")
-        g_parts, g_parts_left = gram_pair(parts, left=self._needs_left_gram) if grams is None else (grams, grams)
+        if grams is not None and self.needs_left_gram and torch.is_grad_enabled() and grams.requires_grad:
+            raise ValueError("a truncated gradient needs the Gram matrices from gram_pair(parts, left=True)")
+        g_parts, g_parts_left = gram_pair(parts, left=self.needs_left_gram) if grams is None else (grams, grams)
         g = g_parts if sums is None else sums(g_parts)
         if check_range and not grams_in_range(g):
             return None
-        if self._needs_left_gram and g_parts_left is not g_parts:
+        if self.needs_left_gram and g_parts_left is not g_parts:
             g_left = g_parts_left if sums is None else sums(g_parts_left)
         else:  # not read: the same tensor twice
             g_left = g
@@ -661,7 +664,7 @@ class NMF(nn.Module):
         return tracked, self.num_iters - tracked
 
     @property
-    def _needs_left_gram(self) -> bool:
+    def needs_left_gram(self) -> bool:
         """Whether :meth:`_solve_grams` reads ``g_left`` (a truncated gradient)."""
         tracked, untracked = self._schedule
         return tracked > 0 and untracked > 0

@@ -1,0 +1,272 @@
+"""The mixer's sub-block path one cache-sized box of sub-blocks at a time (CPU, unpadded maps).
+
+The sub-block path reads the in-projected map in sub-block-major order (:func:`~factorseg.models.layers.windows.to_subblocks`)
+and writes its output back in map order. Done map by map, every step (LayerNorm, in-projection, ReLU, the
+layout copy, the Gram products, the two thin output products, the bias, dropout, the residual sum) is a
+pass over a map of ``C`` values per voxel; at 128^3 with 32 channels each is 256 MiB through memory.
+Here the map is cut into boxes of whole sub-blocks (:func:`~factorseg.models.layers.windows.subblock_boxes`)
+small enough for the cache, and each box goes through its whole chain while it is there:
+
+* :func:`project_boxes`: a box's voxels, read in sub-block order (:func:`~factorseg.models.layers.windows.box_view`),
+  are normalised and projected straight into their sub-blocks, and the heads' Gram matrices and ``v0``-weighted
+  sums the NMF reads are taken from them;
+* :func:`add_output_boxes`: each box's output (two thin products, the bias, the dropout mask) is added to the
+  residual straight into its place in the map.
+
+Both serve inference as they are, and training as autograd functions (:func:`project_subblocks`,
+:func:`add_subblock_output`) whose backward passes run box by box the same way, recomputing the cheap
+per-voxel steps in the cache instead of keeping them. The values and gradients are those of the map-by-map
+formulation up to float rounding: every step is row by row or sub-block by sub-block
+(``tests/test_subblock_boxes.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from factorseg.models.layers.dropout import Keep, as_factor
+from factorseg.models.layers.fastpath import block_rows
+from factorseg.models.layers.norm import layer_norm_from_stats
+from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
+
+Norm = tuple[Tensor | None, Tensor | None, float]
+"""A LayerNorm over the channels as ``(weight, bias, eps)``."""
+
+def _boxes(lay: WindowLayout, edges: Sequence[int], width: int, t: Tensor) -> tuple[SubblockBox, ...]:
+    """The boxes whose widest per-voxel temporary (``width`` values) fills a row block's cache share."""
+    return subblock_boxes(lay, tuple(edges), block_rows(width, t.element_size()))
+
+
+def _rows(t: Tensor, i: int, box: SubblockBox, edges: Sequence[int]) -> Tensor:
+    """Batch item ``i``'s voxels of ``box`` in map ``t (B, *padded, C)``, sub-block-major: a ``(V, C)`` copy."""
+    return box_view(t[i], box, edges).reshape(-1, t.shape[-1])
+
+
+def _to_map(rows: Tensor, t: Tensor, i: int, box: SubblockBox, edges: Sequence[int]) -> None:
+    """Write sub-block-major ``rows`` of ``box`` into their places in map ``t`` (the inverse of :func:`_rows`)."""
+    box_view(t[i], box, edges).copy_(rows.view(*box.counts, *edges, t.shape[-1]))
+
+
+def _head_blocks(g: Tensor) -> Tensor:
+    """Per-head ``(H, n, M, M)`` matrices as block-diagonal ``(n, C, C)`` ones."""
+    h, n, m, _ = g.shape
+    full = g.new_zeros(n, h, m, h, m)
+    full.diagonal(dim1=1, dim2=3).copy_(g.permute(1, 2, 3, 0))
+    return full.view(n, h * m, h * m)
+
+
+def project_boxes(
+    x: Tensor, norm: Norm | None, w: Tensor, b: Tensor | None, lay: WindowLayout, edges: Sequence[int],
+    head_dim: int, weights: Tensor | None, stats: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """``to_subblocks(relu(norm(x) W^T + b))`` of a channels-last unpadded map ``x (B, *spatial, C)``, box by box.
+
+    Returns the sub-blocks ``(B, K, Q, C')``; the heads' Gram matrices of every sub-block, ``(B, 1, H, K, M, M)``
+    (``M = head_dim``, the layout of :func:`~factorseg.models.layers.nmf.gram_pair`); with ``weights``
+    (``(S, K, Q)``, the ``fixed_uv`` init's ``v0`` per shift and sub-block, :func:`~factorseg.models.layers.windows.subblock_weights`)
+    the weighted sums of every sub-block per shift, ``(B, S, K, C')``; and with ``stats`` the LayerNorm's
+    mean and inverse deviation per voxel, sub-block-major ``(B, K, Q, 1)``, for a backward pass.
+    """
+    bsz, c = x.shape[0], x.shape[-1]
+    cout, q, m = w.shape[0], math.prod(edges), head_dim
+    heads, k = cout // m, math.prod(lay.padded) // q
+    blocks = x.new_empty(bsz, k, q, cout)
+    grams = x.new_empty(bsz, 1, heads, k, m, m)
+    per_shift = None if weights is None else x.new_empty(bsz, weights.shape[0], k, cout)
+    mean = rstd = None
+    if stats and norm is not None:
+        mean, rstd = x.new_empty(bsz, k, q, 1), x.new_empty(bsz, k, q, 1)
+    for i in range(bsz):
+        for box in _boxes(lay, edges, max(c, cout), x):
+            rows = _rows(x, i, box, edges)
+            if norm is not None:
+                rows, mu, sd = torch.ops.aten.native_layer_norm(rows, [c], *norm)
+                if mean is not None and rstd is not None:
+                    mean[i, box.k].view(-1, 1).copy_(mu)
+                    rstd[i, box.k].view(-1, 1).copy_(sd)
+            dst = blocks[i, box.k]
+            if b is None:
+                torch.mm(rows, w.t(), out=dst.view(-1, cout))
+            else:
+                torch.addmm(b, rows, w.t(), out=dst.view(-1, cout))
+            dst.relu_()
+            full = torch.bmm(dst.transpose(1, 2), dst).view(-1, heads, m, heads, m)
+            grams[i, 0, :, box.k] = full.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2)
+            if weights is not None and per_shift is not None:
+                per_shift[i, :, box.k] = torch.bmm(weights[:, box.k].transpose(0, 1), dst).transpose(0, 1)
+    return blocks, grams, per_shift, mean, rstd
+
+
+def add_output_boxes(
+    residual: Tensor, blocks: Tensor, left: Tensor, right: Tensor, bias: Tensor | None, keep: Keep | None,
+    lay: WindowLayout, edges: Sequence[int],
+) -> Tensor:
+    """``residual + drop(from_subblocks(X left^T right + bias))``, box by box, into a new channels-last map.
+
+    ``blocks (B, K, Q, C)`` are the sub-blocks ``X``, ``left`` and ``right`` ``(B K, R, C)`` each sub-block's
+    factors (its output is ``X left^T right``), ``keep`` the dropout mask over the map (``None``: no dropout).
+    """
+    bsz, k, q, c = blocks.shape
+    out = torch.empty_like(residual, memory_format=torch.contiguous_format)
+    left, right = left.view(bsz, k, -1, c), right.view(bsz, k, -1, c)
+    for i in range(bsz):
+        for box in _boxes(lay, edges, c, blocks):
+            rec = torch.bmm(torch.bmm(blocks[i, box.k], left[i, box.k].transpose(1, 2)), right[i, box.k])
+            if bias is not None:
+                rec = rec.add_(bias)
+            if keep is not None:
+                rec = rec.mul_(as_factor(_rows(keep[0], i, box, edges), rec.dtype).mul_(keep[1]).view(rec.shape))
+            torch.add(box_view(residual[i], box, edges), rec.view(*box.counts, *edges, c), out=box_view(out[i], box, edges))
+    return out
+
+
+class _ProjectSubblocks(torch.autograd.Function):
+    """:func:`project_boxes` with a LayerNorm, for training: keeps the input, the LayerNorm statistics and the sub-blocks.
+
+    The backward pass runs box by box: the sub-blocks' gradient (from the output, the Gram matrices and the
+    ``v0`` sums) and the ReLU's mask (read off the sub-blocks), the LayerNorm recomputed from its statistics
+    on the box's input rows, the in-projection's and the LayerNorm's backward, and the input's gradient
+    written into its place in the map. No map-sized temporary.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, ln_w: Tensor | None, ln_b: Tensor | None, w: Tensor, b: Tensor | None, eps: float,
+        lay: WindowLayout, edges: Sequence[int], head_dim: int, weights: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        blocks, grams, per_shift, mean, rstd = project_boxes(
+            x, (ln_w, ln_b, eps), w, b, lay, edges, head_dim, weights, stats=True
+        )
+        ctx.save_for_backward(x, mean, rstd, ln_w, ln_b, w, blocks, weights)
+        ctx.settings = (eps, lay, edges, b is not None)
+        ctx.set_materialize_grads(False)
+        return blocks, grams, per_shift
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, dblocks: Tensor | None, dgrams: Tensor | None, dper_shift: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        x, mean, rstd, ln_w, ln_b, w, blocks, weights = ctx.saved_tensors
+        eps, lay, edges, has_bias = ctx.settings
+        need = ctx.needs_input_grad
+        c, cout = x.shape[-1], w.shape[0]
+        ln_mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need[0] else None
+        dw, db = w.new_zeros(w.shape), w.new_zeros(cout)
+        dlw = None if ln_w is None else ln_w.new_zeros(ln_w.shape)
+        dlb = None if ln_b is None else ln_b.new_zeros(ln_b.shape)
+        for i in range(x.shape[0]):
+            for box in _boxes(lay, edges, max(c, cout), x):
+                xb = blocks[i, box.k]
+                d = xb.new_zeros(xb.shape) if dblocks is None else dblocks[i, box.k]
+                if dgrams is not None:  # G_h = X_h^T X_h: dX_h = X_h (dG_h + dG_h^T)
+                    g = dgrams[i, 0, :, box.k]
+                    d = torch.baddbmm(d, xb, _head_blocks(g + g.transpose(-1, -2)))
+                if dper_shift is not None and weights is not None:
+                    d = torch.baddbmm(d, weights[:, box.k].permute(1, 2, 0), dper_shift[i, :, box.k].transpose(0, 1))
+                dh = torch.ops.aten.threshold_backward(d, xb, 0).view(-1, cout)
+                rows = _rows(x, i, box, edges)
+                mu, sd = mean[i, box.k].view(-1, 1), rstd[i, box.k].view(-1, 1)
+                if need[3]:
+                    dw.addmm_(dh.t(), layer_norm_from_stats(rows, mu, sd, ln_w, ln_b))
+                if need[4] and has_bias:
+                    db += dh.sum(0)
+                dr, dlw_r, dlb_r = torch.ops.aten.native_layer_norm_backward(
+                    dh @ w, rows, [c], mu, sd, ln_w, ln_b, ln_mask
+                )
+                if dx is not None:
+                    _to_map(dr, dx, i, box, edges)
+                if dlw is not None and dlw_r is not None:
+                    dlw += dlw_r
+                if dlb is not None and dlb_r is not None:
+                    dlb += dlb_r
+        return (
+            dx, dlw if ln_mask[1] else None, dlb if ln_mask[2] else None, dw if need[3] else None,
+            db if need[4] and has_bias else None, None, None, None, None, None,
+        )
+
+
+class _AddSubblockOutput(torch.autograd.Function):
+    """:func:`add_output_boxes` for training: keeps the sub-blocks (kept anyway), the factors and the mask.
+
+    The backward pass runs box by box: the output's gradient read in sub-block order and masked, the first
+    thin product recomputed, then the gradients of the factors, the bias and the sub-blocks. The residual's
+    gradient is the output's.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, residual: Tensor, blocks: Tensor, left: Tensor, right: Tensor, bias: Tensor | None,
+        mask: Tensor | None, scale: float, lay: WindowLayout, edges: Sequence[int],
+    ) -> Tensor:
+        keep = None if mask is None else (mask, scale)
+        out = add_output_boxes(residual, blocks, left, right, bias, keep, lay, edges)
+        ctx.save_for_backward(blocks, left, right, mask)
+        ctx.settings = (scale, lay, edges, bias is not None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+        blocks, left, right, mask = ctx.saved_tensors
+        scale, lay, edges, has_bias = ctx.settings
+        need = ctx.needs_input_grad
+        bsz, k, q, c = blocks.shape
+        left, right = left.view(bsz, k, -1, c), right.view(bsz, k, -1, c)
+        dblocks = torch.empty_like(blocks) if need[1] else None
+        dleft = torch.empty_like(left) if need[2] else None
+        dright = torch.empty_like(right) if need[3] else None
+        dbias = blocks.new_zeros(c) if need[4] and has_bias else None
+        for i in range(bsz):
+            for box in _boxes(lay, edges, c, blocks):
+                g = _rows(dout, i, box, edges)
+                if mask is not None:
+                    g = g.mul_(as_factor(_rows(mask, i, box, edges), g.dtype).mul_(scale))
+                if dbias is not None:
+                    dbias += g.sum(0)
+                g = g.view(-1, q, c)
+                xb, lb, rb = blocks[i, box.k], left[i, box.k], right[i, box.k]
+                if dright is not None:
+                    torch.bmm(torch.bmm(xb, lb.transpose(1, 2)).transpose(1, 2), g, out=dright[i, box.k])
+                dt = torch.bmm(g, rb.transpose(1, 2))
+                if dleft is not None:
+                    torch.bmm(dt.transpose(1, 2), xb, out=dleft[i, box.k])
+                if dblocks is not None:
+                    torch.bmm(dt, lb, out=dblocks[i, box.k])
+        flat = (-1, *left.shape[2:])
+        return (
+            dout if need[0] else None, dblocks, None if dleft is None else dleft.view(flat),
+            None if dright is None else dright.view(flat), dbias, None, None, None, None,
+        )
+
+
+def project_subblocks(
+    x: Tensor, norm: Norm | None, w: Tensor, b: Tensor | None, lay: WindowLayout, edges: Sequence[int],
+    head_dim: int, weights: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """:func:`project_boxes` (sub-blocks, Gram matrices, ``v0`` sums), differentiable where autograd records."""
+    if norm is not None and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, *norm[:2], w, b)
+    ):
+        ln_w, ln_b, eps = norm
+        return _ProjectSubblocks.apply(x.contiguous(), ln_w, ln_b, w, b, eps, lay, edges, head_dim, weights)
+    blocks, grams, per_shift, _, _ = project_boxes(x, norm, w, b, lay, edges, head_dim, weights)
+    return blocks, grams, per_shift
+
+
+def add_subblock_output(
+    residual: Tensor, blocks: Tensor, left: Tensor, right: Tensor, bias: Tensor | None, keep: Keep | None,
+    lay: WindowLayout, edges: Sequence[int],
+) -> Tensor:
+    """:func:`add_output_boxes`, differentiable where autograd records."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (residual, blocks, left, right, bias)):
+        mask, scale = keep if keep is not None else (None, 1.0)
+        return _AddSubblockOutput.apply(residual, blocks, left, right, bias, mask, scale, lay, edges)
+    return add_output_boxes(residual, blocks, left, right, bias, keep, lay, edges)
