@@ -24,7 +24,7 @@ from factorseg.models.layers.dropout import Keep, drop_with
 from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
 from factorseg.models.layers.norm import layer_norm_from_stats
-from factorseg.models.layers.subblock_boxes import BoxLink, add_subblock_output, project_subblocks
+from factorseg.models.layers.subblock_boxes import add_subblock_output, project_subblocks
 from factorseg.models.layers.windows import (
     WindowLayout,
     WindowMatricize,
@@ -64,11 +64,6 @@ def subblocks_pay(channels: int, edges: Sequence[int]) -> bool:
     """
     q = math.prod(edges)
     return channels <= (4 if q >= 64 else 2) * q
-
-
-def _same_map(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` are the same values in the same memory (a tensor and a view of it as the same shape)."""
-    return a.shape == b.shape and a.stride() == b.stride() and a.data_ptr() == b.data_ptr() and a.dtype == b.dtype
 
 
 class NMFMixer(nn.Module):
@@ -145,11 +140,10 @@ class NMFMixer(nn.Module):
         xl = x.movedim(1, -1)
         h = blocks = known = None
         boxes = self._boxwise(lay, edges, xl, norm)
-        link = BoxLink() if boxes and residual is not None and _same_map(residual, xl) else None
         if boxes:
             blocks, *known = project_subblocks(
                 xl, None if norm is None else (norm.weight, norm.bias, norm.eps), pointwise_weight(self.in_proj),
-                self.in_proj.bias, lay, edges, self.matricize.head_dim, self._v0_weights(lay, edges, xl.dtype), link,
+                self.in_proj.bias, lay, edges, self.matricize.head_dim, self._v0_weights(lay, edges, xl.dtype),
             )
         elif norm is not None and self._diet(xl, edges):
             blocks = _NormProjectSubblocks.apply(
@@ -165,7 +159,7 @@ class NMFMixer(nn.Module):
         if factors is None:
             out = self._window_path(h if h is not None else from_subblocks(blocks, lay, edges), lay)
         elif residual is not None and boxes:
-            out = add_subblock_output(residual, blocks, *factors, self.out_proj.bias, keep, lay, edges, link)
+            out = add_subblock_output(residual, blocks, *factors, self.out_proj.bias, keep, lay, edges)
             return out.movedim(-1, 1)
         else:
             out = self._subblock_output(blocks, factors, lay, edges)

@@ -126,50 +126,25 @@ def add_output_boxes(
     return out
 
 
-class BoxLink:
-    """Hands the output step's gradient to the projection step's backward pass, where the residual is the input.
-
-    Where the block's residual is the mixer's own input, both steps' backward passes visit the same boxes.
-    The output step's backward (:class:`_AddSubblockOutput`) then leaves the sub-blocks' gradient and the
-    residual's to the projection step's (:class:`_ProjectSubblocks`), which runs after it and reads the
-    output's gradient box by box: no map-sized gradient of the sub-blocks is written, and the residual's
-    gradient is added to the input's in the same pass instead of by autograd over the whole map.
-    """
-
-    def __init__(self) -> None:
-        self.output: tuple[Tensor, Tensor, Tensor, Tensor | None, float] | None = None
-
-
-def _output_grad(
-    dout: Tensor, mask: Tensor | None, scale: float, i: int, box: SubblockBox, edges: Sequence[int]
-) -> tuple[Tensor, Tensor]:
-    """The output gradient of ``box``, sub-block-major ``(V, C)``: as it is, and through the dropout mask."""
-    raw = _rows(dout, i, box, edges)
-    if mask is None:
-        return raw, raw
-    return raw, raw * as_factor(_rows(mask, i, box, edges), raw.dtype).mul_(scale)
-
-
 class _ProjectSubblocks(torch.autograd.Function):
     """:func:`project_boxes` with a LayerNorm, for training: keeps the input, the LayerNorm statistics and the sub-blocks.
 
     The backward pass runs box by box: the sub-blocks' gradient (from the output, the Gram matrices and the
     ``v0`` sums) and the ReLU's mask (read off the sub-blocks), the LayerNorm recomputed from its statistics
     on the box's input rows, the in-projection's and the LayerNorm's backward, and the input's gradient
-    written into its place in the map. No map-sized temporary. With a :class:`BoxLink`, the output's part of
-    the sub-blocks' gradient is computed here, box by box, and the residual's gradient added to the input's.
+    written into its place in the map. No map-sized temporary.
     """
 
     @staticmethod
     def forward(
         ctx: Any, x: Tensor, ln_w: Tensor | None, ln_b: Tensor | None, w: Tensor, b: Tensor | None, eps: float,
-        lay: WindowLayout, edges: Sequence[int], head_dim: int, weights: Tensor | None, link: BoxLink | None,
+        lay: WindowLayout, edges: Sequence[int], head_dim: int, weights: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         blocks, grams, per_shift, mean, rstd = project_boxes(
             x, (ln_w, ln_b, eps), w, b, lay, edges, head_dim, weights, stats=True
         )
         ctx.save_for_backward(x, mean, rstd, ln_w, ln_b, w, blocks, weights)
-        ctx.settings = (eps, lay, edges, b is not None, link)
+        ctx.settings = (eps, lay, edges, b is not None)
         ctx.set_materialize_grads(False)
         return blocks, grams, per_shift
 
@@ -179,38 +154,23 @@ class _ProjectSubblocks(torch.autograd.Function):
         ctx: Any, dblocks: Tensor | None, dgrams: Tensor | None, dper_shift: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         x, mean, rstd, ln_w, ln_b, w, blocks, weights = ctx.saved_tensors
-        eps, lay, edges, has_bias, link = ctx.settings
-        output = None
-        if link is not None:
-            output, link.output = link.output, None
+        eps, lay, edges, has_bias = ctx.settings
         need = ctx.needs_input_grad
-        bsz, k, q, cout = blocks.shape
-        c = x.shape[-1]
+        c, cout = x.shape[-1], w.shape[0]
         ln_mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
         dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need[0] else None
         dw, db = w.new_zeros(w.shape), w.new_zeros(cout)
         dlw = None if ln_w is None else ln_w.new_zeros(ln_w.shape)
         dlb = None if ln_b is None else ln_b.new_zeros(ln_b.shape)
-        for i in range(bsz):
+        for i in range(x.shape[0]):
             for box in _boxes(lay, edges, max(c, cout), x):
                 xb = blocks[i, box.k]
-                d = None if dblocks is None else dblocks[i, box.k]
-                residual = None
-                if output is not None:  # the output's part: d(X left^T right) / dX = g right^T left
-                    dout, left, right, mask, scale = output
-                    residual, g = _output_grad(dout, mask, scale, i, box, edges)
-                    dt = torch.bmm(g.view(-1, q, cout), right.view(bsz, k, -1, cout)[i, box.k].transpose(1, 2))
-                    part = torch.bmm(dt, left.view(bsz, k, -1, cout)[i, box.k])
-                    d = part if d is None else part.add_(d)
+                d = xb.new_zeros(xb.shape) if dblocks is None else dblocks[i, box.k]
                 if dgrams is not None:  # G_h = X_h^T X_h: dX_h = X_h (dG_h + dG_h^T)
-                    g2 = dgrams[i, 0, :, box.k]
-                    full = _head_blocks(g2 + g2.transpose(-1, -2))
-                    d = torch.bmm(xb, full) if d is None else torch.baddbmm(d, xb, full)
+                    g = dgrams[i, 0, :, box.k]
+                    d = torch.baddbmm(d, xb, _head_blocks(g + g.transpose(-1, -2)))
                 if dper_shift is not None and weights is not None:
-                    wt, dp = weights[:, box.k].permute(1, 2, 0), dper_shift[i, :, box.k].transpose(0, 1)
-                    d = torch.bmm(wt, dp) if d is None else torch.baddbmm(d, wt, dp)
-                if d is None:
-                    d = xb.new_zeros(xb.shape)
+                    d = torch.baddbmm(d, weights[:, box.k].permute(1, 2, 0), dper_shift[i, :, box.k].transpose(0, 1))
                 dh = torch.ops.aten.threshold_backward(d, xb, 0).view(-1, cout)
                 rows = _rows(x, i, box, edges)
                 mu, sd = mean[i, box.k].view(-1, 1), rstd[i, box.k].view(-1, 1)
@@ -222,14 +182,14 @@ class _ProjectSubblocks(torch.autograd.Function):
                     dh @ w, rows, [c], mu, sd, ln_w, ln_b, ln_mask
                 )
                 if dx is not None:
-                    _to_map(dr if residual is None else dr.add_(residual), dx, i, box, edges)
+                    _to_map(dr, dx, i, box, edges)
                 if dlw is not None and dlw_r is not None:
                     dlw += dlw_r
                 if dlb is not None and dlb_r is not None:
                     dlb += dlb_r
         return (
             dx, dlw if ln_mask[1] else None, dlb if ln_mask[2] else None, dw if need[3] else None,
-            db if need[4] and has_bias else None, None, None, None, None, None, None,
+            db if need[4] and has_bias else None, None, None, None, None, None,
         )
 
 
@@ -238,38 +198,37 @@ class _AddSubblockOutput(torch.autograd.Function):
 
     The backward pass runs box by box: the output's gradient read in sub-block order and masked, the first
     thin product recomputed, then the gradients of the factors, the bias and the sub-blocks. The residual's
-    gradient is the output's. With a :class:`BoxLink`, the sub-blocks' and the residual's gradients are left
-    to the projection step's backward pass.
+    gradient is the output's.
     """
 
     @staticmethod
     def forward(
         ctx: Any, residual: Tensor, blocks: Tensor, left: Tensor, right: Tensor, bias: Tensor | None,
-        mask: Tensor | None, scale: float, lay: WindowLayout, edges: Sequence[int], link: BoxLink | None,
+        mask: Tensor | None, scale: float, lay: WindowLayout, edges: Sequence[int],
     ) -> Tensor:
         keep = None if mask is None else (mask, scale)
         out = add_output_boxes(residual, blocks, left, right, bias, keep, lay, edges)
         ctx.save_for_backward(blocks, left, right, mask)
-        ctx.settings = (scale, lay, edges, bias is not None, link)
+        ctx.settings = (scale, lay, edges, bias is not None)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
         blocks, left, right, mask = ctx.saved_tensors
-        scale, lay, edges, has_bias, link = ctx.settings
+        scale, lay, edges, has_bias = ctx.settings
         need = ctx.needs_input_grad
         bsz, k, q, c = blocks.shape
-        if link is not None:
-            link.output = (dout, left, right, mask, scale)
         left, right = left.view(bsz, k, -1, c), right.view(bsz, k, -1, c)
-        dblocks = torch.empty_like(blocks) if need[1] and link is None else None
+        dblocks = torch.empty_like(blocks) if need[1] else None
         dleft = torch.empty_like(left) if need[2] else None
         dright = torch.empty_like(right) if need[3] else None
         dbias = blocks.new_zeros(c) if need[4] and has_bias else None
         for i in range(bsz):
             for box in _boxes(lay, edges, c, blocks):
-                _, g = _output_grad(dout, mask, scale, i, box, edges)
+                g = _rows(dout, i, box, edges)
+                if mask is not None:
+                    g = g.mul_(as_factor(_rows(mask, i, box, edges), g.dtype).mul_(scale))
                 if dbias is not None:
                     dbias += g.sum(0)
                 g = g.view(-1, q, c)
@@ -283,34 +242,31 @@ class _AddSubblockOutput(torch.autograd.Function):
                     torch.bmm(dt, lb, out=dblocks[i, box.k])
         flat = (-1, *left.shape[2:])
         return (
-            dout if need[0] and link is None else None, dblocks, None if dleft is None else dleft.view(flat),
-            None if dright is None else dright.view(flat), dbias, None, None, None, None, None,
+            dout if need[0] else None, dblocks, None if dleft is None else dleft.view(flat),
+            None if dright is None else dright.view(flat), dbias, None, None, None, None,
         )
 
 
 def project_subblocks(
     x: Tensor, norm: Norm | None, w: Tensor, b: Tensor | None, lay: WindowLayout, edges: Sequence[int],
-    head_dim: int, weights: Tensor | None, link: BoxLink | None = None,
+    head_dim: int, weights: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """:func:`project_boxes` (sub-blocks, Gram matrices, ``v0`` sums), differentiable where autograd records.
-
-    ``link``: shared with the :func:`add_subblock_output` whose residual is this ``x`` (see :class:`BoxLink`).
-    """
+    """:func:`project_boxes` (sub-blocks, Gram matrices, ``v0`` sums), differentiable where autograd records."""
     if norm is not None and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, *norm[:2], w, b)
     ):
         ln_w, ln_b, eps = norm
-        return _ProjectSubblocks.apply(x.contiguous(), ln_w, ln_b, w, b, eps, lay, edges, head_dim, weights, link)
+        return _ProjectSubblocks.apply(x.contiguous(), ln_w, ln_b, w, b, eps, lay, edges, head_dim, weights)
     blocks, grams, per_shift, _, _ = project_boxes(x, norm, w, b, lay, edges, head_dim, weights)
     return blocks, grams, per_shift
 
 
 def add_subblock_output(
     residual: Tensor, blocks: Tensor, left: Tensor, right: Tensor, bias: Tensor | None, keep: Keep | None,
-    lay: WindowLayout, edges: Sequence[int], link: BoxLink | None = None,
+    lay: WindowLayout, edges: Sequence[int],
 ) -> Tensor:
-    """:func:`add_output_boxes`, differentiable where autograd records; ``link`` as for :func:`project_subblocks`."""
+    """:func:`add_output_boxes`, differentiable where autograd records."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (residual, blocks, left, right, bias)):
         mask, scale = keep if keep is not None else (None, 1.0)
-        return _AddSubblockOutput.apply(residual, blocks, left, right, bias, mask, scale, lay, edges, link)
+        return _AddSubblockOutput.apply(residual, blocks, left, right, bias, mask, scale, lay, edges)
     return add_output_boxes(residual, blocks, left, right, bias, keep, lay, edges)
