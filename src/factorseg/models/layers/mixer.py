@@ -80,7 +80,9 @@ class NMFMixer(nn.Module):
       Since ``v = a X^T u``, the reconstruction of a voxel is a linear map of its own features,
       ``x^T (sum_h a_h u_h u_h^T W_out^T) / S`` per window, of rank ``H``; each sub-block gathers
       the ``H x C`` factors of its windows of every shift, and two thin products per sub-block give
-      the output. No window of any shift is ever gathered, and ``v`` is never formed.
+      the output. No window of any shift is ever gathered, and ``v`` is never formed. On the CPU, for
+      unpadded maps, all of this that is per voxel runs one cache-sized box of sub-blocks at a time, in
+      inference and training (:mod:`~factorseg.models.layers.subblock_boxes`).
     * Window path (other solvers and inits, ranks > 1, huge values, export tracing, half precision,
       many channels for small sub-blocks (:func:`subblocks_pay`), ``path="windows"``): the windows of
       all shifts are gathered into a window-major buffer
@@ -322,7 +324,8 @@ class _NormProjectSubblocks(torch.autograd.Function):
     output, shared with those products), recomputes the LayerNorm from its statistics in the backward
     pass (:func:`~factorseg.models.layers.norm.layer_norm_from_stats`) and reads the
     ReLU's mask off the sub-blocks. No product is recomputed. Same values and gradients as the plain
-    formulation (tests/test_memory_diet.py).
+    formulation (tests/test_memory_diet.py). Serves the training calls that do not run box by box
+    (padded maps, a truncated gradient, other devices): see :mod:`~factorseg.models.layers.subblock_boxes`.
     """
 
     @staticmethod
