@@ -161,16 +161,3 @@ def test_gradcheck(monkeypatch) -> None:
     bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
     residual = torch.randn(2, 4, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(run, (x, ln_w, ln_b, w, b, left, right, bias, residual), fast_mode=True)
-
-
-def test_a_row_step_in_place_is_refused_where_autograd_records() -> None:
-    from factorseg.models.layers.fastpath import RowStep
-
-    lay = WindowLayout((4, 4, 4), (4, 4, 4), (1, 1, 1), ((0, 0, 0), (2, 2, 2)))
-    edges = subblock_edges(lay)
-    blocks = torch.rand(1, 8, 8, 4, requires_grad=True)
-    factors = torch.rand(8, 3, 4)
-    with pytest.raises(ValueError, match="inference"):
-        subblock_boxes.add_subblock_output(
-            torch.rand(1, 4, 4, 4, 4), blocks, factors, factors, None, None, lay, edges, RowStep(lambda r: None, 4)
-        )

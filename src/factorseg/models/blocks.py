@@ -26,9 +26,8 @@ class FactorizerBlock(nn.Module):
     Runs channels-last (LayerNorm over channels and the 1x1 convolutions become plain matrix
     products over voxels) and returns a channels-last tensor (``(B, C, *spatial)`` shape), so that
     a stack of blocks and the model's convolutions never permute between layouts. The block hands the
-    residual and its dropout mask to the mixer (``mixer(x, norm=..., residual=x, keep=...)``), and in
-    inference its MLP branch (``then=``); the mixer's output, as forward hooks see it, then includes them
-    (except where the dropout is PyTorch's own).
+    residual and its dropout mask to the mixer (``mixer(x, norm=..., residual=x, keep=...)``), whose
+    output, as forward hooks see it, then includes them (except where the dropout is PyTorch's own).
     """
 
     def __init__(self, channels: int, spatial_dims: int, mlp_ratio: float, dropout: float, **mixer: Any) -> None:
@@ -43,14 +42,11 @@ class FactorizerBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         xc = x.movedim(1, -1).contiguous()
         # Out of place: the input may be a skip connection. The mixer normalises (in training it then keeps
-        # less for the backward pass), drops out and adds the residual, and in inference runs the MLP branch
-        # on the sum (on the CPU box by box: neither its own output nor the sum goes through memory).
+        # less for the backward pass), drops out and adds the residual (on the CPU box by box, without
+        # writing its own output).
         drop = self.drop
         if not drop.training or drop.p == 0:
-            then = self.mlp.inference_step(xc, self.norm2.norm)
-            y = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm, residual=xc, then=then).movedim(1, -1)
-            if then is not None:  # the MLP branch ran on the mixer's output rows
-                return y.movedim(-1, 1)
+            y = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm, residual=xc).movedim(1, -1)
         elif drop.draws_own_mask(xc):
             # The mask Dropout would draw for the channels-last output, drawn here: the mixer applies it.
             keep = keep_mask(xc.shape, drop.p, xc.device)

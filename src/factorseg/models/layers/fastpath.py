@@ -3,9 +3,6 @@ the cache-sized row blocks of the inference kernels."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
@@ -40,20 +37,3 @@ def row_blocks(rows: Tensor, width: int) -> tuple[Tensor, ...]:
     :data:`ROW_BLOCK_BYTES`: a chain of row-wise steps on one block stays in the cache, and no map-sized
     temporary is allocated (each of which glibc's default allocator page-faults in again)."""
     return rows.split(block_rows(width, rows.element_size()))
-
-
-@dataclass(frozen=True)
-class RowStep:
-    """A row-wise step applied in place to contiguous rows ``(V, C)`` (``fn(rows)``), for inference.
-
-    ``width``: its widest temporary per row, which sizes the cache-sized blocks it is given (:func:`block_rows`).
-    """
-
-    fn: Callable[[Tensor], None]
-    width: int
-
-    def apply_(self, rows: Tensor) -> Tensor:
-        """The step over contiguous ``rows (V, C)``, one cache-sized block at a time; returns ``rows``."""
-        for block in row_blocks(rows, self.width):
-            self.fn(block)
-        return rows

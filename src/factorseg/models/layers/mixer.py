@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Keep, drop_with
-from factorseg.models.layers.fastpath import RowStep, can_modify_inplace, row_blocks, traced, unrecorded_eager
+from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
 from factorseg.models.layers.norm import layer_norm_from_stats
 from factorseg.models.layers.subblock_boxes import add_subblock_output, project_subblocks
@@ -125,13 +125,11 @@ class NMFMixer(nn.Module):
         return self.matricize(torch.relu(self.in_proj(x)))
 
     def forward(
-        self, x: Tensor, norm: nn.LayerNorm | None = None, residual: Tensor | None = None, keep: Keep | None = None,
-        then: RowStep | None = None,
+        self, x: Tensor, norm: nn.LayerNorm | None = None, residual: Tensor | None = None, keep: Keep | None = None
     ) -> Tensor:
         """The mixed map of ``x`` (``(B, C, *spatial)``), or of ``norm(x)`` (over channels) when ``norm`` is given;
         ``residual + `` that map when ``residual`` (channels-last ``(B, *spatial, C)``) is given, with the map
-        dropped out by ``keep`` (a :func:`~factorseg.models.layers.dropout.keep_mask` over ``residual``'s shape);
-        then, for inference, ``then`` applied in place to the result's rows (the block's MLP branch).
+        dropped out by ``keep`` (a :func:`~factorseg.models.layers.dropout.keep_mask` over ``residual``'s shape).
 
         On the CPU, for unpadded maps on the sub-block path (inference, and training with ``norm``), the
         normalisation, in-projection and sub-block layout, and the output, dropout and residual sum, run one
@@ -163,17 +161,14 @@ class NMFMixer(nn.Module):
         if factors is None:
             out = self._window_path(h if h is not None else from_subblocks(blocks, lay, edges), lay)
         elif residual is not None and boxes:
-            out = add_subblock_output(residual, blocks, *factors, self.out_proj.bias, keep, lay, edges, then)
+            out = add_subblock_output(residual, blocks, *factors, self.out_proj.bias, keep, lay, edges)
             return out.movedim(-1, 1)
         else:
             out = self._subblock_output(blocks, factors, lay, edges)
         out = crop_channels_last(out, lay)
         if keep is not None:
             out = drop_with(out, keep)
-        out = out if residual is None else residual + out
-        if then is not None:
-            out = then.apply_(out.contiguous().view(-1, out.shape[-1])).view(out.shape)
-        return out.movedim(-1, 1)
+        return (out if residual is None else residual + out).movedim(-1, 1)
 
     def _boxwise(self, lay: WindowLayout, edges: Sequence[int], xl: Tensor, norm: nn.LayerNorm | None) -> bool:
         """Whether this call runs box by box (:mod:`~factorseg.models.layers.subblock_boxes`): on the CPU, an

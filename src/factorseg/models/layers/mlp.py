@@ -13,7 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, as_factor, keep_mask
-from factorseg.models.layers.fastpath import RowStep, block_rows, can_modify_inplace, unrecorded_eager
+from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, row_blocks, unrecorded_eager
 from factorseg.models.layers.norm import layer_norm_from_stats
 
 
@@ -43,33 +43,22 @@ class MLP(nn.Module):
     def add_norm_to_(self, y: Tensor, norm: nn.LayerNorm) -> Tensor:
         """``y += mlp(norm(y))`` in place on a contiguous channels-last ``(B, *spatial, C)`` ``y``, for inference.
 
-        Runs over blocks of voxels (:meth:`inference_step`) small enough that their normalised rows and
-        hidden layer stay in the cache, and the second product accumulates straight into ``y``: no map-sized
+        Runs over blocks of voxels (:func:`row_blocks`) small enough that their normalised rows and hidden
+        layer stay in the cache, and the second product accumulates straight into ``y``: no map-sized
         temporary (at 64^3 with 32 channels, 1.9x faster than the whole-map formulation, whose values it
         gives: every step is row by row). With dropout drawing or autocast, the whole-map formulation.
         """
-        step = self.inference_step(y, norm)
-        if step is None:
-            return y.add_(self.forward_channels_last(norm(y)))
-        step.apply_(y.view(-1, y.shape[-1]))
-        return y
-
-    def inference_step(self, y: Tensor, norm: nn.LayerNorm) -> RowStep | None:
-        """``rows += mlp(norm(rows))`` as a :class:`~factorseg.models.layers.fastpath.RowStep` for maps like ``y``,
-        or ``None`` where it does not apply (autograd recording, dropout drawing, autocast, another dtype)."""
         first, act, drop1, second, drop2 = self.net
         drawing = any(d.training and d.p > 0 for d in (drop1, drop2))
         if drawing or second.weight.dtype != y.dtype or not unrecorded_eager(y, *self.parameters(), *norm.parameters()):
-            return None
+            return y.add_(self.forward_channels_last(norm(y)))
         w1, w2 = pointwise_weight(first), pointwise_weight(second)
-
-        def add_to_rows(rows: Tensor) -> None:
+        for rows in row_blocks(y.view(-1, y.shape[-1]), w1.shape[0]):
             h = torch.ops.aten.gelu_(F.linear(norm(rows), w1, first.bias), approximate=act.approximate)
             rows.addmm_(h, w2.t())
             if second.bias is not None:
                 rows.add_(second.bias)
-
-        return RowStep(add_to_rows, w1.shape[0])
+        return y
 
 
 def _hidden(normed: Tensor, w1: Tensor, b1: Tensor | None, approximate: str, keep: Tensor | None) -> Tensor:

@@ -11,7 +11,7 @@ small enough for the cache, and each box goes through its whole chain while it i
   are normalised and projected straight into their sub-blocks, and the heads' Gram matrices and ``v0``-weighted
   sums the NMF reads are taken from them;
 * :func:`add_output_boxes`: each box's output (two thin products, the bias, the dropout mask) is added to the
-  residual straight into its place in the map; in inference the block's MLP branch runs on the box first.
+  residual straight into its place in the map.
 
 Both serve inference as they are, and training as autograd functions (:func:`project_subblocks`,
 :func:`add_subblock_output`) whose backward passes run box by box the same way, recomputing the cheap
@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.dropout import Keep, as_factor
-from factorseg.models.layers.fastpath import RowStep, block_rows
+from factorseg.models.layers.fastpath import block_rows
 from factorseg.models.layers.norm import layer_norm_from_stats
 from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
 
@@ -105,31 +105,24 @@ def project_boxes(
 
 def add_output_boxes(
     residual: Tensor, blocks: Tensor, left: Tensor, right: Tensor, bias: Tensor | None, keep: Keep | None,
-    lay: WindowLayout, edges: Sequence[int], then: RowStep | None = None,
+    lay: WindowLayout, edges: Sequence[int],
 ) -> Tensor:
     """``residual + drop(from_subblocks(X left^T right + bias))``, box by box, into a new channels-last map.
 
     ``blocks (B, K, Q, C)`` are the sub-blocks ``X``, ``left`` and ``right`` ``(B K, R, C)`` each sub-block's
     factors (its output is ``X left^T right``), ``keep`` the dropout mask over the map (``None``: no dropout).
-    ``then`` (inference): a row-wise step applied in place to each box's sum before it is written (the
-    block's MLP branch), so that the sum never goes through memory between the two.
     """
     bsz, k, q, c = blocks.shape
     out = torch.empty_like(residual, memory_format=torch.contiguous_format)
     left, right = left.view(bsz, k, -1, c), right.view(bsz, k, -1, c)
     for i in range(bsz):
-        for box in _boxes(lay, edges, c if then is None else max(c, then.width), blocks):
+        for box in _boxes(lay, edges, c, blocks):
             rec = torch.bmm(torch.bmm(blocks[i, box.k], left[i, box.k].transpose(1, 2)), right[i, box.k])
             if bias is not None:
                 rec = rec.add_(bias)
             if keep is not None:
                 rec = rec.mul_(as_factor(_rows(keep[0], i, box, edges), rec.dtype).mul_(keep[1]).view(rec.shape))
-            in_map, in_boxes = box_view(out[i], box, edges), rec.view(*box.counts, *edges, c)
-            if then is None:
-                torch.add(box_view(residual[i], box, edges), in_boxes, out=in_map)
-            else:
-                then.fn(in_boxes.add_(box_view(residual[i], box, edges)).view(-1, c))
-                in_map.copy_(in_boxes)
+            torch.add(box_view(residual[i], box, edges), rec.view(*box.counts, *edges, c), out=box_view(out[i], box, edges))
     return out
 
 
@@ -270,12 +263,10 @@ def project_subblocks(
 
 def add_subblock_output(
     residual: Tensor, blocks: Tensor, left: Tensor, right: Tensor, bias: Tensor | None, keep: Keep | None,
-    lay: WindowLayout, edges: Sequence[int], then: RowStep | None = None,
+    lay: WindowLayout, edges: Sequence[int],
 ) -> Tensor:
-    """:func:`add_output_boxes`, differentiable where autograd records (then without ``then``)."""
+    """:func:`add_output_boxes`, differentiable where autograd records."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (residual, blocks, left, right, bias)):
-        if then is not None:
-            raise ValueError("a row step in place is for inference; autograd records this call")
         mask, scale = keep if keep is not None else (None, 1.0)
         return _AddSubblockOutput.apply(residual, blocks, left, right, bias, mask, scale, lay, edges)
-    return add_output_boxes(residual, blocks, left, right, bias, keep, lay, edges, then)
+    return add_output_boxes(residual, blocks, left, right, bias, keep, lay, edges)
