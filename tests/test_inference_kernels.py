@@ -14,7 +14,7 @@ from factorseg.models.layers.mlp import MLP
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Row blocks of a few voxels, so that the maps below are split into many (and a ragged last one)."""
-    monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", 8 * 16 * 8 * 3)  # 24 rows of 16 float64 channels
+    monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", 8 * 16 * 8 * 3)  # 24 rows of 16 float64 channels per thread
 
 
 def test_row_blocks_cover_every_row_once(small_blocks: None) -> None:
