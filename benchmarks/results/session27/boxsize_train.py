@@ -1,15 +1,16 @@
 """One level-0 BraTS block (32 channels, 128^3), training fwd + bwd, with the cache-sized blocks at 2, 4, 8 and 16 MiB,
 interleaved in one process.
 
-    PYTHONPATH=. python benchmarks/results/session27/boxsize_train.py THREADS ROUNDS
+    PYTHONPATH=. python benchmarks/results/session27/boxsize_train.py THREADS ROUNDS   (a warm-up round, then ROUNDS - 1 timed)
+
+Since 48036f1 the size is per intra-op thread; `boxsize.txt` was recorded at d87e345, when it was the total.
 """
-import statistics
 import sys
-import time
+from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import build, tune_allocator
+from benchmarks.common import build, interleaved, tune_allocator
 from factorseg.models.blocks import FactorizerBlock
 from factorseg.models.layers import fastpath
 
@@ -19,14 +20,15 @@ m = build("swin_factorizer", 64)
 blk = next(b for b in m.modules() if isinstance(b, FactorizerBlock) and b.mixer.in_proj.in_channels == 32).train()
 x = torch.randn(1, 32, 128, 128, 128).movedim(1, -1).contiguous().movedim(-1, 1).requires_grad_()
 g = torch.randn(1, 128, 128, 128, 32).movedim(-1, 1)
-sizes = [2, 4, 8, 16]
-ts: dict[int, list[float]] = {s: [] for s in sizes}
-for _ in range(int(sys.argv[2])):
-    for s in sizes:
-        fastpath.ROW_BLOCK_BYTES = s * 2**20
-        t = time.perf_counter()
+def at(mib: int) -> Callable[[], object]:
+    def run() -> object:
+        fastpath.ROW_BLOCK_BYTES = mib * 2**20
         blk(x).backward(g)
-        ts[s].append(time.perf_counter() - t)
-for s, v in ts.items():
-    v = v[1:]
-    print(f"{s} MiB: median {statistics.median(v):.3f} min {min(v):.3f} s")
+        return None
+
+    return run
+
+
+timings = interleaved({f"{s} MiB": at(s) for s in (2, 4, 8, 16)}, int(sys.argv[2]) - 1, torch.device("cpu"))
+for name, t in timings.items():
+    print(f"{name}: median {t.median:.3f} min {t.min:.3f} s")

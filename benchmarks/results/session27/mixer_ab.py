@@ -2,16 +2,15 @@
 
 old: the projected map laid out by to_subblocks, the output through from_subblocks plus the residual;
 proj / out: only the projection / only the output box by box; both: the shipped path.
-    PYTHONPATH=. python benchmarks/results/session27/mixer_ab.py THREADS SIZE CHANNELS ROUNDS
+    PYTHONPATH=. python benchmarks/results/session27/mixer_ab.py THREADS SIZE CHANNELS ROUNDS   (a warm-up round, then ROUNDS - 1 timed)
 (mixer_ab.txt: recorded at 86bbb36 and 4075fa2 with the methods of that time; this form runs at HEAD.)
 """
-import statistics
 import sys
-import time
+from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import build, tune_allocator
+from benchmarks.common import build, interleaved, tune_allocator
 from factorseg.models.blocks import FactorizerBlock
 from factorseg.models.layers import mixer as M
 from factorseg.models.layers.windows import from_subblocks, pad_channels_last, to_subblocks
@@ -41,14 +40,17 @@ variants = {
     "old": (old_project, old_output), "proj": (new_project, old_output),
     "out": (old_project, new_output), "both": (new_project, new_output),
 }
-ts: dict[str, list[float]] = {k: [] for k in variants}
-with torch.inference_mode():
-    for _ in range(int(sys.argv[4])):
-        for k, (p, a) in variants.items():
-            M.project_subblocks, M.add_subblock_output = p, a
-            t = time.perf_counter()
-            blk(x)
-            ts[k].append(time.perf_counter() - t)
-for k, v in ts.items():
-    v = v[1:]
-    print(f"{k:5s} median {statistics.median(v) * 1e3:7.1f} ms  min {min(v) * 1e3:7.1f} ms")
+
+
+def variant(project: Callable[..., object], output: Callable[..., object]) -> Callable[[], object]:
+    def run() -> object:
+        M.project_subblocks, M.add_subblock_output = project, output
+        with torch.inference_mode():
+            return blk(x)
+
+    return run
+
+
+timings = interleaved({k: variant(*v) for k, v in variants.items()}, int(sys.argv[4]) - 1, torch.device("cpu"))
+for k, t in timings.items():
+    print(f"{k:5s} median {t.median * 1e3:7.1f} ms  min {t.min * 1e3:7.1f} ms")
