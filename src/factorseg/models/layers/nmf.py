@@ -184,9 +184,9 @@ def _blocks_to_heads(full: Tensor, like: Tensor) -> Tensor:
     return blocks.permute(0, 3, 1, 2).reshape(*lead, w, h, m, m).transpose(-3, -4).contiguous()
 
 
-def _heads_to_blocks(g: Tensor, like: Tensor) -> Tensor:
-    """``(..., H, W, M, M)`` -> block-diagonal ``(Bf, C, C)``; the adjoint of :func:`_blocks_to_heads`."""
-    h, m = like.shape[-4], like.shape[-2]
+def heads_to_blocks(g: Tensor) -> Tensor:
+    """Per-head ``(..., H, W, M, M)`` matrices -> block-diagonal ``(Bf, C, C)``; the adjoint of :func:`_blocks_to_heads`."""
+    h, m = g.shape[-4], g.shape[-2]
     per = g.transpose(-3, -4).reshape(-1, h, m, m)  # (Bf, H, M, M)
     full = per.new_zeros(per.shape[0], h, m, h, m)
     full.diagonal(dim1=1, dim2=3).copy_(per.permute(0, 2, 3, 1))
@@ -251,7 +251,7 @@ class _Gram(torch.autograd.Function):
         if y is None:
             return d @ x, None
         # Per head, dY_h = Y_h D_h^T with Y_h = X_h^T.
-        return _from_channels_last(torch.bmm(y, _heads_to_blocks(d.transpose(-1, -2), x)), x), None
+        return _from_channels_last(torch.bmm(y, heads_to_blocks(d.transpose(-1, -2))), x), None
 
 
 def head_loadings_t(u: Tensor) -> Tensor:

@@ -32,6 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.dropout import Keep, as_factor
 from factorseg.models.layers.fastpath import block_rows
+from factorseg.models.layers.nmf import heads_to_blocks
 from factorseg.models.layers.norm import layer_norm_from_stats
 from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
 
@@ -51,14 +52,6 @@ def _rows(t: Tensor, i: int, box: SubblockBox, edges: Sequence[int]) -> Tensor:
 def _to_map(rows: Tensor, t: Tensor, i: int, box: SubblockBox, edges: Sequence[int]) -> None:
     """Write sub-block-major ``rows`` of ``box`` into their places in map ``t`` (the inverse of :func:`_rows`)."""
     box_view(t[i], box, edges).copy_(rows.view(*box.counts, *edges, t.shape[-1]))
-
-
-def _head_blocks(g: Tensor) -> Tensor:
-    """Per-head ``(H, n, M, M)`` matrices as block-diagonal ``(n, C, C)`` ones."""
-    h, n, m, _ = g.shape
-    full = g.new_zeros(n, h, m, h, m)
-    full.diagonal(dim1=1, dim2=3).copy_(g.permute(1, 2, 3, 0))
-    return full.view(n, h * m, h * m)
 
 
 def project_boxes(
@@ -168,7 +161,7 @@ class _ProjectSubblocks(torch.autograd.Function):
                 d = xb.new_zeros(xb.shape) if dblocks is None else dblocks[i, box.k]
                 if dgrams is not None:  # G_h = X_h^T X_h: dX_h = X_h (dG_h + dG_h^T)
                     g = dgrams[i, 0, :, box.k]
-                    d = torch.baddbmm(d, xb, _head_blocks(g + g.transpose(-1, -2)))
+                    d = torch.baddbmm(d, xb, heads_to_blocks(g + g.transpose(-1, -2)))
                 if dper_shift is not None and weights is not None:
                     d = torch.baddbmm(d, weights[:, box.k].permute(1, 2, 0), dper_shift[i, :, box.k].transpose(0, 1))
                 dh = torch.ops.aten.threshold_backward(d, xb, 0).view(-1, cout)
