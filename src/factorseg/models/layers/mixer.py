@@ -246,7 +246,8 @@ class NMFMixer(nn.Module):
             self.nmf.eps_for(blocks.dtype),
             v0,
             # Per sub-block (K) -> per window of each shift (S, W): (B, H, S, W, M, M) -> (B, S, H, W, M, M).
-            sums=lambda g: window_sums(g[:, 0], lay, edges, dim=2, tables=tables).transpose(1, 2),
+            # (squeeze, not [:, 0]: its gradient is a view, where indexing's fills a zero tensor and copies.)
+            sums=lambda g: window_sums(g.squeeze(1), lay, edges, dim=2, tables=tables).transpose(1, 2),
             times_v0=lambda v: self._times_v0(blocks, v, lay, edges, per_shift),
             grams=grams,
         )
