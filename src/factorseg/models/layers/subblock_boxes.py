@@ -137,7 +137,7 @@ class _ProjectSubblocks(torch.autograd.Function):
             x, (ln_w, ln_b, eps), w, b, lay, edges, head_dim, weights, stats=True
         )
         ctx.save_for_backward(x, mean, rstd, ln_w, ln_b, w, blocks, weights)
-        ctx.settings = (eps, lay, edges, b is not None)
+        ctx.settings = (lay, edges, b is not None)
         ctx.set_materialize_grads(False)
         return blocks, grams, per_shift
 
@@ -147,7 +147,7 @@ class _ProjectSubblocks(torch.autograd.Function):
         ctx: Any, dblocks: Tensor | None, dgrams: Tensor | None, dper_shift: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         x, mean, rstd, ln_w, ln_b, w, blocks, weights = ctx.saved_tensors
-        eps, lay, edges, has_bias = ctx.settings
+        lay, edges, has_bias = ctx.settings
         need = ctx.needs_input_grad
         c, cout = x.shape[-1], w.shape[0]
         ln_mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
@@ -159,11 +159,12 @@ class _ProjectSubblocks(torch.autograd.Function):
             for box in _boxes(lay, edges, max(c, cout), x):
                 xb = blocks[i, box.k]
                 d = xb.new_zeros(xb.shape) if dblocks is None else dblocks[i, box.k]
-                if dgrams is not None:  # G_h = X_h^T X_h: dX_h = X_h (dG_h + dG_h^T)
+                if dgrams is not None:  # G_h = X_h^T X_h: dX_h = X_h (dG_h + dG_h^T); a new tensor from here on
                     g = dgrams[i, 0, :, box.k]
                     d = torch.baddbmm(d, xb, heads_to_blocks(g + g.transpose(-1, -2)))
                 if dper_shift is not None and weights is not None:
-                    d = torch.baddbmm(d, weights[:, box.k].permute(1, 2, 0), dper_shift[i, :, box.k].transpose(0, 1))
+                    wt, dp = weights[:, box.k].permute(1, 2, 0), dper_shift[i, :, box.k].transpose(0, 1)
+                    d = d.baddbmm_(wt, dp) if dgrams is not None else torch.baddbmm(d, wt, dp)
                 dh = torch.ops.aten.threshold_backward(d, xb, 0).view(-1, cout)
                 rows = _rows(x, i, box, edges)
                 mu, sd = mean[i, box.k].view(-1, 1), rstd[i, box.k].view(-1, 1)
