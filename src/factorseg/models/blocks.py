@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from factorseg.models.layers.conv import channels_last, conv_nd, conv_transpose, conv_transpose_nd, stem_conv
-from factorseg.models.layers.dropout import Dropout, keep_mask
+from factorseg.models.layers.dropout import Dropout, keep_mask_like
 from factorseg.models.layers.fastpath import can_modify_inplace, traced
 from factorseg.models.layers.mixer import NMFMixer
 from factorseg.models.layers.mlp import MLP, mlp_residual
@@ -49,7 +49,7 @@ class FactorizerBlock(nn.Module):
             y = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm, residual=xc).movedim(1, -1)
         elif drop.draws_own_mask(xc):
             # The mask Dropout would draw for the channels-last output, drawn here: the mixer applies it.
-            keep = keep_mask(xc.shape, drop.p, xc.device)
+            keep = keep_mask_like(xc, drop.p)
             y = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm, residual=xc, keep=keep).movedim(1, -1)
         else:
             y = xc + drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))

@@ -29,14 +29,17 @@ class Dropout(nn.Dropout):
 
     def draws_own_mask(self, x: Tensor) -> bool:
         """Whether a training call on ``x`` draws a :func:`keep_mask_like` mask (else it is ``F.dropout``'s, or none)."""
-        return self.training and 0 < self.p < 1 and not self.inplace and x.device.type == "cpu" and not traced()
+        return self.training and 0 < self.p < 1 and self._own_kernel(x)
+
+    def _own_kernel(self, x: Tensor) -> bool:
+        return not self.inplace and x.device.type == "cpu" and not traced()
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and self.p == 1 and not self.inplace and x.device.type == "cpu" and not traced():
+        if self.draws_own_mask(x):
+            return drop_with(x, keep_mask_like(x, self.p))
+        if self.training and self.p == 1 and self._own_kernel(x):
             return x * 0.0
-        if not self.draws_own_mask(x):
-            return super().forward(x)
-        return drop_with(x, keep_mask_like(x, self.p))
+        return super().forward(x)
 
 
 Keep = tuple[Tensor, float]

@@ -236,7 +236,8 @@ class NMFMixer(nn.Module):
         """The NMF on the sub-block path, from the sub-block-major features ``blocks (B, K, Q, C)``
         (:func:`to_subblocks` of the in-projected map), as each sub-block's linear map: the factors
         ``(B K, S H, C)`` whose product ``left^T right`` it is; ``None`` where the window path must run.
-        ``known``: the sub-blocks' Gram matrices and ``X v0`` parts where :meth:`_project_subblocks` took them."""
+        ``known``: the sub-blocks' Gram matrices and ``X v0`` parts where
+        :func:`~factorseg.models.layers.subblock_boxes.project_subblocks` took them."""
         b, c = blocks.shape[0], blocks.shape[-1]
         tables = self.matricize.tables
         v0 = self.nmf.initial_v(lay.window).to(blocks.dtype) if self.nmf.init == "fixed_uv" else None

@@ -39,6 +39,7 @@ from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view,
 Norm = tuple[Tensor | None, Tensor | None, float]
 """A LayerNorm over the channels as ``(weight, bias, eps)``."""
 
+
 def _boxes(lay: WindowLayout, edges: Sequence[int], width: int, t: Tensor) -> tuple[SubblockBox, ...]:
     """The boxes whose widest per-voxel temporary (``width`` values) fills a row block's cache share."""
     return subblock_boxes(lay, tuple(edges), block_rows(width, t.element_size()))
