@@ -110,3 +110,41 @@ def test_at_least_in_pieces_is_the_comparison(block_bytes: int, dtype: torch.dty
         keep = at_least(values, bound)
         assert keep.dtype == torch.bool and keep.shape == values.shape
         assert torch.equal(keep, values >= bound)
+
+
+def test_random_words_are_the_same_on_any_thread_count_and_seeded() -> None:
+    """Pieces drawn side by side give the words one thread gives; a seed (default or own generator) repeats them."""
+    from factorseg.models.layers.dropout import WORDS_PER_PIECE, keep_mask, random_words
+
+    n = 3 * WORDS_PER_PIECE + 123  # a partial last piece
+    threads = torch.get_num_threads()
+    try:
+        draws = []
+        for t in (1, 3):
+            torch.set_num_threads(t)
+            torch.manual_seed(9)
+            draws.append(random_words(n))
+        masks = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            masks.append(keep_mask((n,), 0.2, torch.device("cpu"), torch.Generator().manual_seed(4))[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert draws[0].dtype == torch.int64 and draws[0].shape == (n,)
+    assert torch.equal(draws[0], draws[1]) and torch.equal(masks[0], masks[1])
+    torch.manual_seed(10)
+    assert not torch.equal(random_words(n), draws[0])
+
+
+def test_random_words_are_uniform_and_pieces_independent() -> None:
+    """Every bit is a fair coin, and neighbouring pieces (own generators) are uncorrelated."""
+    from factorseg.models.layers.dropout import WORDS_PER_PIECE, random_words
+
+    torch.manual_seed(11)
+    words = random_words(2 * WORDS_PER_PIECE)
+    bits = torch.stack([(words >> k) & 1 for k in range(64)], dim=1).double()  # (n, 64); >> is arithmetic
+    # binomial standard deviation of a bit's mean over 2^19 words is 6.9e-4; allow 5 of them
+    assert float((bits.mean(0) - 0.5).abs().max()) < 5 * 0.5 / math.sqrt(words.numel())
+    first, second = bits[:WORDS_PER_PIECE], bits[WORDS_PER_PIECE:]
+    agree = float((first == second).double().mean())
+    assert abs(agree - 0.5) < 5 * 0.5 / math.sqrt(first.numel())

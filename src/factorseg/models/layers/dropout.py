@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -19,8 +21,9 @@ class Dropout(nn.Dropout):
     On the CPU, PyTorch draws dropout masks at about 100 million per second (one generator call and
     a float comparison per element), which made dropout the largest single cost of a Factorizer
     training step at full resolution (three masks per block, over 250 million numbers at 128^3).
-    Here one 64-bit draw of PyTorch's default generator (so ``torch.manual_seed`` makes it
-    reproducible) gives four uniform 16-bit numbers (masks 5x faster to draw than ``bernoulli_``), an
+    Here one 64-bit random word (:func:`random_words`, seeded from PyTorch's default generator, so
+    ``torch.manual_seed`` makes it reproducible, and drawn on all of PyTorch's threads) gives four uniform
+    16-bit numbers (masks 5x faster to draw than ``bernoulli_`` on one thread), an
     element is kept when its number is at least ``round(p 2^16)`` (in 16-bit two's complement), and
     kept values are scaled by the inverse of the exact keep probability (``p`` is rounded to a
     multiple of ``2^-16``). Other devices, in-place use and graph capture use ``F.dropout``. Same
@@ -67,16 +70,58 @@ def keep_mask(
 ) -> tuple[Tensor, float]:
     """A dropout keep-mask (``bool``) of ``shape`` and the scale of kept values, for ``0 < p < 1``.
 
-    CPU: from 64-bit random words (see :class:`Dropout`; ``p`` rounded to a multiple of ``2^-16``);
-    other devices: ``bernoulli_``. ``generator`` (on ``device``) makes the mask reproducible.
+    CPU: from 64-bit random words (see :class:`Dropout`; ``p`` rounded to a multiple of ``2^-16``), drawn
+    by :func:`random_words`; other devices: ``bernoulli_``. ``generator`` (on ``device``) makes the mask
+    reproducible; the same seed gives the same mask at any thread count.
     """
     n = math.prod(shape)
     if device.type == "cpu":
         threshold = round(p * 65536)
-        words = torch.empty(-(-n // 4), dtype=torch.int64).random_(-(2**63), None, generator=generator)
+        words = random_words(-(-n // 4), generator)
         return at_least(words.view(torch.int16)[:n], threshold - 32768).view(*shape), 65536 / (65536 - threshold)
     keep = torch.empty(*shape, device=device).bernoulli_(1.0 - p, generator=generator).bool()
     return keep, 1.0 / (1.0 - p)
+
+
+WORDS_PER_PIECE = 2**18
+"""Random words (2 MiB) per independently seeded piece of :func:`random_words`."""
+
+
+def random_words(n: int, generator: torch.Generator | None = None) -> Tensor:
+    """``n`` uniform 64-bit random words (``int64``), drawn on several threads where PyTorch has them.
+
+    PyTorch's CPU generator fills a tensor on one thread (about 3 ns a word here: a third of a second
+    for the masks of a 128^3 training step, however many threads the step's other work runs on). Here
+    the words come in pieces of :data:`WORDS_PER_PIECE`, each from its own generator seeded by one draw
+    of ``generator`` (PyTorch's default: ``torch.manual_seed`` makes them reproducible), so the pieces can
+    be filled side by side: on up to ``torch.get_num_threads()`` threads (the fill releases the GIL),
+    with the same words whatever the thread count.
+    """
+    words = torch.empty(n, dtype=torch.int64)
+    pieces = words.split(WORDS_PER_PIECE)
+    seeds = torch.empty(len(pieces), dtype=torch.int64).random_(generator=generator).tolist()
+
+    def fill(i: int) -> None:
+        pieces[i].random_(-(2**63), None, generator=torch.Generator().manual_seed(seeds[i]))
+
+    workers = min(torch.get_num_threads(), len(pieces))
+    if workers <= 1:
+        for i in range(len(pieces)):
+            fill(i)
+    else:
+        list(_pool(workers).map(fill, range(len(pieces))))
+    return words
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of ``workers`` threads for this process (a forked child makes its own)."""
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="factorseg-random")
+    return _POOLS[key]
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def at_least(values: Tensor, bound: int) -> Tensor:
