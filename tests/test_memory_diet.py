@@ -222,3 +222,62 @@ def test_fuse_equals_the_convolution_of_the_up_sampled_map_and_the_skip(bias: bo
                 grads = torch.autograd.grad((out * weight).sum(), params)
                 for g, r in zip(grads, torch.autograd.grad((ref * weight).sum(), params, retain_graph=True)):
                     torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ln_weight", [False, True])
+@pytest.mark.parametrize("ln_bias", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_folded_norm_and_its_gradients_from_row_sums_equal_autograd(ln_weight: bool, ln_bias: bool, bias: bool) -> None:
+    """``linear(LN(x))`` from the normalised rows and folded weights, and its parameters' gradients from the
+    two row sums, against autograd through ``F.layer_norm`` and ``F.linear`` (float64), with and without
+    each affine part."""
+    from factorseg.models.layers.norm import fold_norm, norm_linear_grads, normalized
+
+    torch.manual_seed(12)
+    x = torch.randn(37, 6, dtype=torch.float64) * 3 + 1
+    w = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
+    ln_w = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_() if ln_weight else None
+    ln_b = torch.randn(6, dtype=torch.float64, requires_grad=True) if ln_bias else None
+    dh = torch.randn(37, 5, dtype=torch.float64)
+    h = F.linear(F.layer_norm(x, [6], ln_w, ln_b, 1e-5), w, b)
+    params = [t for t in (w, ln_w, ln_b) if t is not None]
+    ref = dict(zip(map(id, params), torch.autograd.grad(h, params, dh)))
+    _, mean, rstd = torch.ops.aten.native_layer_norm(x, [6], None, None, 1e-5)
+    xhat = normalized(x, mean, rstd)
+    with torch.no_grad():
+        wf, bf = fold_norm(w, b, ln_w, ln_b)
+        torch.testing.assert_close(F.linear(xhat, wf, bf), h.detach(), rtol=1e-12, atol=1e-12)
+        # the sums taken over two ragged row blocks, as the backward passes take them
+        a = dh[:20].t() @ xhat[:20] + dh[20:].t() @ xhat[20:]
+        dw, dlw, dlb = norm_linear_grads(a, dh[:20].sum(0) + dh[20:].sum(0), w, ln_w, ln_b)
+    torch.testing.assert_close(dw, ref[id(w)], rtol=1e-12, atol=1e-12)
+    assert (dlw is None) == (ln_w is None) and (dlb is None) == (ln_b is None)
+    if ln_w is not None:
+        torch.testing.assert_close(dlw, ref[id(ln_w)], rtol=1e-12, atol=1e-12)
+    if ln_b is not None:
+        torch.testing.assert_close(dlb, ref[id(ln_b)], rtol=1e-12, atol=1e-12)
+
+
+def test_diets_without_the_norms_affine_parts_gradcheck() -> None:
+    """The MLP's and the mixer input's functions with a LayerNorm that has no weight, or no bias."""
+    torch.manual_seed(13)
+    rows = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    vec = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    mixer, _ = _mixer_and_norm(c=4)
+    lay = mixer.matricize.layout(((3, 4, 4)))
+    edges = subblock_edges(lay)
+    x = torch.randn(1, 3, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    for ln_w, ln_b in ((None, vec), (vec, None), (None, None)):
+        assert torch.autograd.gradcheck(
+            lambda r, a, c: _MLPResidual.apply(r, ln_w, ln_b, a, None, c, None, 1e-5, "none", None), (rows, w1, w2)
+        )
+        assert torch.autograd.gradcheck(
+            lambda t, v: _NormProjectSubblocks.apply(t, ln_w, ln_b, v, None, 1e-5, lay, edges), (x, w)
+        )
+    assert torch.autograd.gradcheck(  # the norm's parameters' gradients, without the linear layers' biases
+        lambda r, v: _MLPResidual.apply(r, v, v * 0.5, w1, None, w2, None, 1e-5, "none", None), (rows, vec)
+    )

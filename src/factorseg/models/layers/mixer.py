@@ -23,7 +23,7 @@ from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Keep, drop_with
 from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
-from factorseg.models.layers.norm import layer_norm_from_stats
+from factorseg.models.layers.norm import norm_linear_grads, normalized
 from factorseg.models.layers.subblock_boxes import add_subblock_output, project_subblocks
 from factorseg.models.layers.windows import (
     WindowLayout,
@@ -324,7 +324,7 @@ class _NormProjectSubblocks(torch.autograd.Function):
     (the in-projection's input) and the ReLU's output, besides the sub-block copy that the NMF's
     products keep anyway. This keeps the input, the LayerNorm statistics and the sub-blocks (the
     output, shared with those products), recomputes the LayerNorm from its statistics in the backward
-    pass (:func:`~factorseg.models.layers.norm.layer_norm_from_stats`) and reads the
+    pass (:func:`~factorseg.models.layers.norm.normalized`) and reads the
     ReLU's mask off the sub-blocks. No product is recomputed. Same values and gradients as the plain
     formulation (tests/test_memory_diet.py). Serves the training calls that do not run box by box
     (padded maps, a truncated gradient, other devices): see :mod:`~factorseg.models.layers.subblock_boxes`.
@@ -354,15 +354,18 @@ class _NormProjectSubblocks(torch.autograd.Function):
         # The ReLU's backward (where its output is > 0), in sub-block order, then back to the map.
         dh = crop_channels_last(from_subblocks(torch.ops.aten.threshold_backward(dblocks, blocks, 0), lay, edges), lay)
         dh = dh.reshape(-1, dh.shape[-1])
-        normed = layer_norm_from_stats(x, mean, rstd, ln_w, ln_b).view(-1, c)
-        dw = dh.t() @ normed if need[3] else None
-        db = dh.sum(0) if need[4] else None
-        del normed
-        dn = (dh @ w).view(x.shape)
-        del dh
-        mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
-        dx, dlw, dlb = torch.ops.aten.native_layer_norm_backward(dn, x, [c], mean, rstd, ln_w, ln_b, mask)
-        return dx, dlw, dlb, dw, db, None, None, None
+        a = dh.t() @ normalized(x, mean, rstd).view(-1, c)
+        db = dh.sum(0)
+        dw, dlw, dlb = norm_linear_grads(a, db, w, ln_w, ln_b)
+        dx = None
+        if need[0]:
+            dn = (dh @ w).view(x.shape)
+            del dh
+            dx = torch.ops.aten.native_layer_norm_backward(dn, x, [c], mean, rstd, ln_w, ln_b, [True, False, False])[0]
+        return (
+            dx, dlw if need[1] else None, dlb if need[2] else None, dw if need[3] else None,
+            db if need[4] else None, None, None, None,
+        )
 
 
 def with_mixer_path(model: nn.Module, path: MixerPath) -> nn.Module:

@@ -14,7 +14,7 @@ from torch.autograd.function import once_differentiable
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, as_factor, keep_mask
 from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, row_blocks, unrecorded_eager
-from factorseg.models.layers.norm import layer_norm_from_stats
+from factorseg.models.layers.norm import fold_norm, norm_linear_grads, normalized
 
 
 class MLP(nn.Module):
@@ -81,9 +81,10 @@ class _MLPResidual(torch.autograd.Function):
     The plain formulation keeps, per voxel, the LayerNorm input and output, the GELU input and output,
     the LayerNorm statistics and both dropout masks: about 6.75 C values' worth. This function keeps
     the input ``y``, the LayerNorm statistics and the (boolean) masks, 1.75 C, and recomputes the rest
-    in the backward pass: the normalisation (from the saved statistics,
-    :func:`~factorseg.models.layers.norm.layer_norm_from_stats`), the first product (the GELU input)
-    and the GELU: one matrix product more per backward pass.
+    in the backward pass: the normalisation (from the saved statistics, without its affine map, which is
+    folded into the first product's weights: :func:`~factorseg.models.layers.norm.fold_norm`), the first
+    product (the GELU input) and the GELU: one matrix product more per backward pass. The LayerNorm's
+    parameters get their gradients from the first product's (:func:`~factorseg.models.layers.norm.norm_linear_grads`).
 
     Both passes run over blocks of rows (:func:`~factorseg.models.layers.fastpath.block_rows`), the
     weight gradients accumulating block by block: no map-sized normalised copy, hidden layer or hidden
@@ -134,18 +135,17 @@ class _MLPResidual(torch.autograd.Function):
         need = ctx.needs_input_grad
         ln_mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
         w2s = w2 * (s1 * s2)
+        w1f, b1f = fold_norm(w1, b1, ln_w, ln_b)
         dy = torch.empty_like(rows, memory_format=torch.contiguous_format) if need[0] else None
-        dw1, dw2 = w1.new_zeros(w1.shape), w2.new_zeros(w2.shape)
+        a1, dw2 = w1.new_zeros(w1.shape), w2.new_zeros(w2.shape)
         db1, db2 = w1.new_zeros(hidden), w2.new_zeros(c)
-        dlw = None if ln_w is None else ln_w.new_zeros(ln_w.shape)
-        dlb = None if ln_b is None else ln_b.new_zeros(ln_b.shape)
         n = block_rows(hidden, rows.element_size())
         k1s, k2s = (_split(m, n) for m in (masks or [None, None]))
         for r, d, m, sd, k1, k2, o in zip(
             rows.split(n), dout.split(n), mean.split(n), rstd.split(n), k1s, k2s, _split(dy, n)
         ):
-            normed = layer_norm_from_stats(r, m, sd, ln_w, ln_b)
-            h = F.linear(normed, w1, b1)
+            xhat = normalized(r, m, sd)
+            h = F.linear(xhat, w1f, b1f)
             f1 = as_factor(k1, r.dtype)
             dz = d if k2 is None else d * as_factor(k2, d.dtype)  # (s2 dz: the true one)
             if need[5]:
@@ -156,18 +156,16 @@ class _MLPResidual(torch.autograd.Function):
             dg = dz @ w2s
             dh = torch.ops.aten.gelu_backward(dg if f1 is None else dg.mul_(f1), h, approximate=approximate)
             del h, dz, dg
-            if need[3]:
-                dw1.addmm_(dh.t(), normed)
+            if need[3] or ln_mask[1]:
+                a1.addmm_(dh.t(), xhat)
             db1 += dh.sum(0)
-            dn = dh @ w1
-            del dh, normed
-            dr, dlw_r, dlb_r = torch.ops.aten.native_layer_norm_backward(dn, r, [c], m, sd, ln_w, ln_b, ln_mask)
+            del xhat
             if o is not None:
+                dn = dh @ w1
+                dr = torch.ops.aten.native_layer_norm_backward(dn, r, [c], m, sd, ln_w, ln_b, [True, False, False])[0]
                 torch.add(d, dr, out=o)
-            if dlw_r is not None:
-                dlw += dlw_r
-            if dlb_r is not None:
-                dlb += dlb_r
+            del dh
+        dw1, dlw, dlb = norm_linear_grads(a1, db1, w1, ln_w, ln_b)
         return (
             dy, dlw if ln_mask[1] else None, dlb if ln_mask[2] else None, dw1 if need[3] else None,
             db1 if need[4] else None, dw2.mul_(s1 * s2) if need[5] else None,

@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 from factorseg.models.layers.dropout import Keep, as_factor
 from factorseg.models.layers.fastpath import block_rows
 from factorseg.models.layers.nmf import heads_to_blocks
-from factorseg.models.layers.norm import layer_norm_from_stats
+from factorseg.models.layers.norm import norm_linear_grads, normalized
 from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
 
 Norm = tuple[Tensor | None, Tensor | None, float]
@@ -125,8 +125,9 @@ class _ProjectSubblocks(torch.autograd.Function):
 
     The backward pass runs box by box: the sub-blocks' gradient (from the output, the Gram matrices and the
     ``v0`` sums) and the ReLU's mask (read off the sub-blocks), the LayerNorm recomputed from its statistics
-    on the box's input rows, the in-projection's and the LayerNorm's backward, and the input's gradient
-    written into its place in the map. No map-sized temporary.
+    on the box's input rows (before its affine map), the in-projection's and the LayerNorm's backward, and
+    the input's gradient written into its place in the map; the weights' gradients come from sums over all
+    boxes (:func:`~factorseg.models.layers.norm.norm_linear_grads`). No map-sized temporary.
     """
 
     @staticmethod
@@ -153,9 +154,7 @@ class _ProjectSubblocks(torch.autograd.Function):
         c, cout = x.shape[-1], w.shape[0]
         ln_mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
         dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need[0] else None
-        dw, db = w.new_zeros(w.shape), w.new_zeros(cout)
-        dlw = None if ln_w is None else ln_w.new_zeros(ln_w.shape)
-        dlb = None if ln_b is None else ln_b.new_zeros(ln_b.shape)
+        a, db = w.new_zeros(w.shape), w.new_zeros(cout)
         for i in range(x.shape[0]):
             for box in _boxes(lay, edges, max(c, cout), x):
                 xb = blocks[i, box.k]
@@ -169,19 +168,15 @@ class _ProjectSubblocks(torch.autograd.Function):
                 dh = torch.ops.aten.threshold_backward(d, xb, 0).view(-1, cout)
                 rows = _rows(x, i, box, edges)
                 mu, sd = mean[i, box.k].view(-1, 1), rstd[i, box.k].view(-1, 1)
-                if need[3]:
-                    dw.addmm_(dh.t(), layer_norm_from_stats(rows, mu, sd, ln_w, ln_b))
-                if need[4] and has_bias:
-                    db += dh.sum(0)
-                dr, dlw_r, dlb_r = torch.ops.aten.native_layer_norm_backward(
-                    dh @ w, rows, [c], mu, sd, ln_w, ln_b, ln_mask
-                )
+                if need[3] or ln_mask[1]:
+                    a.addmm_(dh.t(), normalized(rows, mu, sd))
+                db += dh.sum(0)
                 if dx is not None:
+                    dr = torch.ops.aten.native_layer_norm_backward(
+                        dh @ w, rows, [c], mu, sd, ln_w, ln_b, [True, False, False]
+                    )[0]
                     _to_map(dr, dx, i, box, edges)
-                if dlw is not None and dlw_r is not None:
-                    dlw += dlw_r
-                if dlb is not None and dlb_r is not None:
-                    dlb += dlb_r
+        dw, dlw, dlb = norm_linear_grads(a, db, w, ln_w, ln_b)
         return (
             dx, dlw if ln_mask[1] else None, dlb if ln_mask[2] else None, dw if need[3] else None,
             db if need[4] and has_bias else None, None, None, None, None, None,
