@@ -1,0 +1,50 @@
+"""Dropout keep-masks of several sizes, before (a worktree of ad1efc8 at /tmp/wt_base: one generator call per
+mask) and after (this checkout: random words in seeded pieces on all threads), one and two threads, medians of 21.
+
+    python benchmarks/results/session28/mask_threads.py   # with the factorseg command's allocator settings
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def median_ms(fn, n: int = 21) -> float:
+    fn()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * sorted(times)[n // 2]
+
+
+def main() -> None:
+    print("load", os.getloadavg())
+    rel = Path("src/factorseg/models/layers/dropout.py")
+    before, after = load(Path("/tmp/wt_base") / rel, "before"), load(ROOT / rel, "after")
+    cpu = torch.device("cpu")
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for n in (2**26, 2**23, 5_734_400, 2**20):
+            times = [median_ms(lambda m=m: m.keep_mask((n,), 0.1, cpu)) for m in (before, after)]
+            print(f"{threads} thread(s), {n} elements: before {times[0]:.2f} ms, after {times[1]:.2f} ms")
+    print("load", os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()
