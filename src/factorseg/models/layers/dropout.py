@@ -90,12 +90,13 @@ WORDS_PER_PIECE = 2**18
 def random_words(n: int, generator: torch.Generator | None = None) -> Tensor:
     """``n`` uniform 64-bit random words (``int64``), drawn on several threads where PyTorch has them.
 
-    PyTorch's CPU generator fills a tensor on one thread (about 3 ns a word here: a third of a second
-    for the masks of a 128^3 training step, however many threads the step's other work runs on). Here
+    PyTorch's CPU generator fills a tensor on one thread, however many threads the rest of a training
+    step runs on (the masks of a 128^3 BraTS step are about 200 M words). Here
     the words come in pieces of :data:`WORDS_PER_PIECE`, each from its own generator seeded by one draw
     of ``generator`` (PyTorch's default: ``torch.manual_seed`` makes them reproducible), so the pieces can
     be filled side by side: on up to ``torch.get_num_threads()`` threads (the fill releases the GIL),
-    with the same words whatever the thread count.
+    with the same words whatever the thread count. A 67 M-element mask on two threads: 79 -> 55 ms
+    (``benchmarks/results/session28/mask_threads.py``).
     """
     words = torch.empty(n, dtype=torch.int64)
     pieces = words.split(WORDS_PER_PIECE)
