@@ -93,58 +93,42 @@ def test_masked_in_pieces_equals_where(block_bytes, monkeypatch) -> None:
     assert torch.equal(masked(strided, (keep, scale)), torch.where(keep, strided, 0.0) * scale)
 
 
-@pytest.mark.parametrize("block_bytes", [64, 2 * 2**20])
-@pytest.mark.parametrize("dtype", [torch.int16, torch.int64, torch.uint8])
-def test_at_least_in_pieces_is_the_comparison(block_bytes: int, dtype: torch.dtype, monkeypatch) -> None:
-    """Every value near the bound and at the type's ends, over sizes that leave a partial last piece."""
-    from factorseg.models.layers import fastpath
-    from factorseg.models.layers.dropout import at_least
+def test_masks_are_the_same_on_any_thread_count_and_seeded() -> None:
+    """Pieces drawn side by side give the mask one thread gives; a seed (default or own generator) repeats it."""
+    from factorseg.models.layers.dropout import NUMBERS_PER_PIECE, keep_mask
 
-    monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", block_bytes)
-    info = torch.iinfo(dtype)
-    bound = 0 if dtype == torch.uint8 else -26215
-    ends = torch.tensor([info.min, info.max, bound - 1, bound, bound + 1, 200, 0]).clamp(info.min, info.max)
-    for n in (1, 7, 1000, 100_003):
-        values = torch.randint(info.min, info.max, (n,), dtype=torch.int64).to(dtype)
-        values[: min(n, 7)] = ends[: min(n, 7)].to(dtype)
-        keep = at_least(values, bound)
-        assert keep.dtype == torch.bool and keep.shape == values.shape
-        assert torch.equal(keep, values >= bound)
-
-
-def test_random_words_are_the_same_on_any_thread_count_and_seeded() -> None:
-    """Pieces drawn side by side give the words one thread gives; a seed (default or own generator) repeats them."""
-    from factorseg.models.layers.dropout import WORDS_PER_PIECE, keep_mask, random_words
-
-    n = 3 * WORDS_PER_PIECE + 123  # a partial last piece
+    shape, cpu = (3, NUMBERS_PER_PIECE + 41), torch.device("cpu")  # partial last piece
     threads = torch.get_num_threads()
     try:
-        draws = []
+        masks, own = [], []
         for t in (1, 3):
             torch.set_num_threads(t)
             torch.manual_seed(9)
-            draws.append(random_words(n))
-        masks = []
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            masks.append(keep_mask((n,), 0.2, torch.device("cpu"), torch.Generator().manual_seed(4))[0])
+            masks.append(keep_mask(shape, 0.3, cpu)[0])
+            own.append(keep_mask(shape, 0.2, cpu, torch.Generator().manual_seed(4))[0])
     finally:
         torch.set_num_threads(threads)
-    assert draws[0].dtype == torch.int64 and draws[0].shape == (n,)
-    assert torch.equal(draws[0], draws[1]) and torch.equal(masks[0], masks[1])
+    assert masks[0].dtype == torch.bool and masks[0].shape == shape
+    assert torch.equal(masks[0], masks[1]) and torch.equal(own[0], own[1])
     torch.manual_seed(10)
-    assert not torch.equal(random_words(n), draws[0])
+    assert not torch.equal(keep_mask(shape, 0.3, cpu)[0], masks[0])
 
 
-def test_random_words_are_uniform_and_pieces_independent() -> None:
-    """Every bit is a fair coin, and neighbouring pieces (own generators) are uncorrelated."""
-    from factorseg.models.layers.dropout import WORDS_PER_PIECE, random_words
+def test_random_numbers_are_uniform_and_pieces_independent() -> None:
+    """``u >= bound`` holds for the fraction of 16-bit numbers at least ``bound``, at every bound; the pieces
+    (own generators) are uncorrelated; the mask is the comparison of uniform numbers at bit level."""
+    from factorseg.models.layers.dropout import NUMBERS_PER_PIECE, random_at_least
 
+    n = 2 * NUMBERS_PER_PIECE
+    for bound in (-32768, -32767, -26214, -1, 0, 1, 16384, 32767):
+        torch.manual_seed(bound)
+        flags = random_at_least(torch.empty(n, dtype=torch.bool), bound)
+        expected = (32768 - bound) / 65536
+        # binomial standard deviation of the rate over 2^21 numbers is < 3.5e-4; allow 5 of them
+        assert abs(float(flags.double().mean()) - expected) < 5 * math.sqrt(expected * (1 - expected) / n) + 1e-12
     torch.manual_seed(11)
-    words = random_words(2 * WORDS_PER_PIECE)
-    bits = torch.stack([(words >> k) & 1 for k in range(64)], dim=1).double()  # (n, 64); >> is arithmetic
-    # binomial standard deviation of a bit's mean over 2^19 words is 6.9e-4; allow 5 of them
-    assert float((bits.mean(0) - 0.5).abs().max()) < 5 * 0.5 / math.sqrt(words.numel())
-    first, second = bits[:WORDS_PER_PIECE], bits[WORDS_PER_PIECE:]
-    agree = float((first == second).double().mean())
-    assert abs(agree - 0.5) < 5 * 0.5 / math.sqrt(first.numel())
+    flags = random_at_least(torch.empty(n, dtype=torch.bool), 0).double()  # fair coins
+    first, second = flags[:NUMBERS_PER_PIECE], flags[NUMBERS_PER_PIECE:]
+    assert abs(float((first == second).double().mean()) - 0.5) < 5 * 0.5 / math.sqrt(NUMBERS_PER_PIECE)
+    assert abs(float((flags[1:] == flags[:-1]).double().mean()) - 0.5) < 5 * 0.5 / math.sqrt(n)
+    assert abs(float((flags[4:] == flags[:-4]).double().mean()) - 0.5) < 5 * 0.5 / math.sqrt(n)  # same lane, next word

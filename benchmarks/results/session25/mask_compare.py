@@ -1,7 +1,8 @@
 """The 16-bit dropout-mask comparison: ``int16 >= bound`` straight into ``bool`` against dropout.at_least
 (compared into int16 pieces, narrowed into the result's bytes), tuned allocator.
 
-Run from the repository root: python benchmarks/results/session25/mask_compare.py THREADS"""
+Run from the repository root: python benchmarks/results/session25/mask_compare.py THREADS
+(``at_least`` was replaced by NumPy's comparison in each mask piece in session 28: run it at ad1efc8 or before)."""
 import sys, time
 sys.path[:0] = ["src", "."]
 import torch

@@ -1,5 +1,7 @@
-"""Dropout keep-masks of several sizes, before (a worktree of ad1efc8 at /tmp/wt_base: one generator call per
-mask) and after (this checkout: random words in seeded pieces on all threads), one and two threads, medians of 21.
+"""Dropout keep-masks of several sizes, before (a worktree of ad1efc8 at /tmp/wt_base: one PyTorch generator
+call per mask, then the comparison) and after (this checkout), one and two threads, medians of 21. The first output
+(mask_threads.txt) is bd8e644's MT19937 words in seeded pieces on all threads; the second (mask_threads_pcg.txt) the
+PCG64DXSM pieces each compared into the mask in the cache.
 
     python benchmarks/results/session28/mask_threads.py   # with the factorseg command's allocator settings
 """

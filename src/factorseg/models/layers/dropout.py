@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -21,9 +22,9 @@ class Dropout(nn.Dropout):
     On the CPU, PyTorch draws dropout masks at about 100 million per second (one generator call and
     a float comparison per element), which made dropout the largest single cost of a Factorizer
     training step at full resolution (three masks per block, over 250 million numbers at 128^3).
-    Here one 64-bit random word (:func:`random_words`, seeded from PyTorch's default generator, so
-    ``torch.manual_seed`` makes it reproducible, and drawn on all of PyTorch's threads) gives four uniform
-    16-bit numbers (masks 5x faster to draw than ``bernoulli_`` on one thread), an
+    Here one 64-bit random word (:func:`random_at_least`: PCG64DXSM generators seeded from PyTorch's
+    default one, so ``torch.manual_seed`` makes the masks reproducible, run on all of PyTorch's threads)
+    gives four uniform 16-bit numbers (masks over 10x faster to draw than ``bernoulli_``), an
     element is kept when its number is at least ``round(p 2^16)`` (in 16-bit two's complement), and
     kept values are scaled by the inverse of the exact keep probability (``p`` is rounded to a
     multiple of ``2^-16``). Other devices, in-place use and graph capture use ``F.dropout``. Same
@@ -70,48 +71,53 @@ def keep_mask(
 ) -> tuple[Tensor, float]:
     """A dropout keep-mask (``bool``) of ``shape`` and the scale of kept values, for ``0 < p < 1``.
 
-    CPU: from 64-bit random words (see :class:`Dropout`; ``p`` rounded to a multiple of ``2^-16``), drawn
-    by :func:`random_words`; other devices: ``bernoulli_``. ``generator`` (on ``device``) makes the mask
-    reproducible; the same seed gives the same mask at any thread count.
+    CPU: uniform 16-bit numbers at least ``round(p 2^16)`` (see :class:`Dropout` and :func:`random_at_least`;
+    ``p`` rounded to a multiple of ``2^-16``); other devices: ``bernoulli_``. ``generator`` (on ``device``)
+    makes the mask reproducible; on the CPU the same seed gives the same mask at any thread count.
     """
     n = math.prod(shape)
     if device.type == "cpu":
         threshold = round(p * 65536)
-        words = random_words(-(-n // 4), generator)
-        return at_least(words.view(torch.int16)[:n], threshold - 32768).view(*shape), 65536 / (65536 - threshold)
+        keep = random_at_least(torch.empty(n, dtype=torch.bool), threshold - 32768, generator)
+        return keep.view(*shape), 65536 / (65536 - threshold)
     keep = torch.empty(*shape, device=device).bernoulli_(1.0 - p, generator=generator).bool()
     return keep, 1.0 / (1.0 - p)
 
 
-WORDS_PER_PIECE = 2**18
-"""Random words (2 MiB) per independently seeded piece of :func:`random_words`."""
+NUMBERS_PER_PIECE = 2**20
+"""Random 16-bit numbers (2 MiB) per independently seeded piece of :func:`random_at_least`."""
 
 
-def random_words(n: int, generator: torch.Generator | None = None) -> Tensor:
-    """``n`` uniform 64-bit random words (``int64``), drawn on several threads where PyTorch has them.
+def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None = None) -> Tensor:
+    """Fill a 1D ``bool`` CPU tensor with ``u >= bound`` for independent uniform 16-bit signed numbers ``u``.
 
-    PyTorch's CPU generator fills a tensor on one thread, however many threads the rest of a training
-    step runs on (the masks of a 128^3 BraTS step are about 200 M words). Here
-    the words come in pieces of :data:`WORDS_PER_PIECE`, each from its own generator seeded by one draw
-    of ``generator`` (PyTorch's default: ``torch.manual_seed`` makes them reproducible), so the pieces can
-    be filled side by side: on up to ``torch.get_num_threads()`` threads (the fill releases the GIL),
-    with the same words whatever the thread count. A 67 M-element mask on two threads: 79 -> 55 ms
-    (``benchmarks/results/session28/mask_threads.py``).
+    PyTorch's CPU generator (MT19937) fills a tensor on one thread at about 4 ns per 64-bit word, and the
+    comparison is a second pass: the masks of a 128^3 BraTS training step (about 650 M numbers) took a
+    second. Here the numbers come in pieces of :data:`NUMBERS_PER_PIECE`, each from its own PCG64DXSM
+    generator (NumPy's ``random_raw``, four numbers per 64-bit word, about 1.6 ns a word) seeded by one draw
+    of ``generator`` (PyTorch's default: ``torch.manual_seed`` makes the masks reproducible), and each piece
+    is compared into ``out`` while it is in the cache. The pieces are filled side by side on up to
+    ``torch.get_num_threads()`` threads (NumPy releases the GIL for both steps), and do not depend on the
+    thread count: a seed gives the same mask on one thread or many. A 67 M-number mask: 91 -> 40 ms on one
+    thread, 51 -> 24 ms on two (``benchmarks/results/session28/mask_threads.py``).
     """
-    words = torch.empty(n, dtype=torch.int64)
-    pieces = words.split(WORDS_PER_PIECE)
-    seeds = torch.empty(len(pieces), dtype=torch.int64).random_(generator=generator).tolist()
+    n = out.numel()
+    starts = range(0, n, NUMBERS_PER_PIECE)
+    seeds = torch.empty(len(starts), dtype=torch.int64).random_(generator=generator).tolist()
+    flags = out.numpy()
 
     def fill(i: int) -> None:
-        pieces[i].random_(-(2**63), None, generator=torch.Generator().manual_seed(seeds[i]))
+        a, b = starts[i], min(n, starts[i] + NUMBERS_PER_PIECE)
+        words = np.random.PCG64DXSM(seeds[i]).random_raw(-(-(b - a) // 4))
+        np.greater_equal(words.view(np.int16)[: b - a], bound, out=flags[a:b])
 
-    workers = min(torch.get_num_threads(), len(pieces))
+    workers = min(torch.get_num_threads(), len(starts))
     if workers <= 1:
-        for i in range(len(pieces)):
+        for i in range(len(starts)):
             fill(i)
     else:
-        list(_pool(workers).map(fill, range(len(pieces))))
-    return words
+        list(_pool(workers).map(fill, range(len(starts))))
+    return out
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -123,22 +129,6 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def at_least(values: Tensor, bound: int) -> Tensor:
-    """``values >= bound`` for a 1D integer CPU tensor, as ``bool``, in cache-sized pieces.
-
-    PyTorch compares element by element where the result is ``bool``, but vectorised where it is the
-    inputs' own type: each piece is compared into a buffer of that type and narrowed into the result's
-    bytes (0/1), 2x faster for the 16-bit numbers of :func:`keep_mask` (one thread: 22.5 -> 11.9 ms for
-    28.7 M; ``benchmarks/results/session25/mask_compare.py``).
-    """
-    keep = torch.empty(values.shape, dtype=torch.bool)
-    n = block_rows(1, values.element_size())
-    buffer = values.new_empty(min(n, values.numel()))
-    for piece, out in zip(values.split(n), keep.view(torch.uint8).split(n)):
-        out.copy_(torch.ge(piece, bound, out=buffer[: piece.numel()]))
-    return keep
 
 
 def as_factor(keep: Tensor | None, dtype: torch.dtype) -> Tensor | None:
