@@ -92,7 +92,7 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     """Fill a 1D ``bool`` CPU tensor with ``u >= bound`` for independent uniform 16-bit signed numbers ``u``.
 
     PyTorch's CPU generator (MT19937) fills a tensor on one thread at about 4 ns per 64-bit word, and the
-    comparison is a second pass: the masks of a 128^3 BraTS training step (about 650 M numbers) took a
+    comparison is a second pass: the masks of a 128^3 BraTS training step (803 M numbers) took over a
     second. Here the numbers come in pieces of :data:`NUMBERS_PER_PIECE`, each from its own PCG64DXSM
     generator (NumPy's ``random_raw``, four numbers per 64-bit word, about 1.6 ns a word) seeded by one draw
     of ``generator`` (PyTorch's default: ``torch.manual_seed`` makes the masks reproducible), and each piece
