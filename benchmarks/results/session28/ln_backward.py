@@ -1,26 +1,16 @@
 """LayerNorm backward over row blocks on one and two threads: PyTorch's with the parameters' gradients, the input's
 gradient alone, and the per-block reductions the parameters' gradients take. Medians of 100 calls, ms.
 
-    python benchmarks/results/session28/ln_backward.py
+    PYTHONPATH=. python benchmarks/results/session28/ln_backward.py
 """
 
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 
-
-def median_ms(fn, n: int = 100) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * sorted(times)[n // 2]
+from benchmarks.common import interleaved
 
 
 def main() -> None:
@@ -37,13 +27,11 @@ def main() -> None:
             "sum(g * xhat, 0)": lambda: (g * xhat).sum(0),
             "sum(g, 0)": lambda: g.sum(0),
         }
-        cells = []
-        for name, fn in forms.items():
-            per_threads = []
-            for threads in (1, 2):
-                torch.set_num_threads(threads)
-                per_threads.append(median_ms(fn))
-            cells.append(f"{name}: {per_threads[0]:.3f} / {per_threads[1]:.3f}")
+        medians = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            medians.append({k: 1e3 * t.median for k, t in interleaved(forms, 100, torch.device("cpu")).items()})
+        cells = [f"{name}: {medians[0][name]:.3f} / {medians[1][name]:.3f}" for name in forms]
         print(f"{rows} x {c} (1 / 2 threads): " + "; ".join(cells))
     print("load", os.getloadavg())
 

@@ -3,17 +3,18 @@ call per mask, then the comparison) and after (this checkout), one and two threa
 (mask_threads.txt) is bd8e644's MT19937 words in seeded pieces on all threads; the second (mask_threads_pcg.txt) the
 PCG64DXSM pieces each compared into the mask in the cache.
 
-    python benchmarks/results/session28/mask_threads.py   # with the factorseg command's allocator settings
+    PYTHONPATH=. python benchmarks/results/session28/mask_threads.py   # with the factorseg command's allocator settings
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.common import interleaved
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -25,16 +26,6 @@ def load(path: Path, name: str):
     return module
 
 
-def median_ms(fn, n: int = 21) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * sorted(times)[n // 2]
-
-
 def main() -> None:
     print("load", os.getloadavg())
     rel = Path("src/factorseg/models/layers/dropout.py")
@@ -43,8 +34,9 @@ def main() -> None:
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for n in (2**26, 2**23, 5_734_400, 2**20):
-            times = [median_ms(lambda m=m: m.keep_mask((n,), 0.1, cpu)) for m in (before, after)]
-            print(f"{threads} thread(s), {n} elements: before {times[0]:.2f} ms, after {times[1]:.2f} ms")
+            runs = {name: (lambda m=m: m.keep_mask((n,), 0.1, cpu)) for name, m in (("before", before), ("after", after))}
+            t = {k: 1e3 * v.median for k, v in interleaved(runs, 21, cpu).items()}
+            print(f"{threads} thread(s), {n} elements: before {t['before']:.2f} ms, after {t['after']:.2f} ms")
     print("load", os.getloadavg())
 
 
