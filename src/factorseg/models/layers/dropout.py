@@ -17,18 +17,20 @@ from factorseg.models.layers.fastpath import block_rows, traced
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` with CPU masks from 64-bit random words (forward + backward 2x faster on the CPU).
+    """``nn.Dropout`` with CPU masks from 64-bit random words (forward + backward 5.7x faster on the CPU).
 
     On the CPU, PyTorch draws dropout masks at about 100 million per second (one generator call and
     a float comparison per element), which made dropout the largest single cost of a Factorizer
     training step at full resolution (three masks per block, over 250 million numbers at 128^3).
     Here one 64-bit random word (:func:`random_at_least`: PCG64DXSM generators seeded from PyTorch's
     default one, so ``torch.manual_seed`` makes the masks reproducible, run on all of PyTorch's threads)
-    gives four uniform 16-bit numbers (masks over 10x faster to draw than ``bernoulli_``), an
+    gives four uniform 16-bit numbers (masks 9-10x faster to draw than ``bernoulli_``), an
     element is kept when its number is at least ``round(p 2^16)`` (in 16-bit two's complement), and
     kept values are scaled by the inverse of the exact keep probability (``p`` is rounded to a
     multiple of ``2^-16``). Other devices, in-place use and graph capture use ``F.dropout``. Same
-    state dict as ``nn.Dropout``. Forward + backward timing: ``benchmarks/dropout.py``.
+    state dict as ``nn.Dropout``. Timings (two threads, tuned allocator): forward + backward over
+    ``(1, 96, 96, 96, 64)`` 51 against 292 ms (``benchmarks/dropout.py``); masks
+    ``benchmarks/results/session29/mask_vs_bernoulli.py``.
     """
 
     def draws_own_mask(self, x: Tensor) -> bool:
@@ -98,8 +100,9 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     of ``generator`` (PyTorch's default: ``torch.manual_seed`` makes the masks reproducible), and each piece
     is compared into ``out`` while it is in the cache. The pieces are filled side by side on up to
     ``torch.get_num_threads()`` threads (NumPy releases the GIL for both steps), and do not depend on the
-    thread count: a seed gives the same mask on one thread or many. A 67 M-number mask: 91 -> 40 ms on one
-    thread, 51 -> 24 ms on two (``benchmarks/results/session28/mask_threads.py``).
+    thread count: a seed gives the same mask on one thread or many. A 67 M-number mask against the MT19937
+    words drawn in one call: 54 -> 30 ms on one thread, 51 -> 23 ms on two
+    (``benchmarks/results/session28/mask_threads.py``).
     """
     n = out.numel()
     starts = range(0, n, NUMBERS_PER_PIECE)

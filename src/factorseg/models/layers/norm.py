@@ -76,8 +76,8 @@ def norm_linear_grads(
     With ``LN(x) = xhat g + beta``: ``dW = a diag(g) + db beta^T``, ``dg = colsum(W * a)``, ``dbeta = db W``.
     A backward pass over row blocks then accumulates one matrix product per block and no per-block
     reduction for the LayerNorm's parameters: PyTorch's (``native_layer_norm_backward`` with the
-    parameters' gradients) takes 3x the time of the input's gradient alone over 32768 x 32 rows on two
-    threads, and longer than on one (0.996 against 0.727 ms; ``benchmarks/results/session28/ln_backward.py``).
+    parameters' gradients) takes 1.4-1.5x the time of the input's gradient alone over 16-32 K rows of 32
+    channels (``benchmarks/results/session28/ln_backward.py``).
     """
     dw = a if ln_w is None else a * ln_w
     if ln_b is not None:
