@@ -119,6 +119,25 @@ def tune_allocator() -> bool:
     return allocator.tune()
 
 
+def cpu_model() -> str:
+    """The CPU's model name, family and model number (Linux's ``/proc/cpuinfo``; else the platform's word).
+
+    A shared VM can land on another machine between sessions, and every absolute time with it; the name
+    alone ("AMD EPYC") does not tell the generations apart.
+    """
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if not key:
+                    break  # the end of the first processor's block
+                fields.setdefault(key, value)
+    except OSError:
+        return platform.processor() or platform.machine()
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
 def environment(threads: int, tuned: bool) -> dict[str, Any]:
     """What the figures were measured on, stored with every result."""
     info: dict[str, Any] = {
@@ -126,7 +145,8 @@ def environment(threads: int, tuned: bool) -> dict[str, Any]:
         "command": " ".join(["python", "-m", f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]]),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "threads": threads,
         "allocator_tuned": tuned,

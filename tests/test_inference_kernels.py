@@ -26,6 +26,46 @@ def test_row_blocks_cover_every_row_once(small_blocks: None) -> None:
 
 
 @pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_linear_matches_a_float64_product(bias: bool, layout: str) -> None:
+    """``fastpath.linear`` (oneDNN's product for float32 CPU rows) against ``F.linear`` in float64."""
+    torch.manual_seed(0)
+    x, w = torch.randn(1000, 32), torch.randn(48, 32)
+    if layout == "transposed":
+        x, w = torch.randn(32, 1000).t(), torch.randn(32, 48).t()
+    elif layout == "strided":
+        x, w = torch.randn(2000, 64)[::2, ::2], torch.randn(48, 64)[:, 1::2]
+    b = torch.randn(48) if bias else None
+    out = fastpath.linear(x, w, b)
+    expected = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    assert out.dtype == torch.float32 and out.shape == (1000, 48)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    assert fastpath.linear(x[:0], w, b).shape == (0, 48)
+
+
+def test_linear_records_gradients_through_f_linear() -> None:
+    """Where autograd records (or for float64), ``fastpath.linear`` is ``F.linear``: gradients flow."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: fastpath.linear(a, b), (x, w))
+    x32 = x.detach().float().requires_grad_()
+    fastpath.linear(x32, w.detach().float()).sum().backward()
+    torch.testing.assert_close(x32.grad, w.detach().float().sum(0).expand(7, 5))
+
+
+def test_mlp_add_norm_to_equals_the_whole_map_in_float32(small_blocks: None) -> None:
+    """The float32 inference kernel (oneDNN's products where the build has them) against the whole map."""
+    torch.manual_seed(0)
+    mlp, norm = MLP(16, 2.0, 0.1, 3).eval(), torch.nn.LayerNorm(16)
+    y = torch.randn(2, 5, 4, 3, 16)
+    expected = y + mlp.forward_channels_last(norm(y))
+    with torch.no_grad():
+        out = mlp.add_norm_to_(y.clone(), norm)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
 def test_mlp_add_norm_to_equals_the_whole_map(small_blocks: None, bias: bool) -> None:
     torch.manual_seed(0)
     mlp = MLP(16, 2.0, 0.1, 3).double().eval()

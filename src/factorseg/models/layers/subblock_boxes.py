@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.dropout import Keep, as_factor
-from factorseg.models.layers.fastpath import block_rows
+from factorseg.models.layers.fastpath import block_rows, linear
 from factorseg.models.layers.nmf import heads_to_blocks
 from factorseg.models.layers.norm import norm_linear_grads, normalized
 from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
@@ -85,10 +85,7 @@ def project_boxes(
                     mean[i, box.k].view(-1, 1).copy_(mu)
                     rstd[i, box.k].view(-1, 1).copy_(sd)
             dst = blocks[i, box.k]
-            if b is None:
-                torch.mm(rows, w.t(), out=dst.view(-1, cout))
-            else:
-                torch.addmm(b, rows, w.t(), out=dst.view(-1, cout))
+            dst.view(-1, cout).copy_(linear(rows, w, b))
             dst.relu_()
             full = torch.bmm(dst.transpose(1, 2), dst).view(-1, heads, m, heads, m)
             grams[i, 0, :, box.k] = full.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2)
@@ -173,7 +170,7 @@ class _ProjectSubblocks(torch.autograd.Function):
                 db += dh.sum(0)
                 if dx is not None:
                     dr = torch.ops.aten.native_layer_norm_backward(
-                        dh @ w, rows, [c], mu, sd, ln_w, ln_b, [True, False, False]
+                        linear(dh, w.t()), rows, [c], mu, sd, ln_w, ln_b, [True, False, False]
                     )[0]
                     _to_map(dr, dx, i, box, edges)
         dw, dlw, dlb = norm_linear_grads(a, db, w, ln_w, ln_b)
