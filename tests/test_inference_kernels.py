@@ -41,6 +41,8 @@ def test_linear_matches_a_float64_product(bias: bool, layout: str) -> None:
     assert out.dtype == torch.float32 and out.shape == (1000, 48)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     assert fastpath.linear(x[:0], w, b).shape == (0, 48)
+    empty = fastpath.linear(torch.randn(5, 0), torch.randn(48, 0), b)  # no columns: F.linear's zeros (+ bias)
+    torch.testing.assert_close(empty, torch.zeros(5, 48) + (0 if b is None else b))
 
 
 def test_linear_records_gradients_through_f_linear() -> None:

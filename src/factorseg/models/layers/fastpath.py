@@ -63,10 +63,11 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     ``sgemm`` ran at 87-102 GFLOP/s on one thread of an AMD EPYC (Zen 5, AVX-512; its square-matrix peak
     there is 108) and oneDNN's JIT kernels at 174-213 (``benchmarks/results/session29/linear_forms.py``);
     the values are the same up to rounding.
-    Elsewhere (autograd recording, autocast, capture, other dtypes or devices, N-D rows) ``F.linear``.
+    Elsewhere (autograd recording, autocast, capture, other dtypes or devices, N-D rows, rows without
+    columns, which oneDNN rejects) ``F.linear``.
     """
     if (
-        _ONEDNN_LINEAR and x.dim() == 2 and x.device.type == "cpu" and x.dtype == torch.float32
+        _ONEDNN_LINEAR and x.dim() == 2 and x.shape[1] > 0 and x.device.type == "cpu" and x.dtype == torch.float32
         and w.dtype == torch.float32 and (b is None or b.dtype == torch.float32) and not traced()
         and not torch.is_autocast_enabled("cpu") and can_modify_inplace(x, w, *(() if b is None else (b,)))
     ):
