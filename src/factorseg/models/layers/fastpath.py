@@ -68,7 +68,7 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     """
     if (
         _ONEDNN_LINEAR and x.dim() == 2 and x.shape[1] > 0 and x.device.type == "cpu" and x.dtype == torch.float32
-        and w.dtype == torch.float32 and (b is None or b.dtype == torch.float32) and not traced()
+        and w.dtype == torch.float32 and w.device.type == "cpu" and (b is None or b.dtype == torch.float32) and not traced()
         and not torch.is_autocast_enabled("cpu") and can_modify_inplace(x, w, *(() if b is None else (b,)))
     ):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
