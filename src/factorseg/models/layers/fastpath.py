@@ -66,10 +66,11 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     Elsewhere (autograd recording, autocast, capture, other dtypes or devices, N-D rows, rows without
     columns, which oneDNN rejects) ``F.linear``.
     """
+    params = (w,) if b is None else (w, b)
     if (
-        _ONEDNN_LINEAR and x.dim() == 2 and x.shape[1] > 0 and x.device.type == "cpu" and x.dtype == torch.float32
-        and w.dtype == torch.float32 and w.device.type == "cpu" and (b is None or b.dtype == torch.float32) and not traced()
-        and not torch.is_autocast_enabled("cpu") and can_modify_inplace(x, w, *(() if b is None else (b,)))
+        _ONEDNN_LINEAR and x.dim() == 2 and x.shape[1] > 0 and not traced()
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *params))
+        and not torch.is_autocast_enabled("cpu") and can_modify_inplace(x, *params)
     ):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
     return F.linear(x, w, b)
