@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.decomposition import NMF as SkNMF
 
-from factorseg.models.layers.nmf import NMF, nndsvd, set_nmf_iters
+from factorseg.models.layers.nmf import NMF, head_grams, nndsvd, set_nmf_iters
 
 
 def _error(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -203,3 +203,14 @@ def test_gram_loop_backward_is_autograds(tracked: int, untracked: int, detached:
         lambda *t: _GramLoop.apply(t[0], t[1] if left_differs else t[0], t[2], tracked, untracked, 1e-12, detached),
         tuple(t.detach().clone().requires_grad_() for t in (g, g_left, u0 + 0.05)),
     )
+
+
+@pytest.mark.parametrize("heads", [1, 4, 8, 16])
+def test_head_grams_match_float64_products(heads: int) -> None:
+    """Both forms of the heads' Gram matrices (one product up to 4 heads, head by head above) against einsum."""
+    torch.manual_seed(0)
+    blocks = torch.rand(5, 12, heads * 8)
+    expected = torch.einsum("kqhi,kqhj->hkij", *[blocks.double().view(5, 12, heads, 8)] * 2)
+    out = head_grams(blocks, 8)
+    assert out.shape == (heads, 5, 8, 8)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)

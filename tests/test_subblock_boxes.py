@@ -162,13 +162,3 @@ def test_gradcheck(monkeypatch) -> None:
     residual = torch.randn(2, 4, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(run, (x, ln_w, ln_b, w, b, left, right, bias, residual), fast_mode=True)
 
-
-@pytest.mark.parametrize("heads", [1, 4, 8, 16])
-def test_head_grams_match_float64_products(heads: int) -> None:
-    """Both forms of the heads' Gram matrices (one product up to 4 heads, head by head above) against einsum."""
-    torch.manual_seed(0)
-    blocks = torch.rand(5, 12, heads * 8)
-    expected = torch.einsum("kqhi,kqhj->hkij", *[blocks.double().view(5, 12, heads, 8)] * 2)
-    out = subblock_boxes.head_grams(blocks, 8)
-    assert out.shape == (heads, 5, 8, 8)
-    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)

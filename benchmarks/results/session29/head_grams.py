@@ -1,4 +1,4 @@
-"""The heads' Gram matrices of a box of sub-blocks (``subblock_boxes.head_grams``): one ``C x C`` product per
+"""The heads' Gram matrices of a box of sub-blocks (``nmf.head_grams``, as the sub-block boxes call it): one ``C x C`` product per
 sub-block against the heads' columns copied apart and multiplied head by head; the box sizes the BraTS preset's
 levels take at 128^3 on one thread (heads of 8). Medians of 31 interleaved calls, ms.
 
@@ -12,7 +12,7 @@ import os
 import torch
 
 from benchmarks.common import cpu_model, interleaved
-from factorseg.models.layers import subblock_boxes
+from factorseg.models.layers import nmf
 
 
 def main() -> None:
@@ -24,8 +24,8 @@ def main() -> None:
             blocks = torch.randn(k, q, c).relu_()
 
             def grams(limit: int) -> torch.Tensor:
-                subblock_boxes.HEADS_PER_GRAM_PRODUCT = limit
-                return subblock_boxes.head_grams(blocks, 8)
+                nmf.HEADS_PER_GRAM_PRODUCT = limit
+                return nmf.head_grams(blocks, 8)
 
             torch.testing.assert_close(grams(10**6), grams(0))
             t = interleaved({"one product": lambda: grams(10**6), "head by head": lambda: grams(0)}, 31, cpu)

@@ -43,16 +43,9 @@ def row_blocks(rows: Tensor, width: int) -> tuple[Tensor, ...]:
     return rows.split(block_rows(width, rows.element_size()))
 
 
-def _onednn_linear_available() -> bool:
-    """Whether this PyTorch build has oneDNN's fused linear (``mkldnn::_linear_pointwise``, what
-    ``torch.compile``'s CPU backend calls); probed once."""
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):
-        return False
-
-
-_ONEDNN_LINEAR = _onednn_linear_available()
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+"""Whether this PyTorch build has oneDNN's fused linear (``mkldnn::_linear_pointwise``, the op ``torch.compile``'s
+CPU backend emits)."""
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:

@@ -177,15 +177,28 @@ def _from_channels_last(t: Tensor, like: Tensor) -> Tensor:
     return t.view(*lead, w, n, h, k).permute(*range(len(lead)), -2, -4, -1, -3)
 
 
-def _blocks_to_heads(full: Tensor, like: Tensor) -> Tensor:
-    """Diagonal ``M x M`` blocks of ``(Bf, C, C)`` Gram matrices -> ``(..., H, W, M, M)``."""
-    *lead, h, w, m, _ = like.shape
-    blocks = full.view(-1, h, m, h, m).diagonal(dim1=1, dim2=3)  # (Bf, M, M, H)
-    return blocks.permute(0, 3, 1, 2).reshape(*lead, w, h, m, m).transpose(-3, -4).contiguous()
+HEADS_PER_GRAM_PRODUCT = 4
+"""Up to this many heads, one product gives every head's Gram matrix (the ``C x C`` Gram of a matrix of rows, whose
+diagonal ``M x M`` blocks are the heads'); with more, the heads' columns are copied apart and multiplied head by
+head, the product no longer paying for the ``H (H - 1)`` blocks between heads. Measured (sub-block boxes of 32-128
+channels, heads of 8, one or two threads; ``benchmarks/results/session29/head_grams.py``): at 4 heads head by head
+takes 1.21-1.22x the one product's time, at 8 heads 0.66-0.68x, at 16 heads 0.35-0.37x."""
+
+
+def head_grams(rows: Tensor, head_dim: int) -> Tensor:
+    """The heads' Gram matrices ``X_h^T X_h`` of matrices ``rows (Bf, N, C)`` whose ``C`` columns are heads of
+    ``head_dim`` (``M``) channels, as ``(H, Bf, M, M)``."""
+    bf, n, c = rows.shape
+    heads = c // head_dim
+    if heads <= HEADS_PER_GRAM_PRODUCT:
+        full = torch.bmm(rows.transpose(1, 2), rows).view(bf, heads, head_dim, heads, head_dim)
+        return full.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2)
+    per_head = rows.view(bf, n, heads, head_dim).permute(2, 0, 3, 1).reshape(heads * bf, head_dim, n)
+    return torch.bmm(per_head, per_head.transpose(1, 2)).view(heads, bf, head_dim, head_dim)
 
 
 def heads_to_blocks(g: Tensor) -> Tensor:
-    """Per-head ``(..., H, W, M, M)`` matrices -> block-diagonal ``(Bf, C, C)``; the adjoint of :func:`_blocks_to_heads`."""
+    """Per-head ``(..., H, W, M, M)`` matrices -> block-diagonal ``(Bf, C, C)``: the heads' blocks of a ``C x C`` Gram."""
     h, m = g.shape[-4], g.shape[-2]
     per = g.transpose(-3, -4).reshape(-1, h, m, m)  # (Bf, H, M, M)
     full = per.new_zeros(per.shape[0], h, m, h, m)
@@ -194,11 +207,12 @@ def heads_to_blocks(g: Tensor) -> Tensor:
 
 
 def _gram(x: Tensor) -> Tensor:
-    """``X X^T`` of every matrix ``x (..., M, N)`` (one product for all heads of a channels-last view)."""
+    """``X X^T`` of every matrix ``x (..., M, N)`` (:func:`head_grams` of a channels-last view)."""
     y = _channels_last_view(x)
     if y is None:
         return x @ x.transpose(-1, -2)
-    return _blocks_to_heads(torch.bmm(y.transpose(1, 2), y), x)
+    *lead, h, w, m, _ = x.shape
+    return head_grams(y, m).view(h, *lead, w, m, m).movedim(0, -4).contiguous()
 
 
 def gram_pair(x: Tensor, left: bool = True) -> tuple[Tensor, Tensor]:

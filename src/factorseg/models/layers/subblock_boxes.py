@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.dropout import Keep, as_factor
 from factorseg.models.layers.fastpath import block_rows, linear
-from factorseg.models.layers.nmf import heads_to_blocks
+from factorseg.models.layers.nmf import head_grams, heads_to_blocks
 from factorseg.models.layers.norm import norm_linear_grads, normalized
 from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
 
@@ -90,25 +90,6 @@ def project_boxes(
             if weights is not None and per_shift is not None:
                 per_shift[i, :, box.k] = torch.bmm(weights[:, box.k].transpose(0, 1), dst).transpose(0, 1)
     return blocks, grams, per_shift, mean, rstd
-
-
-HEADS_PER_GRAM_PRODUCT = 4
-"""Up to this many heads, one product gives every head's Gram matrix (the ``C x C`` Gram of a sub-block, whose
-diagonal ``M x M`` blocks are the heads'); with more, the heads' columns are copied apart and multiplied head by
-head, the product no longer paying for the ``H (H - 1)`` blocks between heads. Measured (boxes of 32-128
-channels, heads of 8, one or two threads; ``benchmarks/results/session29/head_grams.py``): at 4 heads head by head
-takes 1.21-1.22x the one product's time, at 8 heads 0.66-0.68x, at 16 heads 0.35-0.37x."""
-
-
-def head_grams(blocks: Tensor, head_dim: int) -> Tensor:
-    """The heads' Gram matrices ``X_h^T X_h`` of sub-blocks ``blocks (K, Q, C)``, as ``(H, K, M, M)`` (``M = head_dim``)."""
-    k, q, c = blocks.shape
-    heads = c // head_dim
-    if heads <= HEADS_PER_GRAM_PRODUCT:
-        full = torch.bmm(blocks.transpose(1, 2), blocks).view(k, heads, head_dim, heads, head_dim)
-        return full.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2)
-    per_head = blocks.view(k, q, heads, head_dim).permute(2, 0, 3, 1).reshape(heads * k, head_dim, q)
-    return torch.bmm(per_head, per_head.transpose(1, 2)).view(heads, k, head_dim, head_dim)
 
 
 def add_output_boxes(
