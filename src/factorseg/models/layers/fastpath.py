@@ -53,8 +53,8 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     oneDNN's matrix product instead of MKL's.
 
     The per-voxel products of the blocks are skinny (K and N of 16-256, V of thousands of rows), where MKL's
-    ``sgemm`` ran at 87-102 GFLOP/s on one thread of an AMD EPYC (Zen 5, AVX-512; its square-matrix peak
-    there is 108) and oneDNN's JIT kernels at 174-213 (``benchmarks/results/session29/linear_forms.py``);
+    ``sgemm`` ran at 84-97 GFLOP/s on one thread of an AMD EPYC (Zen 5, AVX-512; its square-matrix peak
+    there is 102) and oneDNN's JIT kernels at 159-196 (``benchmarks/results/session29/linear_forms.py``);
     the values are the same up to rounding.
     Elsewhere (autograd recording, autocast, capture, other dtypes or devices, N-D rows, rows without
     columns, which oneDNN rejects) ``F.linear``.
