@@ -112,11 +112,12 @@ def reference_model(model: nn.Module, in_place: bool = False) -> nn.Module:
 
 
 def tune_allocator() -> bool:
-    """Keep freed memory in glibc's heap (:func:`factorseg.allocator.tune`, what the CLI applies).
+    """The ``factorseg`` command's allocator settings (:func:`factorseg.allocator.restart_tuned`: this process
+    re-executes itself once with them), so that figures are what the command gets.
 
-    Returns whether the settings were applied (glibc only). Applies to every model in the process alike.
+    Returns whether the settings are in effect (glibc only). Applies to every model in the process alike.
     """
-    return allocator.tune()
+    return allocator.restart_tuned()
 
 
 def cpu_model() -> str:
@@ -150,6 +151,7 @@ def environment(threads: int, tuned: bool) -> dict[str, Any]:
         "cores": os.cpu_count(),
         "threads": threads,
         "allocator_tuned": tuned,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "load_average": os.getloadavg(),
     }
     if torch.cuda.is_available():

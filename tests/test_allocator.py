@@ -94,3 +94,66 @@ def test_tuned_heap_keeps_more_than_two_gib_freed_at_once() -> None:
 def test_python_dash_m_runs_the_command() -> None:
     out = subprocess.run([sys.executable, "-m", "factorseg", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("factorseg ")
+
+
+def test_tuned_environment_keeps_the_users_other_tunables() -> None:
+    linux = platform.system() == "Linux"
+    env = allocator.tuned_environment({"GLIBC_TUNABLES": "glibc.pthread.rseq=0", "HOME": "/h"})
+    if not linux:
+        assert env is None
+        return
+    assert env == {"GLIBC_TUNABLES": "glibc.pthread.rseq=0:" + allocator.TUNABLES, "HOME": "/h"}
+    assert allocator.tuned_environment({})["GLIBC_TUNABLES"] == allocator.TUNABLES
+    assert allocator.tuned_environment({allocator.OPT_OUT: "default"}) is None
+    assert allocator.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+    assert allocator.active({"GLIBC_TUNABLES": "glibc.pthread.rseq=0:" + allocator.TUNABLES})
+    assert not allocator.active({})
+
+
+_RESTART_PROBE = """
+import json, os, sys
+print("started", flush=True)
+from factorseg import allocator
+in_effect = allocator.restart_tuned()
+import torch
+t = torch.empty(64 << 20)  # 256 MiB from the heap
+t.fill_(1.0)
+with open("/proc/self/smaps_rollup") as f:
+    huge = sum(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+print(json.dumps({"in_effect": in_effect, "tunables": os.environ.get("GLIBC_TUNABLES"), "argv": sys.argv[1:],
+                  "huge_kib": huge}))
+"""
+
+
+def _glibc_version() -> tuple[int, ...]:
+    name, version = platform.libc_ver()
+    return tuple(int(p) for p in version.split(".")) if name == "glibc" else ()
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc malloc settings are Linux-only")
+def test_restart_re_executes_once_with_the_tunables() -> None:
+    """The command's start: one re-execution, same arguments, the user's tunables kept, huge pages where offered."""
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "GLIBC_TUNABLES": "glibc.pthread.rseq=1"}
+    out = subprocess.run([sys.executable, "-c", _RESTART_PROBE, "a b", "c"], capture_output=True, text=True,
+                         check=True, env=env)
+    lines = out.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    if _glibc_version() == ():
+        pytest.skip("not glibc")
+    assert lines.count("started") == 2  # the first start and exactly one re-execution
+    assert result["in_effect"]
+    assert result["tunables"] == "glibc.pthread.rseq=1:" + allocator.TUNABLES
+    assert result["argv"] == ["a b", "c"]
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            offered = "[never]" not in f.read()
+    except OSError:
+        offered = False
+    if offered and _glibc_version() >= (2, 35):
+        assert result["huge_kib"] >= 2048  # glibc madvised the heap for transparent huge pages
+
+    opted_out = subprocess.run([sys.executable, "-c", _RESTART_PROBE], capture_output=True, text=True, check=True,
+                               env={**env, allocator.OPT_OUT: "default"})
+    lines = opted_out.stdout.strip().splitlines()
+    assert lines.count("started") == 1
+    assert json.loads(lines[-1])["tunables"] == "glibc.pthread.rseq=1"

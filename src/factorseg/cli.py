@@ -657,12 +657,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """The ``factorseg`` console command: the process's allocator settings, then :func:`main`.
 
-    Only the command changes process-wide state (:func:`factorseg.allocator.tune`, opt out with
-    ``FACTORSEG_ALLOCATOR=default``); :func:`main` itself, called from Python, leaves the process as it is.
+    Only the command changes process-wide state (:func:`factorseg.allocator.restart_tuned` re-executes it
+    once with glibc's tunables; opt out with ``FACTORSEG_ALLOCATOR=default``); :func:`main` itself, called
+    from Python, leaves the process as it is.
     """
     from factorseg import allocator
 
-    allocator.tune()
+    allocator.restart_tuned()
     sys.exit(main())
 
 
