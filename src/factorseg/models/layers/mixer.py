@@ -23,7 +23,7 @@ from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Keep, drop_with
 from factorseg.models.layers.fastpath import can_modify_inplace, linear, row_blocks, traced, unrecorded_eager
 from factorseg.models.layers.nmf import NMF, NMFConfig, head_loadings_t
-from factorseg.models.layers.norm import norm_linear_grads, normalized
+from factorseg.models.layers.norm import fold_norm, layer_norm_rows, norm_linear_grads, normalized
 from factorseg.models.layers.subblock_boxes import add_subblock_output, project_subblocks
 from factorseg.models.layers.windows import (
     WindowLayout,
@@ -185,16 +185,18 @@ class NMFMixer(nn.Module):
     def _project(self, xl: Tensor, norm: nn.LayerNorm | None) -> Tensor:
         """The in-projection of ``norm(xl)`` (channels-last), block by block where nothing is recorded.
 
-        Without autograd the normalised rows of one :func:`row_blocks` block at a time go through the
-        product straight into the output: no normalised copy of the map (the same values, row by row).
+        Without autograd the normalised rows of one :func:`row_blocks` block at a time
+        (:func:`~factorseg.models.layers.norm.layer_norm_rows`, the affine map folded into the product) go through
+        the product straight into the output: no normalised copy of the map (the same values, row by row).
         """
         w, b = pointwise_weight(self.in_proj), self.in_proj.bias
         if norm is None or not unrecorded_eager(xl, *self.in_proj.parameters(), *norm.parameters()):
             return F.linear(xl if norm is None else norm(xl), w, b)
         rows = xl.reshape(-1, xl.shape[-1])
         out = rows.new_empty(rows.shape[0], w.shape[0])
+        wf, bf = fold_norm(w, b, norm.weight, norm.bias)
         for src, dst in zip(row_blocks(rows, rows.shape[1]), row_blocks(out, rows.shape[1])):
-            dst.copy_(linear(norm(src), w, b))
+            dst.copy_(linear(layer_norm_rows(src, norm.eps)[0], wf, bf))
         return out.view(*xl.shape[:-1], w.shape[0])
 
     def _diet(self, xl: Tensor, edges: Sequence[int]) -> bool:

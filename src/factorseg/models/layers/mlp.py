@@ -14,7 +14,7 @@ from torch.autograd.function import once_differentiable
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, as_factor, keep_mask
 from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, linear, row_blocks, unrecorded_eager
-from factorseg.models.layers.norm import fold_norm, norm_linear_grads, normalized
+from factorseg.models.layers.norm import fold_norm, layer_norm_rows, norm_linear_grads, normalized
 
 
 class MLP(nn.Module):
@@ -44,7 +44,8 @@ class MLP(nn.Module):
         """``y += mlp(norm(y))`` in place on a contiguous channels-last ``(B, *spatial, C)`` ``y``, for inference.
 
         Runs over blocks of voxels (:func:`row_blocks`) small enough that their normalised rows and hidden
-        layer stay in the cache, and the second product accumulates straight into ``y``: no map-sized
+        layer stay in the cache (the LayerNorm by :func:`~factorseg.models.layers.norm.layer_norm_rows`, its
+        affine map folded into the first product), and the second product accumulates straight into ``y``: no map-sized
         temporary (at 64^3 with 32 channels, 1.9x faster than the whole-map formulation, whose values it
         gives: every step is row by row). With dropout drawing or autocast, the whole-map formulation.
         """
@@ -52,9 +53,10 @@ class MLP(nn.Module):
         drawing = any(d.training and d.p > 0 for d in (drop1, drop2))
         if drawing or second.weight.dtype != y.dtype or not unrecorded_eager(y, *self.parameters(), *norm.parameters()):
             return y.add_(self.forward_channels_last(norm(y)))
-        w1, w2 = pointwise_weight(first), pointwise_weight(second)
+        w1, b1 = fold_norm(pointwise_weight(first), first.bias, norm.weight, norm.bias)
+        w2 = pointwise_weight(second)
         for rows in row_blocks(y.view(-1, y.shape[-1]), w1.shape[0]):
-            h = torch.ops.aten.gelu_(linear(norm(rows), w1, first.bias), approximate=act.approximate)
+            h = torch.ops.aten.gelu_(linear(layer_norm_rows(rows, norm.eps)[0], w1, b1), approximate=act.approximate)
             rows.add_(linear(h, w2, second.bias))
         return y
 
@@ -102,6 +104,7 @@ class _MLPResidual(torch.autograd.Function):
     ) -> Tensor:
         c, hidden = rows.shape[-1], w1.shape[0]
         keep1, keep2 = keep if keep is not None else (None, None)
+        w1f, b1f = fold_norm(w1, b1, ln_w, ln_b)
         w2s = w2 if keep1 is None else w2 * keep1[1]
         out = torch.empty_like(rows, memory_format=torch.contiguous_format)
         n = block_rows(hidden, rows.element_size())
@@ -110,9 +113,9 @@ class _MLPResidual(torch.autograd.Function):
             rows.split(n), out.split(n), _split(None if keep1 is None else keep1[0], n),
             _split(None if keep2 is None else keep2[0], n),
         ):
-            normed, mean, rstd = torch.ops.aten.native_layer_norm(r, [c], ln_w, ln_b, eps)
+            normed, mean, rstd = layer_norm_rows(r, eps)
             stats.append((mean, rstd))
-            z = linear(_hidden(normed, w1, b1, approximate, as_factor(k1, r.dtype)), w2s, b2)
+            z = linear(_hidden(normed, w1f, b1f, approximate, as_factor(k1, r.dtype)), w2s, b2)
             if k2 is None:
                 torch.add(r, z, out=o)
             else:

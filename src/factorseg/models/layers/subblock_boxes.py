@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 from factorseg.models.layers.dropout import Keep, as_factor
 from factorseg.models.layers.fastpath import block_rows, linear
 from factorseg.models.layers.nmf import head_grams, heads_to_blocks
-from factorseg.models.layers.norm import norm_linear_grads, normalized
+from factorseg.models.layers.norm import fold_norm, layer_norm_rows, norm_linear_grads, normalized
 from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
 
 Norm = tuple[Tensor | None, Tensor | None, float]
@@ -76,11 +76,13 @@ def project_boxes(
     mean = rstd = None
     if stats and norm is not None:
         mean, rstd = x.new_empty(bsz, k, q, 1), x.new_empty(bsz, k, q, 1)
+    if norm is not None:
+        w, b = fold_norm(w, b, norm[0], norm[1])
     for i in range(bsz):
         for box in _boxes(lay, edges, max(c, cout), x):
             rows = _rows(x, i, box, edges)
             if norm is not None:
-                rows, mu, sd = torch.ops.aten.native_layer_norm(rows, [c], *norm)
+                rows, mu, sd = layer_norm_rows(rows, norm[2])
                 if mean is not None and rstd is not None:
                     mean[i, box.k].view(-1, 1).copy_(mu)
                     rstd[i, box.k].view(-1, 1).copy_(sd)
