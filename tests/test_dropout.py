@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from factorseg.models.layers.dropout import Dropout
+from factorseg.models.layers.dropout import Dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -131,4 +131,11 @@ def test_random_numbers_are_uniform_and_pieces_independent() -> None:
     first, second = flags[:NUMBERS_PER_PIECE], flags[NUMBERS_PER_PIECE:]
     assert abs(float((first == second).double().mean()) - 0.5) < 5 * 0.5 / math.sqrt(NUMBERS_PER_PIECE)
     assert abs(float((flags[1:] == flags[:-1]).double().mean()) - 0.5) < 5 * 0.5 / math.sqrt(n)
-    assert abs(float((flags[4:] == flags[:-4]).double().mean()) - 0.5) < 5 * 0.5 / math.sqrt(n)  # same lane, next word
+    for lag in (4, 8):  # the next word's same byte / 16-bit lane
+        assert abs(float((flags[lag:] == flags[:-lag]).double().mean()) - 0.5) < 5 * 0.5 / math.sqrt(n)
+
+
+def test_keep_probability_near_one_drops_almost_everything() -> None:
+    """A ``p`` within ``2^-17`` of 1 rounds to ``1 - 2^-16`` (it would otherwise keep nothing and scale by 1/0)."""
+    keep, scale = keep_mask((4096,), 1 - 1e-7, torch.device("cpu"))
+    assert scale == 65536 and int(keep.sum()) <= 3

@@ -22,10 +22,10 @@ class Dropout(nn.Dropout):
     On the CPU, PyTorch draws dropout masks at about 100 million per second (one generator call and
     a float comparison per element), which made dropout the largest single cost of a Factorizer
     training step at full resolution (three masks per block, over 250 million numbers at 128^3).
-    Here one 64-bit random word (:func:`random_at_least`: PCG64DXSM generators seeded from PyTorch's
-    default one, so ``torch.manual_seed`` makes the masks reproducible, run on all of PyTorch's threads)
-    gives four uniform 16-bit numbers (masks 9-10x faster to draw than ``bernoulli_``), an
-    element is kept when its number is at least ``round(p 2^16)`` (in 16-bit two's complement), and
+    Here each element gets a uniform 16-bit number (:func:`random_at_least`: PCG64DXSM generators seeded
+    from PyTorch's default one, so ``torch.manual_seed`` makes the masks reproducible, run on all of
+    PyTorch's threads; about one 64-bit random word per eight numbers; masks 9-10x faster to draw than
+    ``bernoulli_``), an element is kept when its number is at least ``round(p 2^16)``, and
     kept values are scaled by the inverse of the exact keep probability (``p`` is rounded to a
     multiple of ``2^-16``). Other devices, in-place use and graph capture use ``F.dropout``. Same
     state dict as ``nn.Dropout``. Timings (two threads, tuned allocator): forward + backward over
@@ -74,12 +74,12 @@ def keep_mask(
     """A dropout keep-mask (``bool``) of ``shape`` and the scale of kept values, for ``0 < p < 1``.
 
     CPU: uniform 16-bit numbers at least ``round(p 2^16)`` (see :class:`Dropout` and :func:`random_at_least`;
-    ``p`` rounded to a multiple of ``2^-16``); other devices: ``bernoulli_``. ``generator`` (on ``device``)
+    ``p`` rounded to a multiple of ``2^-16``, at most ``1 - 2^-16``); other devices: ``bernoulli_``. ``generator`` (on ``device``)
     makes the mask reproducible; on the CPU the same seed gives the same mask at any thread count.
     """
     n = math.prod(shape)
     if device.type == "cpu":
-        threshold = round(p * 65536)
+        threshold = min(round(p * 65536), 65535)  # a p within 2^-17 of 1 would keep nothing (and scale by 1/0)
         keep = random_at_least(torch.empty(n, dtype=torch.bool), threshold - 32768, generator)
         return keep.view(*shape), 65536 / (65536 - threshold)
     keep = torch.empty(*shape, device=device).bernoulli_(1.0 - p, generator=generator).bool()
@@ -96,23 +96,29 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     PyTorch's CPU generator (MT19937) fills a tensor on one thread at about 4 ns per 64-bit word, and the
     comparison is a second pass: the masks of a 128^3 BraTS training step (803 M numbers) took over a
     second. Here the numbers come in pieces of :data:`NUMBERS_PER_PIECE`, each from its own PCG64DXSM
-    generator (NumPy's ``random_raw``, four numbers per 64-bit word, about 1.6 ns a word) seeded by one draw
-    of ``generator`` (PyTorch's default: ``torch.manual_seed`` makes the masks reproducible), and each piece
-    is compared into ``out`` while it is in the cache. The pieces are filled side by side on up to
-    ``torch.get_num_threads()`` threads (NumPy releases the GIL for both steps), and do not depend on the
-    thread count: a seed gives the same mask on one thread or many. A 67 M-number mask against the MT19937
-    words drawn in one call: 54 -> 30 ms on one thread, 51 -> 23 ms on two
-    (``benchmarks/results/session28/mask_threads.py``).
+    generator (NumPy's ``random_raw``, about 1.6 ns a 64-bit word) seeded by one draw of ``generator``
+    (PyTorch's default: ``torch.manual_seed`` makes the masks reproducible), compared into ``out`` while
+    in the cache. Each number is drawn a byte at a time: its high byte (eight a word) decides the
+    comparison unless it equals the bound's, and only for those numbers (1 in 256) is a low byte drawn,
+    which gives exactly the 16-bit comparison's probabilities from half the random words (a piece 547 ->
+    425 us on one thread, ``benchmarks/results/session30/mask_bytes.py``). The pieces are filled side by side
+    on up to ``torch.get_num_threads()`` threads (NumPy releases the GIL for both steps), and do not depend
+    on the thread count: a seed gives the same mask on one thread or many.
     """
     n = out.numel()
+    high, low = divmod(bound + 32768, 256)  # u + 32768 >= 256 high + low, for u + 32768 in [0, 65536)
     starts = range(0, n, NUMBERS_PER_PIECE)
     seeds = torch.empty(len(starts), dtype=torch.int64).random_(generator=generator).tolist()
     flags = out.numpy()
 
     def fill(i: int) -> None:
         a, b = starts[i], min(n, starts[i] + NUMBERS_PER_PIECE)
-        words = np.random.PCG64DXSM(seeds[i]).random_raw(-(-(b - a) // 4))
-        np.greater_equal(words.view(np.int16)[: b - a], bound, out=flags[a:b])
+        draw = np.random.PCG64DXSM(seeds[i]).random_raw
+        top = draw(-(-(b - a) // 8)).view(np.uint8)[: b - a]
+        np.greater(top, high, out=flags[a:b])
+        ties = np.flatnonzero(top == high)
+        if ties.size:
+            flags[a + ties] = draw(-(-ties.size // 8)).view(np.uint8)[: ties.size] >= low
 
     workers = min(torch.get_num_threads(), len(starts))
     if workers <= 1:

@@ -59,15 +59,18 @@ def layer_norm_rows(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     an element over 16-32 channels. For float32 CPU rows of at most :data:`ROW_SUM_MAX_CHANNELS` channels that
     autograd does not record, the two row sums (of ``x`` and of the squared centred rows: the variance of
     centred values, no cancellation) are one-column matrix products (oneDNN's, which also run on two
-    threads) and the rest three elementwise passes: 2.6 / 1.9 / 1.3 / 1.2x faster over 16 / 32 / 64 / 128
-    channels on one thread, 2.5 / 1.8 / 1.2 / 1.1x on two (``benchmarks/results/session30/layer_norm_rows.py``).
+    threads) and the rest three elementwise passes: 2.5 / 1.8 / 1.25 / 1.1x faster over 16 / 32 / 64 / 128
+    channels on one thread, 2.3 / 1.7 / 1.2 / 1.0x on two; over 256 as fast as PyTorch's kernel, which is
+    used there, given a weight of ones: without a weight it takes a path 1.2-2x slower
+    (``benchmarks/results/session30/layer_norm_rows.py``).
     """
     c = x.shape[-1]
     if not (
         x.dim() == 2 and 0 < c <= ROW_SUM_MAX_CHANNELS and x.dtype == torch.float32 and x.device.type == "cpu"
         and not traced() and can_modify_inplace(x)
     ):
-        return torch.ops.aten.native_layer_norm(x, [c], None, None, eps)
+        # A weight of ones: PyTorch's kernel without one takes a slower path.
+        return torch.ops.aten.native_layer_norm(x, [c], x.new_ones(c), None, eps)
     mean_of = x.new_full((1, c), 1.0 / c)
     mean = linear(x, mean_of)
     centred = x - mean
