@@ -6,7 +6,7 @@
 set -u
 before=$1
 ROOT=$(cd "$(dirname "$0")/../../.." && pwd); cd "$ROOT"
-R=benchmarks/results; S=$R/session30; PY=.venv/bin/python
+R=$ROOT/benchmarks/results; S=$R/session30; PY=$ROOT/.venv/bin/python  # absolute: the A/B scripts change directory
 ln -sfn "$before" /tmp/wt_before
 for t in 1 2; do
   sfx=$([ $t = 1 ] && echo "" || echo "_2threads")
