@@ -16,7 +16,9 @@ zeroing pages (docs/performance.md). Keeping freed memory in the heap removes th
 * ``glibc.malloc.hugetlb=1`` (start-up only, glibc 2.35+; older versions ignore it): the heap is
   ``madvise``d for transparent huge pages, so large tensors sit on 2 MiB pages instead of 4 KiB ones
   (far fewer TLB misses in the blocks' gathers and per-voxel passes). Measured on the development VM
-  (two threads, glibc 2.36, THP ``madvise``): a hippocampus training step 12-15 % faster, SegResNet's 3 %.
+  (two threads, glibc 2.36, THP ``madvise``, three rounds): a Factorizer's 128^3 forward pass 2-14 % faster
+  and SegResNet's 1-2 %, a hippocampus training step faster in 5 of 6 pairs (Factorizer 1-13 %), the 128^3
+  training step level (``benchmarks/results/session30/thp_ab.sh``).
 
 The process then keeps its peak working set (it does not grow beyond it: freed blocks are reused).
 
