@@ -100,8 +100,8 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     (PyTorch's default: ``torch.manual_seed`` makes the masks reproducible), compared into ``out`` while
     in the cache. Each number is drawn a byte at a time: its high byte (eight a word) decides the
     comparison unless it equals the bound's, and only for those numbers (1 in 256) is a low byte drawn,
-    which gives exactly the 16-bit comparison's probabilities from half the random words (a piece 547 ->
-    425 us on one thread, ``benchmarks/results/session30/mask_bytes.py``). The pieces are filled side by side
+    which gives exactly the 16-bit comparison's probabilities from half the random words (a piece 486 ->
+    426 us on one thread, ``benchmarks/results/session30/mask_bytes.py``). The pieces are filled side by side
     on up to ``torch.get_num_threads()`` threads (NumPy releases the GIL for both steps), and do not depend
     on the thread count: a seed gives the same mask on one thread or many.
     """
