@@ -157,3 +157,15 @@ def test_restart_re_executes_once_with_the_tunables() -> None:
     lines = opted_out.stdout.strip().splitlines()
     assert lines.count("started") == 1
     assert json.loads(lines[-1])["tunables"] == "glibc.pthread.rseq=1"
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc malloc settings are Linux-only")
+def test_restart_without_standard_output() -> None:
+    """A command started with its standard output closed (``sys.stdout`` is None) still restarts tuned."""
+    probe = "import os, sys; from factorseg import allocator; allocator.restart_tuned(); " \
+            "sys.stderr.write(os.environ.get('GLIBC_TUNABLES', ''))"
+    out = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{probe}" 1>&-'], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    if _glibc_version() != ():
+        assert out.stderr.endswith(allocator.TUNABLES)

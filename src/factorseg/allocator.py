@@ -112,8 +112,9 @@ def restart_tuned() -> bool:
     env = tuned_environment()
     if env is not None and _glibc() is not None and not os.environ.get(_RESTARTED) and sys.executable:
         env[_RESTARTED] = "1"  # never twice, whatever glibc does with GLIBC_TUNABLES
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):  # None where the process started without that descriptor
+            if stream is not None:
+                stream.flush()
         try:
             os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
         except OSError:
