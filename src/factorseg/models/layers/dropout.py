@@ -24,8 +24,8 @@ class Dropout(nn.Dropout):
     training step at full resolution (three masks per block, over 250 million numbers at 128^3).
     Here each element gets a uniform 16-bit number (:func:`random_at_least`: PCG64DXSM generators seeded
     from PyTorch's default one, so ``torch.manual_seed`` makes the masks reproducible, run on all of
-    PyTorch's threads; about one 64-bit random word per eight numbers; masks 9-10x faster to draw than
-    ``bernoulli_``), an element is kept when its number is at least ``round(p 2^16)``, and
+    PyTorch's threads; about one 64-bit random word per eight numbers; masks 13x faster to draw than
+    ``bernoulli_``, ``benchmarks/results/session29/mask_vs_bernoulli.py``), an element is kept when its number is at least ``round(p 2^16)``, and
     kept values are scaled by the inverse of the exact keep probability (``p`` is rounded to a
     multiple of ``2^-16``). Other devices, in-place use and graph capture use ``F.dropout``. Same
     state dict as ``nn.Dropout``. Timings (two threads, tuned allocator): forward + backward over
@@ -96,7 +96,7 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     PyTorch's CPU generator (MT19937) fills a tensor on one thread at about 4 ns per 64-bit word, and the
     comparison is a second pass: the masks of a 128^3 BraTS training step (803 M numbers) took over a
     second. Here the numbers come in pieces of :data:`NUMBERS_PER_PIECE`, each from its own PCG64DXSM
-    generator (NumPy's ``random_raw``, about 1.6 ns a 64-bit word) seeded by one draw of ``generator``
+    generator (NumPy's ``random_raw``) seeded by one draw of ``generator``
     (PyTorch's default: ``torch.manual_seed`` makes the masks reproducible), compared into ``out`` while
     in the cache. Each number is drawn a byte at a time: its high byte (eight a word) decides the
     comparison unless it equals the bound's, and only for those numbers (1 in 256) is a low byte drawn,

@@ -122,21 +122,20 @@ class _MLPResidual(torch.autograd.Function):
                 torch.add(r, z.mul_(as_factor(k2, z.dtype)), alpha=keep2[1], out=o)
         mean, rstd = (torch.cat(s) for s in zip(*stats))
         masks = [] if keep is None else [keep1[0], keep2[0]]
-        ctx.save_for_backward(rows, mean, rstd, ln_w, ln_b, w1, b1, w2, *masks)
+        ctx.save_for_backward(rows, mean, rstd, ln_w, ln_b, w1, w1f, b1f, w2, *masks)  # (the folded weights: once)
         ctx.settings = (eps, approximate, None if keep is None else (keep1[1], keep2[1]))
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
-        rows, mean, rstd, ln_w, ln_b, w1, b1, w2, *masks = ctx.saved_tensors
+        rows, mean, rstd, ln_w, ln_b, w1, w1f, b1f, w2, *masks = ctx.saved_tensors
         eps, approximate, scales = ctx.settings
         s1, s2 = scales if scales is not None else (1.0, 1.0)
         c, hidden = rows.shape[-1], w1.shape[0]
         need = ctx.needs_input_grad
         ln_mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
         w2s = w2 * (s1 * s2)
-        w1f, b1f = fold_norm(w1, b1, ln_w, ln_b)
         dy = torch.empty_like(rows, memory_format=torch.contiguous_format) if need[0] else None
         a1, dw2 = w1.new_zeros(w1.shape), w2.new_zeros(w2.shape)
         db1, db2 = w1.new_zeros(hidden), w2.new_zeros(c)
