@@ -215,6 +215,11 @@ def interleaved(
     return out
 
 
+def cpu_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each CPU callable over ``repeats`` interleaved runs (:func:`interleaved`)."""
+    return {k: v.median for k, v in interleaved(runs, repeats, torch.device("cpu")).items()}
+
+
 def forward_runner(model: nn.Module, x: Tensor) -> Callable[[], object]:
     model.eval()
 

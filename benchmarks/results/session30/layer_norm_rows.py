@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from benchmarks.common import cpu_model, interleaved, tune_allocator
+from benchmarks.common import cpu_medians, cpu_model, tune_allocator
 from factorseg.models.layers.fastpath import block_rows
 from factorseg.models.layers.norm import layer_norm_rows
 
@@ -30,7 +30,7 @@ def main() -> None:
                 "native, no affine map": lambda: torch.ops.aten.native_layer_norm(x, [c], None, None, 1e-5),
                 "layer_norm_rows": lambda: layer_norm_rows(x, 1e-5),
             }
-            t = {k: v.median for k, v in interleaved(runs, 300, torch.device("cpu")).items()}
+            t = cpu_medians(runs, 300)
             print(f"threads {threads} channels {c:3d} rows {x.shape[0]:6d}: "
                   + ", ".join(f"{k} {1e6 * v:.0f} us ({t['native'] / v:.2f}x)" for k, v in t.items()))
     print("load", os.getloadavg())

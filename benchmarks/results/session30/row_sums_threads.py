@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from benchmarks.common import cpu_model, interleaved, tune_allocator
+from benchmarks.common import cpu_medians, cpu_model, tune_allocator
 from factorseg.models.layers.fastpath import block_rows, linear
 
 
@@ -24,6 +24,7 @@ def _layer_norm(x: torch.Tensor, row_sum) -> torch.Tensor:  # type: ignore[no-un
 def main() -> None:
     tuned = tune_allocator()
     print("load", os.getloadavg(), cpu_model(), "allocator tuned", tuned)
+    table = []
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for c in (16, 32):
@@ -40,9 +41,10 @@ def main() -> None:
                 "x @ ones (MKL)": lambda: mkl(x), "linear (oneDNN)": lambda: onednn(x), "sum(0)": lambda: x.sum(0),
                 "LayerNorm on MKL": lambda: _layer_norm(x, mkl), "LayerNorm on oneDNN": lambda: _layer_norm(x, onednn),
             }
-            t = {k: v.median for k, v in interleaved(runs, 300, torch.device("cpu")).items()}
-            print(f"threads {threads} channels {c} rows {x.shape[0]}: "
-                  + ", ".join(f"{k} {1e6 * v:.0f} us" for k, v in t.items()))
+            table.append((threads, c, x.shape[0], cpu_medians(runs, 300)))
+    print("| threads | channels | rows | " + " | ".join(f"{k} (us)" for k in table[0][3]) + " |")
+    for threads, c, rows, times in table:
+        print(f"| {threads} | {c} | {rows} | " + " | ".join(f"{1e6 * v:.0f}" for v in times.values()) + " |")
     print("load", os.getloadavg())
 
 

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from benchmarks.common import cpu_model, interleaved, tune_allocator
+from benchmarks.common import cpu_medians, cpu_model, tune_allocator
 from factorseg.models.layers.dropout import random_at_least
 
 _GAMMA, _M1, _M2 = (v - (1 << 64) for v in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
@@ -42,8 +42,8 @@ def main() -> None:
             "torch-ops words + comparison": lambda: torch.ge(_words(12345, words).view(torch.int16), bound, out=flags),
             "random_at_least": lambda: random_at_least(flags, bound),
         }
-        t = interleaved(runs, 20, torch.device("cpu"))
-        print(f"threads {threads}: " + ", ".join(f"{k} {1e3 * v.median:.1f} ms" for k, v in t.items()))
+        t = cpu_medians(runs, 20)
+        print(f"threads {threads}: " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in t.items()))
     print("load", os.getloadavg())
 
 

@@ -59,10 +59,10 @@ def layer_norm_rows(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     an element over 16-32 channels. For float32 CPU rows of at most :data:`ROW_SUM_MAX_CHANNELS` channels that
     autograd does not record, the two row sums (of ``x`` and of the squared centred rows: the variance of
     centred values, no cancellation) are one-column matrix products (oneDNN's, which also run on two
-    threads) and the rest three elementwise passes: 2.5 / 1.8 / 1.25 / 1.1x faster over 16 / 32 / 64 / 128
-    channels on one thread, 2.3 / 1.7 / 1.2 / 1.0x on two; over 256 as fast as PyTorch's kernel, which is
-    used there, given a weight of ones: without a weight it takes a path 1.2-2x slower
-    (``benchmarks/results/session30/layer_norm_rows.py``).
+    threads) and the rest three elementwise passes: 2.3-2.5 / 1.7-1.8 / 1.15-1.25 / 1.1x faster over 16 / 32 /
+    64 / 128 channels on one thread, 2.0-2.3 / 1.4-1.7 / 1.0-1.2 / 0.97-1.05x on two (four runs); over 256 as
+    fast as PyTorch's kernel, which is used there, given a weight of ones: without a weight it takes a path
+    1.2-2x slower (``benchmarks/results/session30/layer_norm_rows.py``).
     """
     c = x.shape[-1]
     if not (
