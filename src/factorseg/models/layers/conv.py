@@ -3,8 +3,6 @@ the transposed conv with a fast weight gradient."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,69 +46,17 @@ def pointwise_to_channels_first(conv: nn.Module, x: Tensor) -> Tensor:
     return out.view(x.shape[0], -1, *x.shape[2:])
 
 
-#: Per stem input (shape, dtype, autocast, threads): whether the padded-input kernel is faster.
-_STEM_PADDED: dict[tuple[Any, ...], bool] = {}
-#: How much faster the padded kernel must be to be taken: close calls keep the plain one, so that the
-#: choice (and the float rounding that comes with it) does not flip between runs.
-_PADDED_MARGIN = 1.3
-#: Input shapes timed per process at most (whole scans of many sizes would otherwise each pay a timing);
-#: beyond them the plain kernel, the faster one in most shapes.
-_MAX_TIMED = 8
-
-
 def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
-    """``conv(x)`` for a network's first 3D convolution (few input channels), its output channels-last on the CPU.
+    """``conv(x)`` for a network's first convolution (few input channels), its output channels-last on the CPU.
 
-    With 1-7 input channels oneDNN's speed depends on the shape, either way: padding the input channels
-    with zeros to 8 (weights padded to match; the zeros add nothing) was 1.8-3.9x slower for most shapes
-    measured, among them every recipe's (the BraTS stem at 128^3: 199 against 95 ms forward), but 1.3-2.8x
-    faster at batch 1 with 64 x 64 planes and at 80^3 with 3 channels (docs/performance.md, "2026-12-06
-    (night)"). So the first call with a new input shape times both (forward, without gradients) and keeps
-    the padded one where it is at least 1.3x faster (for the first ``_MAX_TIMED`` shapes of a process;
-    later ones take the plain kernel untimed). The plain kernel's output is copied channels-last, which the
-    blocks need (oneDNN returns it channels-first for a one-channel input). Not under graph capture (no
-    timing; the ONNX exporter mis-shapes the absent bias of a functional conv).
+    oneDNN returns the output channels-first for a one-channel input; the blocks after the stem need it
+    channels-last. The kernel is always PyTorch's own: the same bits in every process. (Until 2026-12-07 a
+    one-off timing per input shape could pick a kernel on inputs zero-padded to 8 channels, faster for a few
+    batch-1 shapes off the recipes but rounded differently, so one run in about 15 trained other weights from
+    the same seed; docs/performance.md, "2026-12-07 (sixth session)".)
     """
-    c = x.shape[1]
-    if x.dim() != 5 or c % 8 == 0 or x.device.type != "cpu" or traced():
-        return conv(x)
-    key = (tuple(x.shape), x.dtype, torch.is_autocast_enabled("cpu"), torch.get_num_threads())
-    padded = _STEM_PADDED.get(key)
-    if padded is None and len(_STEM_PADDED) < _MAX_TIMED:
-        padded = _STEM_PADDED[key] = _padded_is_faster(conv, x)
-    return _padded_input_conv(conv, x) if padded else channels_last(conv(x))
-
-
-def _padded_input_conv(conv: nn.Module, x: Tensor) -> Tensor:
-    """``conv(x)`` with the input channels zero-padded to a multiple of 8, the weights padded to match."""
-    extra = -x.shape[1] % 8
-    xp = channels_last(F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra)))
-    wp = F.pad(conv.weight, (0, 0) * (x.dim() - 2) + (0, extra))
-    return F.conv3d(xp, wp, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def _padded_is_faster(conv: nn.Module, x: Tensor) -> bool:
-    """Whether :func:`_padded_input_conv` runs ``conv`` on ``x`` fast enough to be taken (:func:`_padding_pays`)."""
-    with torch.no_grad():
-        plain = _best_seconds(lambda: channels_last(conv(x)))
-        padded = _best_seconds(lambda: _padded_input_conv(conv, x))
-    return _padding_pays(plain, padded)
-
-
-def _best_seconds(run: Callable[[], object]) -> float:
-    """The shorter of two timed calls of ``run``, after a warm-up (in which oneDNN builds its kernel)."""
-    run()
-    times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def _padding_pays(plain: float, padded: float) -> bool:
-    """Whether the padded kernel is at least ``_PADDED_MARGIN`` times faster than the plain one."""
-    return padded * _PADDED_MARGIN <= plain
+    y = conv(x)
+    return y if x.device.type != "cpu" or traced() else channels_last(y)
 
 
 def conv_transpose(conv: nn.Module, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
