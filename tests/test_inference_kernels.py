@@ -49,15 +49,45 @@ def test_linear_matches_a_float64_product(bias: bool, layout: str) -> None:
     torch.testing.assert_close(empty, torch.zeros(5, 48) + (0 if b is None else b))
 
 
-def test_linear_records_gradients_through_f_linear() -> None:
-    """Where autograd records (or for float64), ``fastpath.linear`` is ``F.linear``: gradients flow."""
+def test_linear_float64_records_gradients_through_f_linear() -> None:
     torch.manual_seed(0)
     x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: fastpath.linear(a, b), (x, w))
-    x32 = x.detach().float().requires_grad_()
-    fastpath.linear(x32, w.detach().float()).sum().backward()
-    torch.testing.assert_close(x32.grad, w.detach().float().sum(0).expand(7, 5))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+@pytest.mark.parametrize("wanted", ["all", "input", "weight"])
+def test_recorded_linear_matches_float64_values_and_gradients(bias: bool, layout: str, wanted: str) -> None:
+    """Under autograd, float32 ``fastpath.linear`` (oneDNN forward and input gradient, MKL weight gradient):
+    values and every gradient asked for against ``F.linear`` in float64, nothing computed that was not asked."""
+    torch.manual_seed(1)
+    x, w = torch.randn(700, 24), torch.randn(40, 24)
+    if layout == "transposed":
+        x, w = torch.randn(24, 700).t(), torch.randn(24, 40).t()
+    elif layout == "strided":
+        x, w = torch.randn(1400, 48)[::2, ::2], torch.randn(40, 48)[:, 1::2]  # a weight slice, as in the fuse
+    b = torch.randn(40) if bias else None
+    leaves = {"x": x.requires_grad_(wanted in ("all", "input")), "w": w.requires_grad_(wanted in ("all", "weight"))}
+    if b is not None:
+        leaves["b"] = b.requires_grad_(wanted == "all")
+    weight = torch.randn(700, 40, dtype=torch.float64)
+    ops = _OpNames()
+    with ops:
+        out = fastpath.linear(x, w, b)
+        (out.double() * weight).sum().backward()
+    assert "_linear_pointwise" in ops.names and "addmm" not in ops.names  # not F.linear's MKL product
+    ref = {k: v.detach().double().requires_grad_(v.requires_grad) for k, v in leaves.items()}
+    expected = torch.nn.functional.linear(ref["x"], ref["w"], ref.get("b"))
+    (expected * weight).sum().backward()
+    assert out.dtype == torch.float32 and out.requires_grad
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    for name, leaf in leaves.items():
+        if leaf.requires_grad:
+            torch.testing.assert_close(leaf.grad.double(), ref[name].grad, rtol=1e-5, atol=1e-4)
+        else:
+            assert leaf.grad is None
 
 
 class _OpNames(TorchDispatchMode):

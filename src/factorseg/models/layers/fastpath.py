@@ -3,9 +3,12 @@ cache-sized row blocks of the inference kernels, and the per-voxel matrix produc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def traced() -> bool:
@@ -49,21 +52,55 @@ CPU backend emits)."""
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-    """``F.linear(x, w, b)`` for rows ``x (V, K)``; float32 CPU rows that autograd does not record go through
-    oneDNN's matrix product instead of MKL's.
+    """``F.linear(x, w, b)`` for rows ``x (V, K)``; float32 CPU rows go through oneDNN's matrix product
+    instead of MKL's, also where autograd records (:class:`_RecordedLinear`).
 
     The per-voxel products of the blocks are skinny (K and N of 16-256, V of thousands of rows), where MKL's
     ``sgemm`` ran at 84-97 GFLOP/s on one thread of an AMD EPYC (Zen 5, AVX-512; its square-matrix peak
     there is 102) and oneDNN's JIT kernels at 159-196 (``benchmarks/results/session29/linear_forms.py``);
     the values are the same up to rounding.
-    Elsewhere (autograd recording, autocast, capture, other dtypes or devices, N-D rows, rows without
-    columns, which oneDNN rejects) ``F.linear``.
+    Elsewhere (autocast, capture, other dtypes or devices, N-D rows, rows without columns, which oneDNN
+    rejects) ``F.linear``.
     """
     params = (w,) if b is None else (w, b)
-    if (
+    if not (
         _ONEDNN_LINEAR and x.dim() == 2 and x.shape[1] > 0 and not traced()
         and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *params))
-        and not torch.is_autocast_enabled("cpu") and can_modify_inplace(x, *params)
+        and not torch.is_autocast_enabled("cpu")
     ):
-        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-    return F.linear(x, w, b)
+        return F.linear(x, w, b)
+    if can_modify_inplace(x, *params):
+        return _onednn_linear(x, w, b)
+    return _RecordedLinear.apply(x, w, b)
+
+
+def _onednn_linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+    """``x w^T + b`` by oneDNN (float32 CPU rows)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+class _RecordedLinear(torch.autograd.Function):
+    """:func:`linear` under autograd: the forward product and the input's gradient by oneDNN, the weight's by MKL.
+
+    On the hippocampus recipe's per-voxel products oneDNN computes ``x w^T`` and ``g w`` 1.3-2.5x faster than
+    MKL, while for ``g^T x`` (a reduction over the rows) MKL is the faster at most shapes, up to 3x
+    (``benchmarks/results/session31/linear_backward.py``). Same values as ``F.linear`` up to rounding; the
+    backward pass is not itself differentiable (no second derivatives).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        x, w = x.contiguous(), w.contiguous()
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return _onednn_linear(x, w, b)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        gx = _onednn_linear(grad, w.t().contiguous()) if ctx.needs_input_grad[0] else None
+        gw = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+        gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -191,7 +190,8 @@ class NMFMixer(nn.Module):
         """
         w, b = pointwise_weight(self.in_proj), self.in_proj.bias
         if norm is None or not unrecorded_eager(xl, *self.in_proj.parameters(), *norm.parameters()):
-            return F.linear(xl if norm is None else norm(xl), w, b)
+            h = xl if norm is None else norm(xl)
+            return linear(h.reshape(-1, h.shape[-1]), w, b).view(*h.shape[:-1], w.shape[0])
         rows = xl.reshape(-1, xl.shape[-1])
         out = rows.new_empty(rows.shape[0], w.shape[0])
         wf, bf = fold_norm(w, b, norm.weight, norm.bias)

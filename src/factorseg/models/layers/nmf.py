@@ -236,7 +236,9 @@ def grams_in_range(g: Tensor) -> bool:
     at most ``_RESCALE_ABOVE ** 2``: then no entry exceeds ``_RESCALE_ABOVE`` and :meth:`NMF.decompose`
     would not rescale, and no pass over the matrices themselves is needed to know it.
     """
-    return g.numel() == 0 or bool(g.detach().diagonal(dim1=-2, dim2=-1).amax() <= _RESCALE_ABOVE**2)
+    # max(), not amax(): on the strided diagonal amax() takes a slow reduction (1.5 against 0.06 ms, two threads,
+    # 4 x 2 x 2 x 1400 Grams of 8 x 8; benchmarks/results/session31/diagonal_max.py), the same value.
+    return g.numel() == 0 or bool(g.detach().diagonal(dim1=-2, dim2=-1).max() <= _RESCALE_ABOVE**2)
 
 
 class _Gram(torch.autograd.Function):
