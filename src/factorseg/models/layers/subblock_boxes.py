@@ -90,8 +90,31 @@ def project_boxes(
             torch.clamp_min(linear(rows, w, b), 0, out=dst.view(-1, cout))  # the ReLU, written into its box
             grams[i, 0, :, box.k] = head_grams(dst, m)
             if weights is not None and per_shift is not None:
-                per_shift[i, :, box.k] = torch.bmm(weights[:, box.k].transpose(0, 1), dst).transpose(0, 1)
+                _shift_sums(weights[:, box.k], dst, per_shift[i, :, box.k])
     return blocks, grams, per_shift, mean, rstd
+
+
+def _shift_sums(weights: Tensor, blocks: Tensor, out: Tensor) -> None:
+    """``out[s] = sum_q weights[s, :, q] blocks[:, q]``: each sub-block's weighted sum per shift, ``(S, n, C)``.
+
+    One broadcast product and sum per shift: MKL's batched product with 2 rows per matrix (``S``) took 1.3-2.8x
+    as long (``benchmarks/results/session31/shift_products.py``).
+    """
+    for shift in range(weights.shape[0]):
+        torch.sum(blocks * weights[shift].unsqueeze(-1), dim=1, out=out[shift])
+
+
+def _add_shift_products(d: Tensor, weights: Tensor, grads: Tensor, inplace: bool) -> Tensor:
+    """``d + sum_s weights[s]^T (x) grads[s]`` (``(n, Q, C)``, from ``weights (S, n, Q)`` and ``grads (S, n, C)``),
+    in place into ``d`` where ``inplace``: the adjoint of :func:`_shift_sums`.
+
+    One broadcast multiply-add per shift: MKL's batched product with an inner size of 2 (``S``) took 5-7x as long
+    (``benchmarks/results/session31/shift_products.py``).
+    """
+    for shift in range(weights.shape[0]):
+        term = (weights[shift].unsqueeze(-1), grads[shift].unsqueeze(1))
+        d = d.addcmul_(*term) if inplace or shift else torch.addcmul(d, *term)
+    return d
 
 
 def add_output_boxes(
@@ -159,9 +182,8 @@ class _ProjectSubblocks(torch.autograd.Function):
                 if dgrams is not None:  # G_h = X_h^T X_h: dX_h = X_h (dG_h + dG_h^T); a new tensor from here on
                     g = dgrams[i, 0, :, box.k]
                     d = torch.baddbmm(d, xb, heads_to_blocks(g + g.transpose(-1, -2)))
-                if dper_shift is not None and weights is not None:
-                    wt, dp = weights[:, box.k].permute(1, 2, 0), dper_shift[i, :, box.k].transpose(0, 1)
-                    d = d.baddbmm_(wt, dp) if dgrams is not None else torch.baddbmm(d, wt, dp)
+                if dper_shift is not None and weights is not None:  # d + sum_s w_s (x) dper_shift_s
+                    d = _add_shift_products(d, weights[:, box.k], dper_shift[i, :, box.k], dgrams is not None)
                 dh = torch.ops.aten.threshold_backward(d, xb, 0).view(-1, cout)
                 rows = _rows(x, i, box, edges)
                 mu, sd = mean[i, box.k].view(-1, 1), rstd[i, box.k].view(-1, 1)
