@@ -662,7 +662,11 @@ class NMF(nn.Module):
             g_left = g
         start = None
         if v0 is not None:
-            start = self._first_u(parts @ v0 if times_v0 is None else times_v0(v0), v0, eps)
+            # X v0 as a broadcast product and sum: the windows' matrices are strided views, on which matmul runs one
+            # matrix-vector product per matrix (and an outer product per matrix backward): 1.6-2.6x slower at the
+            # hippocampus recipe's level 2 (benchmarks/results/session31/times_v0.py).
+            xv0 = (parts * v0.mT).sum(-1, keepdim=True) if times_v0 is None else times_v0(v0)
+            start = self._first_u(xv0, v0, eps)
         return self._solve_grams(g, g_left, eps, start)
 
     def _first_u(self, xv0: Tensor, v0: Tensor, eps: float) -> Tensor:
