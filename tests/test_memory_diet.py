@@ -226,6 +226,57 @@ def test_fuse_equals_the_convolution_of_the_up_sampled_map_and_the_skip(bias: bo
                     torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("grad", [True, False])
+def test_fuse_float32_kernels_match_float64(grad: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The float32 CPU fuse: oneDNN's skip product per row block added in place (inference, several blocks)
+    or through autograd (training), against the float64 modules in turn: values and gradients."""
+    monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", 8 * 4 * 10)  # 10 rows of 8 float32 channels per thread
+    torch.manual_seed(3)
+    net = Factorizer(in_channels=1, out_channels=2, widths=(8, 16), head_dim=4, window_size=2, proj_bias=True)
+    ref_net = Factorizer(in_channels=1, out_channels=2, widths=(8, 16), head_dim=4, window_size=2,
+                         proj_bias=True).double()
+    ref_net.load_state_dict(net.state_dict())
+    low = torch.randn(2, 16, 2, 3, 2).contiguous(memory_format=torch.channels_last_3d).requires_grad_(grad)
+    skip = torch.randn(2, 8, 4, 6, 4).contiguous(memory_format=torch.channels_last_3d).requires_grad_(grad)
+    low64, skip64 = (t.detach().double().requires_grad_(grad) for t in (low, skip))
+    weight = torch.randn(2, 8, 4, 6, 4, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        out = net._fuse(0, low, skip)
+        ref = ref_net.fuse[0](torch.cat([ref_net.up[0](low64), skip64], dim=1))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    if grad:
+        params = [low, skip, *net.up[0].parameters(), *net.fuse[0].parameters()]
+        params64 = [low64, skip64, *ref_net.up[0].parameters(), *ref_net.fuse[0].parameters()]
+        grads = torch.autograd.grad((out.double() * weight).sum(), params)
+        for g, r in zip(grads, torch.autograd.grad((ref * weight).sum(), params64)):
+            torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("grad", [True, False])
+def test_head_to_channels_first_matches_the_convolution(bias: bool, grad: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pointwise_to_channels_first`` in float32 (inference: oneDNN per row block, several blocks and batch items)
+    against the float64 1x1 convolution: values, and gradients where autograd records."""
+    from factorseg.models.layers.conv import pointwise_to_channels_first
+
+    monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", 8 * 4 * 7)
+    torch.manual_seed(4)
+    head = torch.nn.Conv3d(8, 3, 1, bias=bias)
+    head64 = torch.nn.Conv3d(8, 3, 1, bias=bias).double()
+    head64.load_state_dict(head.state_dict())
+    x = torch.randn(2, 8, 5, 3, 4).contiguous(memory_format=torch.channels_last_3d).requires_grad_(grad)
+    x64 = x.detach().double().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out, ref = pointwise_to_channels_first(head, x), head64(x64)
+    assert out.shape == ref.shape and out.is_contiguous()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    if grad:
+        weight = torch.randn_like(ref)
+        grads = torch.autograd.grad((out.double() * weight).sum(), [x, *head.parameters()])
+        for g, r in zip(grads, torch.autograd.grad((ref * weight).sum(), [x64, *head64.parameters()])):
+            torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("ln_weight", [False, True])
 @pytest.mark.parametrize("ln_bias", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
