@@ -162,3 +162,24 @@ def test_gradcheck(monkeypatch) -> None:
     residual = torch.randn(2, 4, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(run, (x, ln_w, ln_b, w, b, left, right, bias, residual), fast_mode=True)
 
+
+
+@pytest.mark.parametrize("shape", [(50, 8, 16), (30, 8, 64), (20, 64, 32)])  # broadcast / mixed / MKL forms
+def test_shift_products_match_einsum(shape: tuple[int, int, int]) -> None:
+    """The per-shift weighted sums and their adjoint, in whichever form the sub-block size picks, against einsum;
+    the adjoint in place only where asked."""
+    from factorseg.models.layers.subblock_boxes import _add_shift_products, _shift_sums
+
+    n, q, c = shape
+    g = torch.Generator().manual_seed(n)
+    weights, blocks = torch.rand(2, n, q, generator=g, dtype=torch.float64), torch.rand(n, q, c, generator=g, dtype=torch.float64)
+    grads, d = torch.randn(2, n, c, generator=g, dtype=torch.float64), torch.randn(n, q, c, generator=g, dtype=torch.float64)
+    out = torch.empty(2, n, c, dtype=torch.float64)
+    _shift_sums(weights, blocks, out)
+    torch.testing.assert_close(out, torch.einsum("snq,nqc->snc", weights, blocks))
+    expected = d + torch.einsum("snq,snc->nqc", weights, grads)
+    for inplace in (False, True):
+        target = d.clone()
+        result = _add_shift_products(target, weights, grads, inplace)
+        torch.testing.assert_close(result, expected)
+        assert (result is target) if inplace else torch.equal(target, d)  # d itself left as it was

@@ -94,12 +94,23 @@ def project_boxes(
     return blocks, grams, per_shift, mean, rstd
 
 
+_BROADCAST_SUMS_MAX = 128
+"""Values per sub-block (``Q C``) up to which :func:`_shift_sums` takes the broadcast form rather than MKL's product."""
+_BROADCAST_ADJOINT_MAX = 1024
+"""The same for :func:`_add_shift_products`."""
+
+
 def _shift_sums(weights: Tensor, blocks: Tensor, out: Tensor) -> None:
     """``out[s] = sum_q weights[s, :, q] blocks[:, q]``: each sub-block's weighted sum per shift, ``(S, n, C)``.
 
-    One broadcast product and sum per shift: MKL's batched product with 2 rows per matrix (``S``) took 1.3-2.8x
-    as long (``benchmarks/results/session31/shift_products.py``).
+    MKL's batched product with 2 rows per matrix (``S``) is slow on small sub-blocks: up to 128 values a
+    sub-block (the hippocampus recipe's 8 voxels x 16 channels) one broadcast product and sum per shift is
+    1.5-2.3x faster; from 256 values the product is the faster, at 64 x 32 (the BraTS preset) 1.7-1.9x
+    (``benchmarks/results/session31/shift_products.py``).
     """
+    if blocks.shape[1] * blocks.shape[2] > _BROADCAST_SUMS_MAX:
+        out.copy_(torch.bmm(weights.transpose(0, 1), blocks).transpose(0, 1))
+        return
     for shift in range(weights.shape[0]):
         torch.sum(blocks * weights[shift].unsqueeze(-1), dim=1, out=out[shift])
 
@@ -108,9 +119,13 @@ def _add_shift_products(d: Tensor, weights: Tensor, grads: Tensor, inplace: bool
     """``d + sum_s weights[s]^T (x) grads[s]`` (``(n, Q, C)``, from ``weights (S, n, Q)`` and ``grads (S, n, C)``),
     in place into ``d`` where ``inplace``: the adjoint of :func:`_shift_sums`.
 
-    One broadcast multiply-add per shift: MKL's batched product with an inner size of 2 (``S``) took 5-7x as long
+    MKL's batched product with an inner size of 2 (``S``) took up to 7x as long as one broadcast multiply-add
+    per shift on sub-blocks of up to 512 values, was level at 864 and 6-14 % faster at 2,048 (64 x 32)
     (``benchmarks/results/session31/shift_products.py``).
     """
+    if d.shape[1] * d.shape[2] > _BROADCAST_ADJOINT_MAX:
+        wt, dp = weights.permute(1, 2, 0), grads.transpose(0, 1)
+        return d.baddbmm_(wt, dp) if inplace else torch.baddbmm(d, wt, dp)
     for shift in range(weights.shape[0]):
         term = (weights[shift].unsqueeze(-1), grads[shift].unsqueeze(1))
         d = d.addcmul_(*term) if inplace or shift else torch.addcmul(d, *term)
