@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, linear, traced
+from factorseg.models.layers.fastpath import block_rows, linear, traced, unrecorded_eager
 
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:
@@ -37,65 +37,25 @@ def pointwise_to_channels_first(conv: nn.Module, x: Tensor) -> Tensor:
 
     ``W (out, C) @ rows^T``, where ``rows (V, C)`` is channels-last ``x`` viewed per voxel, gives the output
     contiguous channels-first: PyTorch would otherwise run such a convolution on the channels-last map
-    with its slow reference kernel, after a channels-first copy of the input in both passes. Float32 CPU
-    maps outside graph capture take oneDNN's products (:func:`_rows_to_channels_first`, :class:`_HeadProduct`).
+    with its slow reference kernel, after a channels-first copy of the input in both passes.
     """
     rows = x.movedim(1, -1).reshape(x.shape[0], -1, x.shape[1])
     w = pointwise_weight(conv)
     params = (w,) if conv.bias is None else (w, conv.bias)
-    if (
-        rows.dtype == torch.float32 and rows.device.type == "cpu" and rows.is_contiguous() and not traced()
-        and not torch.is_autocast_enabled("cpu") and all(p.dtype == torch.float32 for p in params)
-    ):
-        out = (
-            _rows_to_channels_first(rows, w, conv.bias) if can_modify_inplace(rows, *params)
-            else _HeadProduct.apply(rows, w, conv.bias)
-        )
+    if unrecorded_eager(rows, *params) and rows.dtype == torch.float32 and rows.device.type == "cpu" and rows.is_contiguous():
+        # Inference: oneDNN's product per cache-sized row block, transposed into its place. MKL's product of the
+        # whole map did not scale to two threads (BraTS preset at 128^3, 32 -> 3 channels: 31.9 against 14.5 ms;
+        # benchmarks/results/session31/fuse_and_head.py).
+        out = rows.new_empty(x.shape[0], w.shape[0], rows.shape[1])
+        n = block_rows(max(w.shape[0], x.shape[1]), rows.element_size())
+        for item, dst in zip(rows, out):
+            for start, block in zip(range(0, item.shape[0], n), item.split(n)):
+                dst[:, start : start + block.shape[0]].copy_(linear(block, w, conv.bias).t())
         return out.view(x.shape[0], -1, *x.shape[2:])
     out = torch.matmul(w, rows.transpose(1, 2))
     if conv.bias is not None:
         out = out.add_(conv.bias[:, None])  # (the product is not kept for the backward pass)
     return out.view(x.shape[0], -1, *x.shape[2:])
-
-
-def _rows_to_channels_first(rows: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """``W rows^T + b`` per batch item, ``(B, V, C) -> (B, out, V)``: oneDNN's product per cache-sized row block,
-    transposed into its place.
-
-    MKL's product of the whole map did not scale to two threads (BraTS preset at 128^3, 32 -> 3 channels: 31.9
-    against 14.5 ms; ``benchmarks/results/session31/fuse_and_head.py``).
-    """
-    out = rows.new_empty(rows.shape[0], w.shape[0], rows.shape[1])
-    n = block_rows(max(w.shape[0], rows.shape[2]), rows.element_size())
-    for item, dst in zip(rows, out):
-        for start, block in zip(range(0, item.shape[0], n), item.split(n)):
-            dst[:, start : start + block.shape[0]].copy_(linear(block, w, b).t())
-    return out
-
-
-class _HeadProduct(torch.autograd.Function):
-    """:func:`_rows_to_channels_first` under autograd: the input's gradient by oneDNN (``g W``, 2.2-2.4x MKL's
-    speed with 3 outputs: ``benchmarks/results/session31/linear_backward.py``), the weight's by MKL."""
-
-    @staticmethod
-    def forward(ctx: Any, rows: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        w = w.contiguous()
-        ctx.save_for_backward(rows, w)
-        ctx.has_bias = b is not None
-        with torch.no_grad():
-            return _rows_to_channels_first(rows, w, b)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        rows, w = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        g = grad.transpose(1, 2).reshape(-1, w.shape[0])  # (B V, out): a copy of the small gradient, voxel-major
-        flat = rows.reshape(-1, rows.shape[2])
-        grows = linear(g, w.t().contiguous()).view(rows.shape) if need[0] else None
-        gw = g.t().mm(flat) if need[1] else None
-        gb = grad.sum((0, 2)) if ctx.has_bias and need[2] else None
-        return grows, gw, gb
 
 
 def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
