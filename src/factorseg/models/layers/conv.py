@@ -64,7 +64,7 @@ def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
     oneDNN returns the output channels-first for a one-channel input; the blocks after the stem need it
     channels-last. The kernel is always PyTorch's own: the same bits in every process. (Until 2026-12-07 a
     one-off timing per input shape could pick a kernel on inputs zero-padded to 8 channels, faster for a few
-    batch-1 shapes off the recipes but rounded differently, so one run in about 15 trained other weights from
+    batch-1 shapes off the recipes but rounded differently, so about one run in 20 trained other weights from
     the same seed; docs/performance.md, "2026-12-07 (sixth session)".)
     """
     y = conv(x)
