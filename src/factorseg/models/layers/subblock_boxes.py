@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 from factorseg.models.layers.dropout import Keep, as_factor
 from factorseg.models.layers.fastpath import block_rows, linear
 from factorseg.models.layers.nmf import head_grams, heads_to_blocks
-from factorseg.models.layers.norm import fold_norm, layer_norm_rows, norm_linear_grads
+from factorseg.models.layers.norm import fold_norm, layer_norm_rows, norm_linear_grads, normalized
 from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
 
 Norm = tuple[Tensor | None, Tensor | None, float]
@@ -48,6 +48,11 @@ def _boxes(lay: WindowLayout, edges: Sequence[int], width: int, t: Tensor) -> tu
 def _rows(t: Tensor, i: int, box: SubblockBox, edges: Sequence[int]) -> Tensor:
     """Batch item ``i``'s voxels of ``box`` in map ``t (B, *padded, C)``, sub-block-major: a ``(V, C)`` copy."""
     return box_view(t[i], box, edges).reshape(-1, t.shape[-1])
+
+
+def _to_map(rows: Tensor, t: Tensor, i: int, box: SubblockBox, edges: Sequence[int]) -> None:
+    """Write sub-block-major ``rows`` of ``box`` into their places in map ``t`` (the inverse of :func:`_rows`)."""
+    box_view(t[i], box, edges).copy_(rows.view(*box.counts, *edges, t.shape[-1]))
 
 
 def project_boxes(
@@ -195,23 +200,16 @@ class _ProjectSubblocks(torch.autograd.Function):
                 if dper_shift is not None and weights is not None:  # d + sum_s w_s (x) dper_shift_s
                     d = _add_shift_products(d, weights[:, box.k], dper_shift[i, :, box.k], dgrams is not None)
                 dh = torch.ops.aten.threshold_backward(d, xb, 0).view(-1, cout)
-                # The normalised rows straight from the box's strided view (no sub-block-major copy of the input):
-                # they feed the weight gradient, and the LayerNorm's backward as an input of mean 0 and rstd 1,
-                # whose result times the true rstd is written into its place in the map.
-                shape = (*box.counts, *edges)
-                xhat = x.new_empty(math.prod(shape), c)
-                torch.sub(box_view(x[i], box, edges), mean[i, box.k].view(*shape, 1), out=xhat.view(*shape, c))
-                sd = rstd[i, box.k].view(-1, 1)
-                xhat.mul_(sd)
+                rows = _rows(x, i, box, edges)
+                mu, sd = mean[i, box.k].view(-1, 1), rstd[i, box.k].view(-1, 1)
                 if need[3] or ln_mask[1]:
-                    a.addmm_(dh.t(), xhat)
+                    a.addmm_(dh.t(), normalized(rows, mu, sd))
                 db += dh.sum(0)
                 if dx is not None:
-                    unit = sd.new_zeros(sd.shape), sd.new_ones(sd.shape)
                     dr = torch.ops.aten.native_layer_norm_backward(
-                        linear(dh, w.t()), xhat, [c], *unit, ln_w, ln_b, [True, False, False]
+                        linear(dh, w.t()), rows, [c], mu, sd, ln_w, ln_b, [True, False, False]
                     )[0]
-                    torch.mul(dr.view(*shape, c), sd.view(*shape, 1), out=box_view(dx[i], box, edges))
+                    _to_map(dr, dx, i, box, edges)
         dw, dlw, dlb = norm_linear_grads(a, db, w, ln_w, ln_b)
         return (
             dx, dlw if ln_mask[1] else None, dlb if ln_mask[2] else None, dw if need[3] else None,
