@@ -254,7 +254,9 @@ def test_fuse_float32_kernels_match_float64(grad: bool, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("grad", [True, False])
-def test_head_to_channels_first_matches_the_convolution(bias: bool, grad: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_head_to_channels_first_matches_the_convolution(
+    bias: bool, grad: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``pointwise_to_channels_first`` in float32 (inference: oneDNN per row block, several blocks and batch items)
     against the float64 1x1 convolution: values, and gradients where autograd records."""
     from factorseg.models.layers.conv import pointwise_to_channels_first

@@ -172,8 +172,9 @@ def test_shift_products_match_einsum(shape: tuple[int, int, int]) -> None:
 
     n, q, c = shape
     g = torch.Generator().manual_seed(n)
-    weights, blocks = torch.rand(2, n, q, generator=g, dtype=torch.float64), torch.rand(n, q, c, generator=g, dtype=torch.float64)
-    grads, d = torch.randn(2, n, c, generator=g, dtype=torch.float64), torch.randn(n, q, c, generator=g, dtype=torch.float64)
+    f64 = {"generator": g, "dtype": torch.float64}
+    weights, blocks = torch.rand(2, n, q, **f64), torch.rand(n, q, c, **f64)
+    grads, d = torch.randn(2, n, c, **f64), torch.randn(n, q, c, **f64)
     out = torch.empty(2, n, c, dtype=torch.float64)
     _shift_sums(weights, blocks, out)
     torch.testing.assert_close(out, torch.einsum("snq,nqc->snc", weights, blocks))

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from factorseg.models.blocks import ConvBlock, ConvStem, Downsample, FactorizerBlock, PositionalEmbedding, Upsample
 from factorseg.models.layers.conv import conv_nd, conv_transpose, pointwise_to_channels_first, pointwise_weight
-from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, linear, unrecorded_eager
+from factorseg.models.layers.fastpath import can_modify_inplace, linear, row_blocks, unrecorded_eager
 from factorseg.models.layers.dropout import Dropout
 from factorseg.models.layers.mixer import with_mixer_path
 from factorseg.models.layers.nmf import Init, NMFConfig, Solver
@@ -231,8 +231,7 @@ class Factorizer(nn.Module):
             # No second map: oneDNN's product per row block, added in place (1.2-1.4x faster than addmm_:
             # benchmarks/results/session31/fuse_and_head.py).
             w_skip = w_skip.contiguous()
-            n = block_rows(w.shape[0], rows.element_size())
-            for dst, src in zip(rows.split(n), skip_rows.split(n)):
+            for dst, src in zip(row_blocks(rows, w.shape[0]), row_blocks(skip_rows, w.shape[0])):
                 dst.add_(linear(src, w_skip))
         elif can_modify_inplace(rows, skip_rows, w_skip):  # (graph capture: no data-dependent split)
             rows = rows.addmm_(skip_rows, w_skip.t())

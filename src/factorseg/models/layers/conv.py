@@ -42,15 +42,16 @@ def pointwise_to_channels_first(conv: nn.Module, x: Tensor) -> Tensor:
     rows = x.movedim(1, -1).reshape(x.shape[0], -1, x.shape[1])
     w = pointwise_weight(conv)
     params = (w,) if conv.bias is None else (w, conv.bias)
-    if unrecorded_eager(rows, *params) and rows.dtype == torch.float32 and rows.device.type == "cpu" and rows.is_contiguous():
+    cpu32 = rows.dtype == torch.float32 and rows.device.type == "cpu" and rows.is_contiguous()
+    if cpu32 and unrecorded_eager(rows, *params):
         # Inference: oneDNN's product per cache-sized row block, transposed into its place. MKL's product of the
         # whole map did not scale to two threads (BraTS preset at 128^3, 32 -> 3 channels: 31.9 against 14.5 ms;
         # benchmarks/results/session31/fuse_and_head.py).
         out = rows.new_empty(x.shape[0], w.shape[0], rows.shape[1])
         n = block_rows(max(w.shape[0], x.shape[1]), rows.element_size())
         for item, dst in zip(rows, out):
-            for start, block in zip(range(0, item.shape[0], n), item.split(n)):
-                dst[:, start : start + block.shape[0]].copy_(linear(block, w, conv.bias).t())
+            for block, part in zip(item.split(n), dst.split(n, dim=1)):
+                part.copy_(linear(block, w, conv.bias).t())
         return out.view(x.shape[0], -1, *x.shape[2:])
     out = torch.matmul(w, rows.transpose(1, 2))
     if conv.bias is not None:

@@ -25,7 +25,8 @@ class Dropout(nn.Dropout):
     Here each element gets a uniform 16-bit number (:func:`random_at_least`: PCG64DXSM generators seeded
     from PyTorch's default one, so ``torch.manual_seed`` makes the masks reproducible, run on all of
     PyTorch's threads; about one 64-bit random word per eight numbers; masks 13x faster to draw than
-    ``bernoulli_``, ``benchmarks/results/session29/mask_vs_bernoulli.py``), an element is kept when its number is at least ``round(p 2^16)``, and
+    ``bernoulli_``, ``benchmarks/results/session29/mask_vs_bernoulli.py``), an element is kept when its
+    number is at least ``round(p 2^16)``, and
     kept values are scaled by the inverse of the exact keep probability (``p`` is rounded to a
     multiple of ``2^-16``). Other devices, in-place use and graph capture use ``F.dropout``. Same
     state dict as ``nn.Dropout``. Timings (two threads, tuned allocator): forward + backward over
@@ -74,8 +75,9 @@ def keep_mask(
     """A dropout keep-mask (``bool``) of ``shape`` and the scale of kept values, for ``0 < p < 1``.
 
     CPU: uniform 16-bit numbers at least ``round(p 2^16)`` (see :class:`Dropout` and :func:`random_at_least`;
-    ``p`` rounded to a multiple of ``2^-16``, at most ``1 - 2^-16``); other devices: ``bernoulli_``. ``generator`` (on ``device``)
-    makes the mask reproducible; on the CPU the same seed gives the same mask at any thread count.
+    ``p`` rounded to a multiple of ``2^-16``, at most ``1 - 2^-16``); other devices: ``bernoulli_``.
+    ``generator`` (on ``device``) makes the mask reproducible; on the CPU the same seed gives the same mask at
+    any thread count.
     """
     n = math.prod(shape)
     if device.type == "cpu":
