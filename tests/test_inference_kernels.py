@@ -90,6 +90,36 @@ def test_recorded_linear_matches_float64_values_and_gradients(bias: bool, layout
             assert leaf.grad is None
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_gelu_is_gelu_after_the_product_bit_for_bit(approximate: str, bias: bool) -> None:
+    """The GELU as oneDNN's post-op: the values of PyTorch's GELU after ``fastpath.linear``, bit for bit; under
+    autograd, and in float64, the product then the GELU (values and gradients against float64)."""
+    torch.manual_seed(2)
+    x, w = torch.randn(900, 32) * 2, torch.randn(128, 32) * 0.5
+    b = torch.randn(128) if bias else None
+    with _OpNames() as ops:
+        fused = fastpath.linear_gelu(x, w, b, approximate)
+    # The exact GELU as the product's post-op, not a second pass; the tanh form after the product.
+    assert ("gelu_" not in ops.names) is (fastpath._ONEDNN_LINEAR and approximate == "none")
+    assert torch.equal(fused, torch.nn.functional.gelu(fastpath.linear(x, w, b), approximate=approximate))
+    expected = torch.nn.functional.gelu(
+        torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double()), approximate=approximate
+    )
+    torch.testing.assert_close(fused.double(), expected, rtol=1e-5, atol=1e-5)
+    xr = x.clone().requires_grad_()
+    recorded = fastpath.linear_gelu(xr, w, b, approximate)
+    recorded.square().sum().backward()
+    xd = x.double().requires_grad_()
+    torch.nn.functional.gelu(
+        torch.nn.functional.linear(xd, w.double(), None if b is None else b.double()), approximate=approximate
+    ).square().sum().backward()
+    torch.testing.assert_close(recorded.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xr.grad.double(), xd.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fastpath.linear_gelu(x.double(), w.double(), None, approximate),
+                               torch.nn.functional.gelu(x.double() @ w.double().t(), approximate=approximate))
+
+
 class _OpNames(TorchDispatchMode):
     """The names of the ATen ops run inside the ``with`` block."""
 
@@ -102,10 +132,10 @@ class _OpNames(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("channels", [1, 16, 32, ROW_SUM_MAX_CHANNELS, ROW_SUM_MAX_CHANNELS + 1])
+@pytest.mark.parametrize("channels", [1, 16, 32, 64, ROW_SUM_MAX_CHANNELS, ROW_SUM_MAX_CHANNELS + 1])
 def test_layer_norm_rows_matches_float64(channels: int) -> None:
-    """Row sums (oneDNN's one-column products) over few channels, PyTorch's kernel above; rows with large
-    means, a constant row (zero variance) and an empty block."""
+    """Row sums (oneDNN's one-column products over few channels, PyTorch's reduction over more), PyTorch's
+    kernel above; rows with large means, a constant row (zero variance) and an empty block."""
     torch.manual_seed(0)
     x = torch.randn(300, channels) * torch.rand(300, 1) * 4 + torch.randn(300, 1) * 100
     x[0] = 3.0

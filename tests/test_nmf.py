@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from sklearn.decomposition import NMF as SkNMF
 
 from factorseg.models.layers.nmf import NMF, head_grams, nndsvd, set_nmf_iters
@@ -205,12 +206,27 @@ def test_gram_loop_backward_is_autograds(tracked: int, untracked: int, detached:
     )
 
 
-@pytest.mark.parametrize("heads", [1, 4, 8, 16])
-def test_head_grams_match_float64_products(heads: int) -> None:
-    """Both forms of the heads' Gram matrices (one product up to 4 heads, head by head above) against einsum."""
+@pytest.mark.parametrize("rows", [12, 64])
+@pytest.mark.parametrize("heads", [1, 2, 3, 4, 5, 8, 16])
+def test_head_grams_match_float64_products(heads: int, rows: int) -> None:
+    """Every form of the heads' Gram matrices (one product of all heads, products of groups of heads over
+    strided columns, a ragged last group, head by head) against einsum, with the number of products each takes."""
     torch.manual_seed(0)
-    blocks = torch.rand(5, 12, heads * 8)
-    expected = torch.einsum("kqhi,kqhj->hkij", *[blocks.double().view(5, 12, heads, 8)] * 2)
-    out = head_grams(blocks, 8)
+    blocks = torch.rand(5, rows, heads * 8)
+    expected = torch.einsum("kqhi,kqhj->hkij", *[blocks.double().view(5, rows, heads, 8)] * 2)
+    with _BmmCount() as products:
+        out = head_grams(blocks, 8)
     assert out.shape == (heads, 5, 8, 8)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    one_product = heads <= 2 or (heads <= 4 and rows < 64)
+    assert products.count == (1 if heads > 8 or one_product else -(-heads // 2))
+
+
+class _BmmCount(TorchDispatchMode):
+    """How many batched products run inside the ``with`` block."""
+
+    count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += func.overloadpacket.__name__ == "bmm"
+        return func(*args, **(kwargs or {}))

@@ -63,15 +63,37 @@ def linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
     rejects) ``F.linear``.
     """
     params = (w,) if b is None else (w, b)
-    if not (
-        _ONEDNN_LINEAR and x.dim() == 2 and x.shape[1] > 0 and not traced()
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *params))
-        and not torch.is_autocast_enabled("cpu")
-    ):
+    if not _takes_onednn(x, *params):
         return F.linear(x, w, b)
     if can_modify_inplace(x, *params):
         return _onednn_linear(x, w, b)
     return _RecordedLinear.apply(x, w, b)
+
+
+def linear_gelu(x: Tensor, w: Tensor, b: Tensor | None, approximate: str) -> Tensor:
+    """``gelu(linear(x, w, b))``. For the exact GELU (``approximate="none"``, the paper's), where nothing records
+    and oneDNN's product applies (see :func:`linear`), the GELU is that product's post-op, applied to each
+    output tile while it is in registers: bit for bit the values of PyTorch's GELU after the product, without
+    the pass over the hidden rows that it costs (``benchmarks/results/session32/linear_gelu.py``; oneDNN's
+    tanh form rounds differently, so it is not used). Elsewhere the GELU after :func:`linear`, in place where
+    nothing records."""
+    params = (w,) if b is None else (w, b)
+    if approximate == "none" and _takes_onednn(x, *params) and can_modify_inplace(x, *params):
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+    h = linear(x, w, b)
+    if can_modify_inplace(h):
+        return torch.ops.aten.gelu_(h, approximate=approximate)
+    return F.gelu(h, approximate=approximate)
+
+
+def _takes_onednn(x: Tensor, *params: Tensor) -> bool:
+    """Whether :func:`linear` runs ``x`` through oneDNN's product: float32 CPU rows with columns, no capture
+    or autocast."""
+    return (
+        _ONEDNN_LINEAR and x.dim() == 2 and x.shape[1] > 0 and not traced()
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *params))
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def _onednn_linear(x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:

@@ -13,7 +13,9 @@ from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, as_factor, keep_mask
-from factorseg.models.layers.fastpath import block_rows, can_modify_inplace, linear, row_blocks, unrecorded_eager
+from factorseg.models.layers.fastpath import (
+    block_rows, can_modify_inplace, linear, linear_gelu, row_blocks, unrecorded_eager,
+)
 from factorseg.models.layers.norm import fold_norm, layer_norm_rows, norm_linear_grads, normalized
 
 
@@ -56,7 +58,7 @@ class MLP(nn.Module):
         w1, b1 = fold_norm(pointwise_weight(first), first.bias, norm.weight, norm.bias)
         w2 = pointwise_weight(second)
         for rows in row_blocks(y.view(-1, y.shape[-1]), w1.shape[0]):
-            h = torch.ops.aten.gelu_(linear(layer_norm_rows(rows, norm.eps)[0], w1, b1), approximate=act.approximate)
+            h = linear_gelu(layer_norm_rows(rows, norm.eps)[0], w1, b1, act.approximate)
             rows.add_(linear(h, w2, second.bias))
         return y
 
@@ -66,7 +68,7 @@ def _hidden(normed: Tensor, w1: Tensor, b1: Tensor | None, approximate: str, kee
 
     ``keep`` is a mask in :func:`as_factor` form.
     """
-    h = torch.ops.aten.gelu_(linear(normed, w1, b1), approximate=approximate)
+    h = linear_gelu(normed, w1, b1, approximate)
     return h if keep is None else h.mul_(keep)
 
 

@@ -178,23 +178,43 @@ def _from_channels_last(t: Tensor, like: Tensor) -> Tensor:
 
 
 HEADS_PER_GRAM_PRODUCT = 4
-"""Up to this many heads, one product gives every head's Gram matrix (the ``C x C`` Gram of a matrix of rows, whose
-diagonal ``M x M`` blocks are the heads'); with more, the heads' columns are copied apart and multiplied head by
-head, the product no longer paying for the ``H (H - 1)`` blocks between heads. Measured (sub-block boxes of 32-128
-channels, heads of 8, one or two threads; ``benchmarks/results/session29/head_grams.py``): at 4 heads head by head
-takes 1.21-1.22x the one product's time, at 8 heads 0.66-0.68x, at 16 heads 0.35-0.37x."""
+"""Up to this many heads over fewer than :data:`GRAM_PAIR_ROWS` rows, one product gives every head's Gram matrix
+(the ``C x C`` Gram of a matrix of rows, whose diagonal ``M x M`` blocks are the heads'); with more than twice as
+many, the heads' columns are copied apart and multiplied head by head (at 16 heads 0.35-0.37x the one product's
+time: ``benchmarks/results/session29/head_grams.py``); otherwise products of 2 heads."""
+
+GRAM_PAIR_ROWS = 64
+"""From this many rows per matrix (and for 5-8 heads at any number), products of 2 heads over strided views of
+their columns (no copy): the blocks between heads that one product pays for cost more there than the extra calls.
+Heads of 8, one / two threads, two runs (``benchmarks/results/session32/head_grams.py``): 512 sub-blocks of
+64 x 32 (4 heads) take 0.70-0.72 / 0.73-0.75x the one product's time, 256 of 64 x 64 (8 heads) 0.60-0.61 /
+0.70-0.71x the head-by-head product's, 2,048 of 8 x 64 0.56-0.60 / 0.64-0.66x; over 8 rows of 4 heads the one
+product stays the faster (pairs 1.07-1.39x its time), over 16 they are level (0.86-1.10x)."""
 
 
 def head_grams(rows: Tensor, head_dim: int) -> Tensor:
     """The heads' Gram matrices ``X_h^T X_h`` of matrices ``rows (Bf, N, C)`` whose ``C`` columns are heads of
-    ``head_dim`` (``M``) channels, as ``(H, Bf, M, M)``."""
+    ``head_dim`` (``M``) channels, as ``(H, Bf, M, M)``: one product, products of 2 heads, or head by head
+    (:data:`HEADS_PER_GRAM_PRODUCT`, :data:`GRAM_PAIR_ROWS`)."""
     bf, n, c = rows.shape
     heads = c // head_dim
-    if heads <= HEADS_PER_GRAM_PRODUCT:
-        full = torch.bmm(rows.transpose(1, 2), rows).view(bf, heads, head_dim, heads, head_dim)
-        return full.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2)
-    per_head = rows.view(bf, n, heads, head_dim).permute(2, 0, 3, 1).reshape(heads * bf, head_dim, n)
-    return torch.bmm(per_head, per_head.transpose(1, 2)).view(heads, bf, head_dim, head_dim)
+    if heads > 2 * HEADS_PER_GRAM_PRODUCT:
+        per_head = rows.view(bf, n, heads, head_dim).permute(2, 0, 3, 1).reshape(heads * bf, head_dim, n)
+        return torch.bmm(per_head, per_head.transpose(1, 2)).view(heads, bf, head_dim, head_dim)
+    if heads <= 2 or (heads <= HEADS_PER_GRAM_PRODUCT and n < GRAM_PAIR_ROWS):
+        return _grams_of_group(rows, head_dim, heads)
+    out = rows.new_empty(heads, bf, head_dim, head_dim)
+    for first in range(0, heads, 2):
+        g = min(2, heads - first)
+        out[first:first + g] = _grams_of_group(rows[:, :, first * head_dim:(first + g) * head_dim], head_dim, g)
+    return out
+
+
+def _grams_of_group(cols: Tensor, head_dim: int, heads: int) -> Tensor:
+    """The Gram matrices of the ``heads`` heads of ``cols (Bf, N, heads M)``, ``(heads, Bf, M, M)``: the diagonal
+    blocks of one product (a view)."""
+    full = torch.bmm(cols.transpose(1, 2), cols).view(cols.shape[0], heads, head_dim, heads, head_dim)
+    return full.diagonal(dim1=1, dim2=3).permute(3, 0, 1, 2)
 
 
 def heads_to_blocks(g: Tensor) -> Tensor:
