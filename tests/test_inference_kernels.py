@@ -120,6 +120,28 @@ def test_linear_gelu_is_gelu_after_the_product_bit_for_bit(approximate: str, bia
                                torch.nn.functional.gelu(x.double() @ w.double().t(), approximate=approximate))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows", [7, 70_001, 70_002])
+def test_add_row_products_matches_float64(threads: int, rows: int) -> None:
+    """``out += a^T b`` over rows (weight gradients), in chunks of rows per thread where the work is large
+    (a ragged last part, a transposed input), else MKL's ``addmm_``: against float64."""
+    torch.manual_seed(3)
+    a, b = torch.randn(16, rows).t(), torch.randn(rows, 24)  # (a: a transposed view, as dz.t() may be)
+    out = torch.randn(16, 24)
+    expected = out.double() + a.double().t() @ b.double()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with _OpNames() as ops:
+            got = fastpath.add_row_products_(out, a, b)
+    finally:
+        torch.set_num_threads(previous)
+    assert got is out
+    chunked = threads > 1 and rows * 16 * 24 >= fastpath.ROW_PRODUCT_CHUNK_WORK
+    assert ("bmm" in ops.names) is chunked and ("addmm_" in ops.names) is (not chunked or rows % threads > 0)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-3)
+
+
 class _OpNames(TorchDispatchMode):
     """The names of the ATen ops run inside the ``with`` block."""
 

@@ -14,7 +14,7 @@ from torch.autograd.function import once_differentiable
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, as_factor, keep_mask
 from factorseg.models.layers.fastpath import (
-    block_rows, can_modify_inplace, linear, linear_gelu, row_blocks, unrecorded_eager,
+    add_row_products_, block_rows, can_modify_inplace, linear, linear_gelu, row_blocks, unrecorded_eager,
 )
 from factorseg.models.layers.norm import fold_norm, layer_norm_rows, norm_linear_grads, normalized
 
@@ -152,14 +152,14 @@ class _MLPResidual(torch.autograd.Function):
             dz = d if k2 is None else d * as_factor(k2, d.dtype)  # (s2 dz: the true one)
             if need[5]:
                 g = F.gelu(h, approximate=approximate)
-                dw2.addmm_(dz.t(), g if f1 is None else g.mul_(f1))
+                add_row_products_(dw2, dz, g if f1 is None else g.mul_(f1))
                 del g
             db2 += dz.sum(0)
             dg = linear(dz, w2s.t())
             dh = torch.ops.aten.gelu_backward(dg if f1 is None else dg.mul_(f1), h, approximate=approximate)
             del h, dz, dg
             if need[3] or ln_mask[1]:
-                a1.addmm_(dh.t(), xhat)
+                add_row_products_(a1, dh, xhat)
             db1 += dh.sum(0)
             del xhat
             if o is not None:

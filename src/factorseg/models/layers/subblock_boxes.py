@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.dropout import Keep, as_factor
-from factorseg.models.layers.fastpath import block_rows, linear
+from factorseg.models.layers.fastpath import add_row_products_, block_rows, linear
 from factorseg.models.layers.nmf import head_grams, heads_to_blocks
 from factorseg.models.layers.norm import fold_norm, layer_norm_rows, norm_linear_grads, normalized
 from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
@@ -203,7 +203,7 @@ class _ProjectSubblocks(torch.autograd.Function):
                 rows = _rows(x, i, box, edges)
                 mu, sd = mean[i, box.k].view(-1, 1), rstd[i, box.k].view(-1, 1)
                 if need[3] or ln_mask[1]:
-                    a.addmm_(dh.t(), normalized(rows, mu, sd))
+                    add_row_products_(a, dh, normalized(rows, mu, sd))
                 db += dh.sum(0)
                 if dx is not None:
                     dr = torch.ops.aten.native_layer_norm_backward(
