@@ -24,13 +24,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.reference import reference_block
 from factorseg import allocator
@@ -213,6 +214,39 @@ def interleaved(
             synchronize(device)
             out[key].times.append(time.perf_counter() - start)
     return out
+
+
+def over_threads(counts: Sequence[int] = (1, 2)) -> Iterator[int]:
+    """Each intra-op thread count in turn, set for the loop's body; the load average and CPU printed before and
+    after (the frame of the micro-benchmark scripts under ``benchmarks/results``)."""
+    print("load", os.getloadavg(), cpu_model())
+    for threads in counts:
+        torch.set_num_threads(threads)
+        yield threads
+    print("load", os.getloadavg())
+
+
+class OpTimes(TorchDispatchMode):
+    """Seconds and calls per ATen op and input shapes, timed around each call while the mode is on (the
+    profiler inflated some large ops here 7-17x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: dict[tuple[str, tuple], float] = {}
+        self.calls: dict[tuple[str, tuple], int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        key = (str(func), tuple(tuple(a.shape) for a in args if isinstance(a, Tensor))[:3])
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+        self.calls[key] = self.calls.get(key, 0) + 1
+        return out
+
+    def report(self, runs: int, top: int) -> str:
+        """The ``top`` ops with the most time, mean milliseconds and calls per run, one line each."""
+        ranked = sorted(self.seconds.items(), key=lambda kv: -kv[1])[:top]
+        return "\n".join(f"{t / runs * 1e3:7.2f} ms {self.calls[k] // runs:4d}x {k[0]} {k[1]}" for k, t in ranked)
 
 
 def cpu_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

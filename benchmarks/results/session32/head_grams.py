@@ -8,11 +8,9 @@ interleaved calls, microseconds.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from benchmarks.common import cpu_model, interleaved
+from benchmarks.common import interleaved, over_threads
 from factorseg.models.layers import nmf
 
 FORMS = {  # (HEADS_PER_GRAM_PRODUCT, GRAM_PAIR_ROWS)
@@ -22,11 +20,9 @@ FORMS = {  # (HEADS_PER_GRAM_PRODUCT, GRAM_PAIR_ROWS)
 
 def main() -> None:
     cpu = torch.device("cpu")
-    print("load", os.getloadavg(), cpu_model())
     shapes = ((512, 64, 32), (256, 64, 32), (256, 64, 64), (128, 64, 64), (1400, 64, 32), (4096, 8, 32),
               (2048, 8, 32), (2048, 16, 32), (1024, 27, 64), (2048, 8, 64))
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
+    for threads in over_threads():
         for k, q, c in shapes:
             blocks = torch.randn(k, q, c).relu_()
 
@@ -40,7 +36,6 @@ def main() -> None:
             t = interleaved({f: (lambda f=f: grams(f)) for f in forms}, 41, cpu)
             cells = ", ".join(f"{f} {1e6 * t[f].median:.0f}" for f in forms)
             print(f"{threads} thread(s), {k} sub-blocks of {q} x {c} ({c // 8} heads): {cells}")
-    print("load", os.getloadavg())
 
 
 if __name__ == "__main__":

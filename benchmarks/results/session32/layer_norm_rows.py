@@ -7,19 +7,14 @@ LayerNorms take; one and two threads. Medians of 101 interleaved calls, microsec
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from benchmarks.common import cpu_model, interleaved
+from benchmarks.common import cpu_medians, over_threads
 from factorseg.models.layers import norm
 
 
 def main() -> None:
-    cpu = torch.device("cpu")
-    print("load", os.getloadavg(), cpu_model())
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
+    for threads in over_threads():
         for rows, c in ((65536, 16), (16384, 32), (32768, 32), (8192, 64), (16384, 64), (4096, 128), (8192, 128)):
             x = torch.randn(rows, c) * 3 + 1
 
@@ -29,10 +24,10 @@ def main() -> None:
 
             for a, b in zip(run(10**6), run(0)):
                 torch.testing.assert_close(a, b)
-            t = interleaved({"product": lambda: run(10**6), "reduction": lambda: run(0)}, 101, cpu)
-            prod, red = (1e6 * t[k].median for k in ("product", "reduction"))
-            print(f"{threads} thread(s), {rows} rows of {c}: products {prod:.0f}, reduction {red:.0f} ({red / prod:.2f}x)")
-    print("load", os.getloadavg())
+            runs = {"product": lambda: run(10**6), "reduction": lambda: run(0)}
+            prod, red = (1e6 * t for t in cpu_medians(runs, 101).values())
+            print(f"{threads} thread(s), {rows} rows of {c}: products {prod:.0f}, reduction {red:.0f} "
+                  f"({red / prod:.2f}x)")
 
 
 if __name__ == "__main__":

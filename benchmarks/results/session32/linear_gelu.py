@@ -7,19 +7,14 @@ take; one and two threads. Medians of 101 interleaved calls, microseconds; the t
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from benchmarks.common import cpu_model, interleaved
+from benchmarks.common import cpu_medians, over_threads
 from factorseg.models.layers import fastpath
 
 
 def main() -> None:
-    cpu = torch.device("cpu")
-    print("load", os.getloadavg(), cpu_model())
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
+    for threads in over_threads():
         for rows, c, hidden in ((8192, 32, 64), (16384, 32, 64), (8192, 64, 128), (4096, 128, 256), (32768, 16, 32)):
             x, w, b = torch.randn(rows, c), torch.randn(hidden, c) / c**0.5, torch.randn(hidden)
             runs = {
@@ -27,11 +22,9 @@ def main() -> None:
                 "post-op": lambda: fastpath.linear_gelu(x, w, b, "none"),
             }
             assert torch.equal(*(run() for run in runs.values()))
-            t = interleaved(runs, 101, cpu)
-            sep, fused = (1e6 * t[k].median for k in runs)
+            sep, fused = (1e6 * t for t in cpu_medians(runs, 101).values())
             print(f"{threads} thread(s), {rows} rows, {c} -> {hidden}: product then gelu_ {sep:.0f}, "
                   f"post-op {fused:.0f} ({fused / sep:.2f}x)")
-    print("load", os.getloadavg())
 
 
 if __name__ == "__main__":

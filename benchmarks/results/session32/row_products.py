@@ -8,11 +8,9 @@ calls, microseconds.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from benchmarks.common import cpu_model, interleaved
+from benchmarks.common import cpu_medians, over_threads
 from factorseg.models.layers import fastpath
 
 SHAPES = (  # (M, rows, N): out (M, N)
@@ -22,22 +20,18 @@ SHAPES = (  # (M, rows, N): out (M, N)
 
 
 def main() -> None:
-    cpu = torch.device("cpu")
-    print("load", os.getloadavg(), cpu_model())
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
+    for threads in over_threads():
         for m, v, n in SHAPES:
             a, b, out = torch.randn(v, m), torch.randn(v, n), torch.zeros(m, n)
             runs = {"addmm_": lambda: out.addmm_(a.t(), b), "chunks": lambda: fastpath.add_row_products_(out, a, b)}
             exact = a.double().t() @ b.double()  # no less accurate than MKL's float32 product
-            errors = [(t.double() - exact).abs().max().item() for t in (a.t() @ b, fastpath.add_row_products_(out, a, b))]
+            chunked = fastpath.add_row_products_(out, a, b)
+            errors = [(t.double() - exact).abs().max().item() for t in (a.t() @ b, chunked)]
             assert errors[1] <= 2 * errors[0] + 1e-4, errors
             out.zero_()
-            t = interleaved(runs, 31, cpu)
-            mm, chunks = (1e6 * t[k].median for k in runs)
-            print(f"{threads} thread(s), ({m}, {v}) x ({v}, {n}): addmm_ {mm:.0f}, chunks {chunks:.0f} ({chunks / mm:.2f}x); "
-                  f"largest errors against float64 {errors[0]:.1e} / {errors[1]:.1e}")
-    print("load", os.getloadavg())
+            mm, chunks = (1e6 * t for t in cpu_medians(runs, 31).values())
+            print(f"{threads} thread(s), ({m}, {v}) x ({v}, {n}): addmm_ {mm:.0f}, chunks {chunks:.0f} "
+                  f"({chunks / mm:.2f}x); largest errors against float64 {errors[0]:.1e} / {errors[1]:.1e}")
 
 
 if __name__ == "__main__":

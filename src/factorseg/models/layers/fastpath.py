@@ -74,9 +74,9 @@ def linear_gelu(x: Tensor, w: Tensor, b: Tensor | None, approximate: str) -> Ten
     """``gelu(linear(x, w, b))``. For the exact GELU (``approximate="none"``, the paper's), where nothing records
     and oneDNN's product applies (see :func:`linear`), the GELU is that product's post-op, applied to each
     output tile while it is in registers: bit for bit the values of PyTorch's GELU after the product, without
-    the pass over the hidden rows that it costs (``benchmarks/results/session32/linear_gelu.py``; oneDNN's
-    tanh form rounds differently, so it is not used). Elsewhere the GELU after :func:`linear`, in place where
-    nothing records."""
+    the pass over the hidden rows that it costs (0.86-1.00x the time, ``benchmarks/results/session32/linear_gelu.py``;
+    oneDNN's tanh form rounds differently, so it is not used). Elsewhere the GELU after :func:`linear`, in place
+    where nothing records."""
     params = (w,) if b is None else (w, b)
     if approximate == "none" and _takes_onednn(x, *params) and can_modify_inplace(x, *params):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
@@ -92,8 +92,8 @@ def add_row_products_(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
     MKL computes such a product with few columns and many rows on one thread: on two threads
     ``(16, 358,400) x (358,400, 16)`` (the hippocampus recipe's decoder fuse) took 2.2 ms, against 3.2 on one.
     With several threads the rows are cut into one chunk per thread, the chunks' products are one batched
-    product, which MKL spreads over the threads, and they are summed: there 1.7 ms, and 0.48-0.94x MKL's time
-    over the recipes' shapes (``benchmarks/results/session32/row_products.py``). The same sum up to float
+    product, which MKL spreads over the threads, and they are summed: there 1.7-1.8 ms, and 0.48-1.01x MKL's
+    time over the recipes' shapes, two runs (``benchmarks/results/session32/row_products.py``). The same sum up to float
     rounding (no less accurate: shorter sums).
     """
     threads, v = torch.get_num_threads(), a.shape[0]

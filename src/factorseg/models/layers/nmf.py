@@ -186,9 +186,9 @@ time: ``benchmarks/results/session29/head_grams.py``); otherwise products of 2 h
 GRAM_PAIR_ROWS = 64
 """From this many rows per matrix (and for 5-8 heads at any number), products of 2 heads over strided views of
 their columns (no copy): the blocks between heads that one product pays for cost more there than the extra calls.
-Heads of 8, one / two threads, two runs (``benchmarks/results/session32/head_grams.py``): 512 sub-blocks of
+Heads of 8, one / two threads, three runs (``benchmarks/results/session32/head_grams.py``): 512 sub-blocks of
 64 x 32 (4 heads) take 0.70-0.72 / 0.73-0.75x the one product's time, 256 of 64 x 64 (8 heads) 0.60-0.61 /
-0.70-0.71x the head-by-head product's, 2,048 of 8 x 64 0.56-0.60 / 0.64-0.66x; over 8 rows of 4 heads the one
+0.70-0.71x the head-by-head product's, 2,048 of 8 x 64 0.56-0.60 / 0.64-0.71x; over 8 rows of 4 heads the one
 product stays the faster (pairs 1.07-1.39x its time), over 16 they are level (0.86-1.10x)."""
 
 
@@ -206,7 +206,8 @@ def head_grams(rows: Tensor, head_dim: int) -> Tensor:
     out = rows.new_empty(heads, bf, head_dim, head_dim)
     for first in range(0, heads, 2):
         g = min(2, heads - first)
-        out[first:first + g] = _grams_of_group(rows[:, :, first * head_dim:(first + g) * head_dim], head_dim, g)
+        cols = rows[:, :, first * head_dim:(first + g) * head_dim]
+        out[first:first + g] = _grams_of_group(cols, head_dim, g)
     return out
 
 

@@ -60,10 +60,10 @@ def layer_norm_rows(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     autograd does not record, the two row sums (of ``x`` and of the squared centred rows: the variance of
     centred values, no cancellation) are one-column matrix products (oneDNN's, which also run on two
     threads) up to :data:`ROW_PRODUCT_MAX_CHANNELS`, PyTorch's reduction above, and the rest three elementwise
-    passes (over 16-128 channels, before the reduction was used over 64-128): 2.3-2.5 / 1.7-1.8 / 1.15-1.25 / 1.1x faster over 16 / 32 /
-    64 / 128 channels on one thread, 2.0-2.3 / 1.4-1.7 / 1.0-1.2 / 0.97-1.05x on two (four runs); over 256 as
-    fast as PyTorch's kernel, which is used there, given a weight of ones: without a weight it takes a path
-    1.2-2x slower (``benchmarks/results/session30/layer_norm_rows.py``).
+    passes (over 16-128 channels, before the reduction was used over 64-128): 2.3-2.5 / 1.7-1.8 / 1.15-1.25 /
+    1.1x faster over 16 / 32 / 64 / 128 channels on one thread, 2.0-2.3 / 1.4-1.7 / 1.0-1.2 / 0.97-1.05x on two
+    (four runs); over 256 as fast as PyTorch's kernel, which is used there, given a weight of ones: without a
+    weight it takes a path 1.2-2x slower (``benchmarks/results/session30/layer_norm_rows.py``).
     """
     c = x.shape[-1]
     if not (
@@ -81,7 +81,7 @@ def layer_norm_rows(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
 ROW_PRODUCT_MAX_CHANNELS = 32
 """Widest rows whose means :func:`layer_norm_rows` takes by a one-column product; wider rows are summed by
 PyTorch's reduction, there the faster: 0.83-1.00x the product's time over 64 channels, 0.76-0.91x over 128, on
-one and two threads, two runs, against 0.97-1.17x over 32 and 1.30-1.40x over 16
+one and two threads, two runs, against 0.97-1.17x over 32 and 1.27-1.40x over 16
 (``benchmarks/results/session32/layer_norm_rows.py``)."""
 
 
