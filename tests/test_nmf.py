@@ -222,6 +222,15 @@ def test_head_grams_match_float64_products(heads: int, rows: int) -> None:
     assert products.count == (1 if heads > 8 or one_product else -(-heads // 2))
 
 
+@pytest.mark.parametrize("heads", [2, 4, 8])
+def test_head_grams_off_the_cpu_take_the_forms_before_pairs(heads: int) -> None:
+    """Pairs of heads were measured on the CPU only: elsewhere (here the meta device, shapes only) one product
+    up to 4 heads and one head-by-head product above."""
+    with _BmmCount() as products:
+        out = head_grams(torch.empty(5, 64, heads * 8, device="meta"), 8)
+    assert out.shape == (heads, 5, 8, 8) and products.count == 1
+
+
 class _BmmCount(TorchDispatchMode):
     """How many batched products run inside the ``with`` block."""
 

@@ -195,13 +195,15 @@ product stays the faster (pairs 1.07-1.39x its time), over 16 they are level (0.
 def head_grams(rows: Tensor, head_dim: int) -> Tensor:
     """The heads' Gram matrices ``X_h^T X_h`` of matrices ``rows (Bf, N, C)`` whose ``C`` columns are heads of
     ``head_dim`` (``M``) channels, as ``(H, Bf, M, M)``: one product, products of 2 heads, or head by head
-    (:data:`HEADS_PER_GRAM_PRODUCT`, :data:`GRAM_PAIR_ROWS`)."""
+    (:data:`HEADS_PER_GRAM_PRODUCT`, :data:`GRAM_PAIR_ROWS`; off the CPU, where pairs were not measured, one
+    product up to :data:`HEADS_PER_GRAM_PRODUCT` heads and head by head above)."""
     bf, n, c = rows.shape
     heads = c // head_dim
-    if heads > 2 * HEADS_PER_GRAM_PRODUCT:
+    cpu = rows.device.type == "cpu"  # (the pairs were measured there; elsewhere the forms before them)
+    if heads > (2 if cpu else 1) * HEADS_PER_GRAM_PRODUCT:
         per_head = rows.view(bf, n, heads, head_dim).permute(2, 0, 3, 1).reshape(heads * bf, head_dim, n)
         return torch.bmm(per_head, per_head.transpose(1, 2)).view(heads, bf, head_dim, head_dim)
-    if heads <= 2 or (heads <= HEADS_PER_GRAM_PRODUCT and n < GRAM_PAIR_ROWS):
+    if heads <= 2 or not cpu or (heads <= HEADS_PER_GRAM_PRODUCT and n < GRAM_PAIR_ROWS):
         return _grams_of_group(rows, head_dim, heads)
     out = rows.new_empty(heads, bf, head_dim, head_dim)
     for first in range(0, heads, 2):
