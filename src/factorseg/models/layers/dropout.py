@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -104,8 +104,11 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     comparison unless it equals the bound's, and only for those numbers (1 in 256) is a low byte drawn,
     which gives exactly the 16-bit comparison's probabilities from half the random words (a piece 486 ->
     426 us on one thread, ``benchmarks/results/session30/mask_bytes.py``). The pieces are filled side by side
-    on up to ``torch.get_num_threads()`` threads (NumPy releases the GIL for both steps), and do not depend
-    on the thread count: a seed gives the same mask on one thread or many.
+    on up to ``torch.get_num_threads()`` threads, the calling thread one of them (NumPy releases the GIL for
+    the drawing and the comparison), and do not depend on the thread count: a seed gives the same mask on one
+    thread or many. The calling thread takes pieces instead of waiting for a pool of as many threads: the
+    hippocampus step's masks on two threads 40.1 -> 35.0, 39.9 -> 36.7 and 41.9 -> 41.7 ms in three runs
+    (``benchmarks/results/session32/mask_threads.py``; the GIL, held by NumPy's search for ties, limits both).
     """
     n = out.numel()
     high, low = divmod(bound + 32768, 256)  # u + 32768 >= 256 high + low, for u + 32768 in [0, 65536)
@@ -122,17 +125,25 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
         if ties.size:
             flags[a + ties] = draw(-(-ties.size // 8)).view(np.uint8)[: ties.size] >= low
 
-    workers = min(torch.get_num_threads(), len(starts))
-    if workers <= 1:
-        for i in range(len(starts)):
+    pieces = iter(range(len(starts)))  # taken one at a time by every worker (``next`` holds the GIL)
+
+    def drain() -> None:
+        for i in pieces:
             fill(i)
-    else:
-        list(_pool(workers).map(fill, range(len(starts))))
+
+    helpers = min(torch.get_num_threads(), len(starts)) - 1
+    futures = [_pool(helpers).submit(drain) for _ in range(helpers)]
+    try:
+        drain()  # the calling thread takes pieces too, instead of waiting
+    finally:
+        wait(futures)  # no helper still writing into ``out`` when this returns or raises
+    for future in futures:
+        future.result()
     return out
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """A thread pool of ``workers`` threads for this process (a forked child makes its own)."""
+    """A thread pool of ``workers`` helper threads for this process (a forked child makes its own)."""
     key = (os.getpid(), workers)
     if key not in _POOLS:
         _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="factorseg-random")
