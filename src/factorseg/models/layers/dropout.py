@@ -108,7 +108,9 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     the drawing and the comparison), and do not depend on the thread count: a seed gives the same mask on one
     thread or many. The calling thread takes pieces instead of waiting for a pool of as many threads: the
     hippocampus step's masks on two threads 40.1 -> 35.0, 39.9 -> 36.7 and 41.9 -> 41.7 ms in three runs
-    (``benchmarks/results/session32/mask_threads.py``; the GIL, held by NumPy's search for ties, limits both).
+    (``benchmarks/results/session32/mask_threads.py``). NumPy's steps run side by side (two threads on separate
+    pieces take 1.04-1.3x one thread's time for twice the work); what keeps the masks from scaling after an
+    OpenMP op is its worker, which spins on the second core for a while.
     """
     n = out.numel()
     high, low = divmod(bound + 32768, 256)  # u + 32768 >= 256 high + low, for u + 32768 in [0, 65536)
