@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gzip
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from factorseg.bundles.format import save_bundle
 from factorseg.cli import main
@@ -75,3 +77,20 @@ def refused(capsys: pytest.CaptureFixture, argv: list[str], fragments: Sequence[
     for path, content in before.items():
         assert path.read_bytes() == content, f"{path} was modified"
     return lines[0]
+
+
+class AtenOps(TorchDispatchMode):
+    """How many times each ATen op (by name, overloads together) runs inside the ``with`` block: which kernels a
+    fast path took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.counts)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))

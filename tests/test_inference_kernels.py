@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from builders import AtenOps
 
 from factorseg.models.blocks import FactorizerBlock
 from factorseg.models.layers import fastpath
@@ -73,7 +74,7 @@ def test_recorded_linear_matches_float64_values_and_gradients(bias: bool, layout
     if b is not None:
         leaves["b"] = b.requires_grad_(wanted == "all")
     weight = torch.randn(700, 40, dtype=torch.float64)
-    ops = _OpNames()
+    ops = AtenOps()
     with ops:
         out = fastpath.linear(x, w, b)
         (out.double() * weight).sum().backward()
@@ -98,7 +99,7 @@ def test_linear_gelu_is_gelu_after_the_product_bit_for_bit(approximate: str, bia
     torch.manual_seed(2)
     x, w = torch.randn(900, 32) * 2, torch.randn(128, 32) * 0.5
     b = torch.randn(128) if bias else None
-    with _OpNames() as ops:
+    with AtenOps() as ops:
         fused = fastpath.linear_gelu(x, w, b, approximate)
     # The exact GELU as the product's post-op, not a second pass; the tanh form after the product.
     assert ("gelu_" not in ops.names) is (fastpath._ONEDNN_LINEAR and approximate == "none")
@@ -132,7 +133,7 @@ def test_add_row_products_matches_float64(threads: int, rows: int) -> None:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with _OpNames() as ops:
+        with AtenOps() as ops:
             got = fastpath.add_row_products_(out, a, b)
     finally:
         torch.set_num_threads(previous)
@@ -142,18 +143,6 @@ def test_add_row_products_matches_float64(threads: int, rows: int) -> None:
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-3)
 
 
-class _OpNames(TorchDispatchMode):
-    """The names of the ATen ops run inside the ``with`` block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.names.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("channels", [1, 16, 32, 64, ROW_SUM_MAX_CHANNELS, ROW_SUM_MAX_CHANNELS + 1])
 def test_layer_norm_rows_matches_float64(channels: int) -> None:
     """Row sums (oneDNN's one-column products over few channels, PyTorch's reduction over more), PyTorch's
@@ -161,7 +150,7 @@ def test_layer_norm_rows_matches_float64(channels: int) -> None:
     torch.manual_seed(0)
     x = torch.randn(300, channels) * torch.rand(300, 1) * 4 + torch.randn(300, 1) * 100
     x[0] = 3.0
-    with _OpNames() as ops:
+    with AtenOps() as ops:
         xhat, mean, rstd = layer_norm_rows(x, 1e-5)
     assert ("native_layer_norm" in ops.names) is (channels > ROW_SUM_MAX_CHANNELS)
     ref = torch.ops.aten.native_layer_norm(x.double(), [channels], None, None, 1e-5)
@@ -177,7 +166,7 @@ def test_layer_norm_rows_matches_float64(channels: int) -> None:
 
 def test_layer_norm_rows_records_gradients_through_pytorchs_kernel() -> None:
     x = torch.randn(20, 16, requires_grad=True)
-    with _OpNames() as ops:
+    with AtenOps() as ops:
         layer_norm_rows(x, 1e-5)[0].square().sum().backward()
     assert "native_layer_norm" in ops.names and x.grad is not None
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from sklearn.decomposition import NMF as SkNMF
+
+from builders import AtenOps
 
 from factorseg.models.layers.nmf import NMF, head_grams, nndsvd, set_nmf_iters
 
@@ -214,28 +215,18 @@ def test_head_grams_match_float64_products(heads: int, rows: int) -> None:
     torch.manual_seed(0)
     blocks = torch.rand(5, rows, heads * 8)
     expected = torch.einsum("kqhi,kqhj->hkij", *[blocks.double().view(5, rows, heads, 8)] * 2)
-    with _BmmCount() as products:
+    with AtenOps() as products:
         out = head_grams(blocks, 8)
     assert out.shape == (heads, 5, 8, 8)
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     one_product = heads <= 2 or (heads <= 4 and rows < 64)
-    assert products.count == (1 if heads > 8 or one_product else -(-heads // 2))
+    assert products.counts["bmm"] == (1 if heads > 8 or one_product else -(-heads // 2))
 
 
 @pytest.mark.parametrize("heads", [2, 4, 8])
 def test_head_grams_off_the_cpu_take_the_forms_before_pairs(heads: int) -> None:
     """Pairs of heads were measured on the CPU only: elsewhere (here the meta device, shapes only) one product
     up to 4 heads and one head-by-head product above."""
-    with _BmmCount() as products:
+    with AtenOps() as products:
         out = head_grams(torch.empty(5, 64, heads * 8, device="meta"), 8)
-    assert out.shape == (heads, 5, 8, 8) and products.count == 1
-
-
-class _BmmCount(TorchDispatchMode):
-    """How many batched products run inside the ``with`` block."""
-
-    count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        self.count += func.overloadpacket.__name__ == "bmm"
-        return func(*args, **(kwargs or {}))
+    assert out.shape == (heads, 5, 8, 8) and products.counts["bmm"] == 1

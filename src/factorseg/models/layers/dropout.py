@@ -109,8 +109,8 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     thread or many. The calling thread takes pieces instead of waiting for a pool of as many threads: the
     hippocampus step's masks on two threads 40.1 -> 35.0, 39.9 -> 36.7 and 41.9 -> 41.7 ms in three runs
     (``benchmarks/results/session32/mask_threads.py``). NumPy's steps run side by side (two threads on separate
-    pieces take 1.04-1.3x one thread's time for twice the work); what keeps the masks from scaling after an
-    OpenMP op is its worker, which spins on the second core for a while.
+    pieces take 1.05-1.20x one thread's time for twice the work: ``numpy_side_by_side.py`` there); what keeps the
+    masks from scaling after an OpenMP op is its worker, which spins on the second core for a while.
     """
     n = out.numel()
     high, low = divmod(bound + 32768, 256)  # u + 32768 >= 256 high + low, for u + 32768 in [0, 65536)

@@ -200,10 +200,11 @@ def head_grams(rows: Tensor, head_dim: int) -> Tensor:
     bf, n, c = rows.shape
     heads = c // head_dim
     cpu = rows.device.type == "cpu"  # (the pairs were measured there; elsewhere the forms before them)
-    if heads > (2 if cpu else 1) * HEADS_PER_GRAM_PRODUCT:
+    if heads > (2 * HEADS_PER_GRAM_PRODUCT if cpu else HEADS_PER_GRAM_PRODUCT):
         per_head = rows.view(bf, n, heads, head_dim).permute(2, 0, 3, 1).reshape(heads * bf, head_dim, n)
         return torch.bmm(per_head, per_head.transpose(1, 2)).view(heads, bf, head_dim, head_dim)
-    if heads <= 2 or not cpu or (heads <= HEADS_PER_GRAM_PRODUCT and n < GRAM_PAIR_ROWS):
+    pairs = cpu and heads > 2 and (heads > HEADS_PER_GRAM_PRODUCT or n >= GRAM_PAIR_ROWS)
+    if not pairs:
         return _grams_of_group(rows, head_dim, heads)
     out = rows.new_empty(heads, bf, head_dim, head_dim)
     for first in range(0, heads, 2):

@@ -72,9 +72,10 @@ def layer_norm_rows(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     ):
         # A weight of ones: PyTorch's kernel without one takes a slower path.
         return torch.ops.aten.native_layer_norm(x, [c], x.new_ones(c), None, eps)
-    mean = _row_means(x)
+    mean_of = None if c > ROW_PRODUCT_MAX_CHANNELS else x.new_full((1, c), 1.0 / c)
+    mean = _row_means(x, mean_of)
     centred = x - mean
-    rstd = _row_means(centred * centred).add_(eps).rsqrt_()
+    rstd = _row_means(centred * centred, mean_of).add_(eps).rsqrt_()
     return centred.mul_(rstd), mean, rstd
 
 
@@ -85,12 +86,12 @@ one and two threads, two runs, against 0.97-1.17x over 32 and 1.27-1.40x over 16
 (``benchmarks/results/session32/layer_norm_rows.py``)."""
 
 
-def _row_means(x: Tensor) -> Tensor:
-    """The mean of each row of float32 CPU rows ``x (V, C)``, ``(V, 1)``."""
-    c = x.shape[-1]
-    if c > ROW_PRODUCT_MAX_CHANNELS:
-        return x.sum(-1, keepdim=True).mul_(1.0 / c)
-    return linear(x, x.new_full((1, c), 1.0 / c))
+def _row_means(x: Tensor, mean_of: Tensor | None) -> Tensor:
+    """The mean of each row of float32 CPU rows ``x (V, C)``, ``(V, 1)``: the product with ``mean_of`` (a ``(1, C)``
+    row of ``1 / C``), or without one PyTorch's reduction."""
+    if mean_of is None:
+        return x.sum(-1, keepdim=True).mul_(1.0 / x.shape[-1])
+    return linear(x, mean_of)
 
 
 def normalized(x: Tensor, mean: Tensor, rstd: Tensor) -> Tensor:
