@@ -63,13 +63,28 @@ def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv(x)`` for a network's first convolution (few input channels), its output channels-last on the CPU.
 
     oneDNN returns the output channels-first for a one-channel input; the blocks after the stem need it
-    channels-last. The kernel is always PyTorch's own: the same bits in every process. (Until 2026-12-07 a
-    one-off timing per input shape could pick a kernel on inputs zero-padded to 8 channels, faster for a few
-    batch-1 shapes off the recipes but rounded differently, so about one run in 20 trained other weights from
-    the same seed; docs/performance.md, "2026-12-07 (sixth session)".)
+    channels-last. Float32 CPU inputs always take oneDNN's convolution (``torch.mkldnn_convolution``), the
+    kernel PyTorch itself picks at the recipes' shapes (the same bits there), but not for batch-1 inputs whose
+    batch x channels x depth x height is at most 20,480, which its heuristic sends to a reference kernel 2.7-5x
+    slower (4 channels at 64^3: 69.7 against 13.2 ms channels-last on two threads;
+    ``benchmarks/results/session32/stem_onednn.py``). The kernel depends on nothing but the settings: the same
+    bits in every process. (Until 2026-12-07 a one-off timing per input shape could pick a kernel on inputs
+    zero-padded to 8 channels, so about one run in 20 trained other weights from the same seed;
+    docs/performance.md, "2026-12-07 (sixth session)".) Elsewhere (other dtypes or devices, autocast, capture,
+    padding other than zeros or given as a string, oneDNN disabled) ``conv(x)``.
     """
-    y = conv(x)
-    return y if x.device.type != "cpu" or traced() else channels_last(y)
+    if x.device.type != "cpu" or traced():
+        return conv(x)
+    onednn = (
+        torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+        and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    )
+    if not onednn:
+        return channels_last(conv(x))
+    return channels_last(torch.mkldnn_convolution(
+        x, conv.weight, conv.bias, conv.padding, conv.stride, conv.dilation, conv.groups
+    ))
 
 
 def conv_transpose(conv: nn.Module, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
