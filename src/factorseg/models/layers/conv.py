@@ -65,8 +65,8 @@ def stem_conv(conv: nn.Module, x: Tensor) -> Tensor:
     oneDNN returns the output channels-first for a one-channel input; the blocks after the stem need it
     channels-last. Float32 CPU inputs always take oneDNN's convolution (``torch.mkldnn_convolution``), the
     kernel PyTorch itself picks at the recipes' shapes (the same bits there), but not for batch-1 inputs whose
-    batch x channels x depth x height is at most 20,480, which its heuristic sends to a reference kernel 2.7-5x
-    slower (4 channels at 64^3: 69.7 against 13.2 ms channels-last on two threads;
+    batch x channels x depth x height is at most 20,480, which its heuristic sends to a reference kernel 3-11x
+    slower (4 channels at 64^3, channels-last: 89.2 against 8.1 ms on one thread, 74.3 against 14.3 on two;
     ``benchmarks/results/session32/stem_onednn.py``). The kernel depends on nothing but the settings: the same
     bits in every process. (Until 2026-12-07 a one-off timing per input shape could pick a kernel on inputs
     zero-padded to 8 channels, so about one run in 20 trained other weights from the same seed;
