@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 import sys
@@ -67,6 +68,7 @@ def wanted(environ: Mapping[str, str] | None = None) -> bool:
     return "glibc.malloc." not in env.get("GLIBC_TUNABLES", "")
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """The C library if it is glibc (``mallopt`` with glibc's parameter numbers), else None."""
     name = ctypes.util.find_library("c") or "libc.so.6"
@@ -87,7 +89,22 @@ def tune(environ: Mapping[str, str] | None = None) -> bool:
     if libc is None:
         return False
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NO_TRIM), (_M_TOP_PAD, _TOP_PAD))
-    return all(bool(libc.mallopt(param, ctypes.c_int(value))) for param, value in settings)
+    applied = all(bool(libc.mallopt(param, ctypes.c_int(value))) for param, value in settings)
+    _TUNED_HERE[0] = _TUNED_HERE[0] or applied
+    return applied
+
+
+_TUNED_HERE = [False]  # whether tune() applied its settings in this process
+
+
+def pool_wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether factorseg's layers keep their map-sized CPU buffers for reuse (:mod:`factorseg.models.layers.pool`).
+
+    Only where glibc would otherwise unmap and page-fault them again every step: Linux with glibc, its malloc
+    left as glibc sets it (no ``glibc.malloc`` tunables of anyone's, no :func:`tune` in this process; with the
+    command's settings glibc keeps freed memory itself), and no :data:`OPT_OUT`.
+    """
+    return wanted(environ) and not _TUNED_HERE[0] and _glibc() is not None
 
 
 def tuned_environment(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from factorseg.models.layers.fastpath import block_rows, linear, traced, unrecorded_eager
+from factorseg.models.layers import pool
 
 
 def conv_nd(spatial_dims: int) -> type[nn.Module]:
@@ -47,7 +48,7 @@ def pointwise_to_channels_first(conv: nn.Module, x: Tensor) -> Tensor:
         # Inference: oneDNN's product per cache-sized row block, transposed into its place. MKL's product of the
         # whole map did not scale to two threads (BraTS preset at 128^3, 32 -> 3 channels: 31.9 against 14.5 ms;
         # benchmarks/results/session31/fuse_and_head.py).
-        out = rows.new_empty(x.shape[0], w.shape[0], rows.shape[1])
+        out = pool.empty((x.shape[0], w.shape[0], rows.shape[1]), rows.dtype, rows.device)
         n = block_rows(max(w.shape[0], x.shape[1]), rows.element_size())
         for item, dst in zip(rows, out):
             for block, part in zip(item.split(n), dst.split(n, dim=1)):

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from factorseg.models.layers import pool
 from factorseg.models.layers.fastpath import block_rows, traced
 
 
@@ -82,7 +83,7 @@ def keep_mask(
     n = math.prod(shape)
     if device.type == "cpu":
         threshold = min(round(p * 65536), 65535)  # a p within 2^-17 of 1 would keep nothing (and scale by 1/0)
-        keep = random_at_least(torch.empty(n, dtype=torch.bool), threshold - 32768, generator)
+        keep = random_at_least(pool.empty((n,), torch.bool), threshold - 32768, generator)
         return keep.view(*shape), 65536 / (65536 - threshold)
     keep = torch.empty(*shape, device=device).bernoulli_(1.0 - p, generator=generator).bool()
     return keep, 1.0 / (1.0 - p)
@@ -178,7 +179,7 @@ def masked(x: Tensor, keep: tuple[Tensor, float] | None) -> Tensor:
     flat_x, flat_mask = _memory_flat(x), _memory_flat(mask)
     if flat_x is None or flat_mask is None or x.stride() != mask.stride():
         return torch.where(mask, x, x.new_zeros(())).mul_(scale)
-    out = torch.empty_like(x)  # the same strides as the dense x
+    out = pool.empty_like(x)  # the same strides as the dense x
     flat_out = _memory_flat(out)
     assert flat_out is not None
     n = block_rows(1, x.element_size())

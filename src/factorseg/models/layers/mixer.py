@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from factorseg.models.layers import pool
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Keep, drop_with
 from factorseg.models.layers.fastpath import can_modify_inplace, linear, row_blocks, traced, unrecorded_eager
@@ -193,7 +194,7 @@ class NMFMixer(nn.Module):
             h = xl if norm is None else norm(xl)
             return linear(h.reshape(-1, h.shape[-1]), w, b).view(*h.shape[:-1], w.shape[0])
         rows = xl.reshape(-1, xl.shape[-1])
-        out = rows.new_empty(rows.shape[0], w.shape[0])
+        out = pool.empty((rows.shape[0], w.shape[0]), rows.dtype, rows.device)
         wf, bf = fold_norm(w, b, norm.weight, norm.bias)
         for src, dst in zip(row_blocks(rows, rows.shape[1]), row_blocks(out, rows.shape[1])):
             dst.copy_(linear(layer_norm_rows(src, norm.eps)[0], wf, bf))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from factorseg.models.layers import pool
 from factorseg.models.layers.conv import conv_nd, pointwise_weight
 from factorseg.models.layers.dropout import Dropout, as_factor, keep_mask
 from factorseg.models.layers.fastpath import (
@@ -108,7 +109,7 @@ class _MLPResidual(torch.autograd.Function):
         keep1, keep2 = keep if keep is not None else (None, None)
         w1f, b1f = fold_norm(w1, b1, ln_w, ln_b)
         w2s = w2 if keep1 is None else w2 * keep1[1]
-        out = torch.empty_like(rows, memory_format=torch.contiguous_format)
+        out = pool.empty_like(rows, contiguous=True)
         n = block_rows(hidden, rows.element_size())
         stats = []
         for r, o, k1, k2 in zip(
@@ -138,7 +139,7 @@ class _MLPResidual(torch.autograd.Function):
         need = ctx.needs_input_grad
         ln_mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
         w2s = w2 * (s1 * s2)
-        dy = torch.empty_like(rows, memory_format=torch.contiguous_format) if need[0] else None
+        dy = pool.empty_like(rows, contiguous=True) if need[0] else None
         a1, dw2 = w1.new_zeros(w1.shape), w2.new_zeros(w2.shape)
         db1, db2 = w1.new_zeros(hidden), w2.new_zeros(c)
         n = block_rows(hidden, rows.element_size())

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from factorseg.models.layers import pool
 from factorseg.models.layers.dropout import Keep, as_factor
 from factorseg.models.layers.fastpath import add_row_products_, block_rows, linear
 from factorseg.models.layers.nmf import head_grams, heads_to_blocks
@@ -70,12 +71,12 @@ def project_boxes(
     bsz, c = x.shape[0], x.shape[-1]
     cout, q, m = w.shape[0], math.prod(edges), head_dim
     heads, k = cout // m, math.prod(lay.padded) // q
-    blocks = x.new_empty(bsz, k, q, cout)
-    grams = x.new_empty(bsz, 1, heads, k, m, m)
-    per_shift = None if weights is None else x.new_empty(bsz, weights.shape[0], k, cout)
+    blocks = pool.empty((bsz, k, q, cout), x.dtype, x.device)
+    grams = pool.empty((bsz, 1, heads, k, m, m), x.dtype, x.device)
+    per_shift = None if weights is None else pool.empty((bsz, weights.shape[0], k, cout), x.dtype, x.device)
     mean = rstd = None
     if stats and norm is not None:
-        mean, rstd = x.new_empty(bsz, k, q, 1), x.new_empty(bsz, k, q, 1)
+        mean, rstd = (pool.empty((bsz, k, q, 1), x.dtype, x.device) for _ in range(2))
     if norm is not None:
         w, b = fold_norm(w, b, norm[0], norm[1])
     for i in range(bsz):
@@ -142,7 +143,7 @@ def add_output_boxes(
     factors (its output is ``X left^T right``), ``keep`` the dropout mask over the map (``None``: no dropout).
     """
     bsz, k, q, c = blocks.shape
-    out = torch.empty_like(residual, memory_format=torch.contiguous_format)
+    out = pool.empty_like(residual, contiguous=True)
     left, right = left.view(bsz, k, -1, c), right.view(bsz, k, -1, c)
     for i in range(bsz):
         for box in _boxes(lay, edges, c, blocks):
@@ -188,7 +189,7 @@ class _ProjectSubblocks(torch.autograd.Function):
         need = ctx.needs_input_grad
         c, cout = x.shape[-1], w.shape[0]
         ln_mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
-        dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need[0] else None
+        dx = pool.empty_like(x, contiguous=True) if need[0] else None
         a, db = w.new_zeros(w.shape), w.new_zeros(cout)
         for i in range(x.shape[0]):
             for box in _boxes(lay, edges, max(c, cout), x):
@@ -244,9 +245,9 @@ class _AddSubblockOutput(torch.autograd.Function):
         need = ctx.needs_input_grad
         bsz, k, q, c = blocks.shape
         left, right = left.view(bsz, k, -1, c), right.view(bsz, k, -1, c)
-        dblocks = torch.empty_like(blocks) if need[1] else None
-        dleft = torch.empty_like(left) if need[2] else None
-        dright = torch.empty_like(right) if need[3] else None
+        dblocks = pool.empty_like(blocks) if need[1] else None
+        dleft = pool.empty_like(left) if need[2] else None
+        dright = pool.empty_like(right) if need[3] else None
         dbias = blocks.new_zeros(c) if need[4] and has_bias else None
         for i in range(bsz):
             for box in _boxes(lay, edges, c, blocks):

@@ -1,0 +1,141 @@
+"""Map-sized CPU buffers kept for reuse, where glibc's default allocator would page-fault them anew every step.
+
+glibc serves every block of 32 MiB or more with a fresh ``mmap`` and unmaps it when it is freed, so each
+training step page-faults (and the kernel zeroes) all of its large activations and gradients again: 8.6 GiB
+a 128^3 BraTS-preset step, 17 GiB at 160^3, where the step took twice as long as with the command's allocator
+settings (docs/performance.md). Those settings change the whole process, which library code must not do
+behind its caller; so the layers' own large buffers (the MLP's and the mixer's box-by-box outputs and
+gradients, dropout masks, window gathers) come from this pool instead, which keeps them when they are freed
+and hands them out again.
+
+A buffer is leased as a tensor on a NumPy view of it (``torch.from_numpy``): the tensor's storage holds the
+view, so the view dies exactly when the last tensor, view or autograd record of the storage does, and its
+``weakref.finalize`` then returns the buffer to the pool. A lease takes the smallest free buffer of at least
+the size asked for and less than twice it; otherwise a new buffer, after dropping the longest-free buffers as
+far as needed to keep what the pool holds (leased and free) within the most it ever had leased at once. So
+the pool holds no more than its callers' own peak, and a repeated step reuses the same buffers.
+
+It serves only where :func:`factorseg.allocator.pool_wanted` says glibc would not keep the memory itself:
+with the ``factorseg`` command's settings, :func:`factorseg.allocator.tune`, a user's ``glibc.malloc``
+tunables or ``FACTORSEG_ALLOCATOR=default``, every call is ``torch.empty``. :func:`release` gives the free
+buffers back to the system (as ``torch.cuda.empty_cache`` does for PyTorch's GPU cache).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from factorseg import allocator
+
+LARGE = 32 << 20
+"""Bytes from which a buffer comes from the pool: glibc's largest mmap threshold (it maps every block from there)."""
+
+
+class BufferPool:
+    """Free buffers (``uint8`` arrays, the longest-free first) and the bytes leased and held."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # a finalizer may run inside ``lease`` (a garbage collection there)
+        self._free: list[np.ndarray] = []
+        self.leased = 0
+        self.held = 0
+        self.peak_leased = 0
+
+    def lease(self, nbytes: int) -> Tensor:
+        """A 1D ``uint8`` CPU tensor of ``nbytes`` on a pooled buffer, back in the pool when the tensor's storage dies."""
+        dropped: list[np.ndarray] = []  # freed after the lock: no finalizer runs under it
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if nbytes <= b.nbytes < 2 * nbytes]
+            if fits:
+                buffer = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
+            else:
+                bound = max(self.peak_leased, self.leased + nbytes)
+                while self._free and self.held + nbytes > bound:
+                    dropped.append(self._free.pop(0))
+                    self.held -= dropped[-1].nbytes
+                buffer = torch.empty(nbytes, dtype=torch.uint8).numpy()
+                self.held += nbytes
+            self.leased += buffer.nbytes
+            self.peak_leased = max(self.peak_leased, self.leased)
+        dropped.clear()
+        view = buffer[:nbytes]
+        weakref.finalize(view, self._give_back, buffer).atexit = False
+        return torch.from_numpy(view)
+
+    def _give_back(self, buffer: np.ndarray) -> None:
+        with self._lock:
+            self._free.append(buffer)
+            self.leased -= buffer.nbytes
+
+    def release(self) -> int:
+        """Drop the free buffers (the leased ones stay); returns the bytes dropped."""
+        with self._lock:
+            dropped, self._free = self._free, []
+            freed = sum(b.nbytes for b in dropped)
+            self.held -= freed
+        dropped.clear()
+        return freed
+
+
+def pool() -> BufferPool:
+    """This process's pool (a forked child makes its own: its parent's lock and leases are not its own)."""
+    pid = os.getpid()
+    if pid not in _POOLS:
+        _POOLS.clear()
+        _POOLS[pid] = BufferPool()
+    return _POOLS[pid]
+
+
+_POOLS: dict[int, BufferPool] = {}
+
+
+def release() -> int:
+    """Give the pool's free buffers back to the system; returns the bytes given back."""
+    return pool().release()
+
+
+def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
+    """``torch.empty(shape, dtype=dtype, device=device)``, from the pool where it serves (CPU, :data:`LARGE` bytes or more)."""
+    return empty_strided(shape, _contiguous_strides(shape), dtype, device)
+
+
+def empty_like(t: Tensor, contiguous: bool = False) -> Tensor:
+    """``torch.empty_like(t)`` (``t``'s strides where ``t`` is dense, else contiguous; contiguous if asked), pooled as :func:`empty`."""
+    dense = not contiguous and _is_dense(t)
+    strides = t.stride() if dense else _contiguous_strides(t.shape)
+    return empty_strided(t.shape, strides, t.dtype, t.device)
+
+
+def empty_strided(shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """``torch.empty_strided`` over a dense layout, pooled as :func:`empty`."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if torch.device(device).type != "cpu" or nbytes < LARGE or not allocator.pool_wanted():
+        return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype, device=device)
+    return pool().lease(nbytes).view(dtype).as_strided(tuple(shape), tuple(strides))
+
+
+def _contiguous_strides(shape: Sequence[int]) -> list[int]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return strides[::-1]
+
+
+def _is_dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill its extent exactly once in some order of its dims (``empty_like`` keeps such strides)."""
+    order = sorted(range(t.dim()), key=lambda d: t.stride(d))
+    step = 1
+    for d in order:
+        if t.shape[d] != 1 and t.stride(d) != step:
+            return False
+        step *= t.shape[d]
+    return True
