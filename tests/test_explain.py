@@ -160,8 +160,9 @@ def test_captured_factors_are_the_forward_pass_factors(init: str) -> None:
     seen: dict[str, torch.Tensor] = {}
 
     def hook(mod: torch.nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
-        residual = kwargs.get("residual")  # the block has the mixer add its output to the residual
-        seen.update(x=args[0], out=out if residual is None else out - residual.movedim(-1, 1))
+        # The block gives the mixer its input channels-last and has it add that input to its output.
+        assert kwargs.get("channels_last") and kwargs.get("add_input")
+        seen.update(x=args[0].movedim(-1, 1), out=(out - args[0]).movedim(-1, 1))
 
     handle = mixer.register_forward_hook(hook, with_kwargs=True)
     x = torch.randn(1, 1, 10, 6, 14)

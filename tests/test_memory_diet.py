@@ -245,6 +245,7 @@ def test_fuse_float32_kernels_match_float64(grad: bool, monkeypatch: pytest.Monk
         ref = ref_net.fuse[0](torch.cat([ref_net.up[0](low64), skip64], dim=1))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     if grad:
+        assert type(out.grad_fn).__name__ == "_AddPointwiseBackward"  # the product added in place under autograd
         params = [low, skip, *net.up[0].parameters(), *net.fuse[0].parameters()]
         params64 = [low64, skip64, *ref_net.up[0].parameters(), *ref_net.fuse[0].parameters()]
         grads = torch.autograd.grad((out.double() * weight).sum(), params)
@@ -271,6 +272,7 @@ def test_head_to_channels_first_matches_the_convolution(
     with torch.set_grad_enabled(grad):
         out, ref = pointwise_to_channels_first(head, x), head64(x64)
     assert out.shape == ref.shape and out.is_contiguous()
+    assert not grad or type(out.grad_fn).__name__ == "_PointwiseToChannelsFirstBackward"
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     if grad:
         weight = torch.randn_like(ref)
@@ -336,3 +338,21 @@ def test_diets_without_the_norms_affine_parts_gradcheck() -> None:
     assert torch.autograd.gradcheck(  # the norm's parameters' gradients, without the linear layers' biases
         lambda r, v: _MLPResidual.apply(r, v, v * 0.5, w1, None, w2, None, 1e-5, "none", None), (rows, vec)
     )
+
+
+def test_full_resolution_gradients_are_summed_in_place() -> None:
+    """Where a map has two uses (a block's input is its own residual, a skip connection is also down-sampled, a
+    decoder map feeds a deep-supervision head and the next up-sampling), autograd sums its two gradients into the
+    first to arrive when that one is a map of its own: the functions that make those gradients return no views,
+    so a training step makes no out-of-place sum of full-resolution maps (each a new map-sized allocation)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    net = Factorizer(in_channels=1, out_channels=2, widths=(8, 16, 32), head_dim=4, window_size=4).train()
+    x = torch.randn(1, 1, 32, 32, 32).contiguous(memory_format=torch.channels_last_3d)
+    loss = sum(o.square().mean() for o in net(x))
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        loss.backward()
+    sums = [e.input_shapes[0] for e in prof.events() if e.name == "aten::add" and e.input_shapes]
+    full = [s for s in sums if len(s) == 5 and 32 in s]
+    assert sums and not full, full

@@ -30,6 +30,11 @@ where it cannot, :func:`tune` sets the first four with ``mallopt``. Python API u
 start Python with ``GLIBC_TUNABLES=`` :data:`TUNABLES`, or call :func:`tune` at the start of their program
 (no huge pages then). ``FACTORSEG_ALLOCATOR=default`` (or any ``GLIBC_TUNABLES`` of the user's own that
 sets malloc parameters) leaves glibc as it is.
+
+Where none of these settings is in effect (a Python-API user who sets nothing), the Factorizer's layers take
+their own map-sized buffers from a pool that keeps them between steps (:mod:`factorseg.models.layers.pool`,
+:func:`pool_wanted`): that removes about half of a training step's page faults without touching the process's
+allocator. ``FACTORSEG_ALLOCATOR=default`` turns the pool off too.
 """
 
 from __future__ import annotations

@@ -127,6 +127,8 @@ class _Recorder:
 
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = (args[0] if args else kwargs["x"]).detach()
+        if kwargs.get("channels_last"):  # (the block's call: channels-last in and out)
+            x = x.movedim(-1, 1)
         norm = kwargs.get("norm")  # the block lets the mixer normalise its input
         if norm is not None:
             with torch.no_grad():

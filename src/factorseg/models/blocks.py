@@ -26,8 +26,9 @@ class FactorizerBlock(nn.Module):
     Runs channels-last (LayerNorm over channels and the 1x1 convolutions become plain matrix
     products over voxels) and returns a channels-last tensor (``(B, C, *spatial)`` shape), so that
     a stack of blocks and the model's convolutions never permute between layouts. The block hands the
-    residual and its dropout mask to the mixer (``mixer(x, norm=..., residual=x, keep=...)``), whose
-    output, as forward hooks see it, then includes them (except where the dropout is PyTorch's own).
+    mixer its input channels-last, as its own residual, with the dropout mask
+    (``mixer(xc, norm=..., add_input=True, keep=..., channels_last=True)``), whose output, as forward hooks see
+    it, is then channels-last and includes them (except where the dropout is PyTorch's own).
     """
 
     def __init__(self, channels: int, spatial_dims: int, mlp_ratio: float, dropout: float, **mixer: Any) -> None:
@@ -46,11 +47,11 @@ class FactorizerBlock(nn.Module):
         # writing its own output).
         drop = self.drop
         if not drop.training or drop.p == 0:
-            y = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm, residual=xc).movedim(1, -1)
+            y = self.mixer(xc, norm=self.norm1.norm, add_input=True, channels_last=True)
         elif drop.draws_own_mask(xc):
             # The mask Dropout would draw for the channels-last output, drawn here: the mixer applies it.
             keep = keep_mask_like(xc, drop.p)
-            y = self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm, residual=xc, keep=keep).movedim(1, -1)
+            y = self.mixer(xc, norm=self.norm1.norm, add_input=True, keep=keep, channels_last=True)
         else:
             y = xc + drop(self.mixer(xc.movedim(-1, 1), norm=self.norm1.norm).movedim(1, -1))
         if self._diet(y):

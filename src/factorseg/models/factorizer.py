@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from factorseg.models.blocks import ConvBlock, ConvStem, Downsample, FactorizerBlock, PositionalEmbedding, Upsample
-from factorseg.models.layers.conv import conv_nd, conv_transpose, pointwise_to_channels_first, pointwise_weight
-from factorseg.models.layers.fastpath import can_modify_inplace, linear, row_blocks, unrecorded_eager
+from factorseg.models.layers.conv import (
+    add_pointwise, conv_nd, conv_transpose, pointwise_to_channels_first, pointwise_weight,
+)
 from factorseg.models.layers.dropout import Dropout
 from factorseg.models.layers.mixer import with_mixer_path
 from factorseg.models.layers.nmf import Init, NMFConfig, Solver
@@ -222,22 +223,10 @@ class Factorizer(nn.Module):
             if conv.bias is not None:
                 bias = conv.bias if bias is None else bias + conv.bias
             out = conv_transpose(up, low, torch.einsum("ic...,oc->io...", up.weight, w_up), bias)
-            rows = out.movedim(1, -1).reshape(-1, w.shape[0])
         else:
             up_map = self.up[i](low)
-            rows = F.linear(up_map.movedim(1, -1), w_up, conv.bias).view(-1, w.shape[0])
-        skip_rows = skip.movedim(1, -1).reshape(-1, skip.shape[1])
-        if unrecorded_eager(rows, skip_rows, w_skip) and rows.device.type == "cpu":
-            # No second map: oneDNN's product per row block, added in place (1.2-1.4x faster than addmm_:
-            # benchmarks/results/session31/fuse_and_head.py).
-            w_skip = w_skip.contiguous()
-            for dst, src in zip(row_blocks(rows, w.shape[0]), row_blocks(skip_rows, w.shape[0])):
-                dst.add_(linear(src, w_skip))
-        elif can_modify_inplace(rows, skip_rows, w_skip):  # (graph capture: no data-dependent split)
-            rows = rows.addmm_(skip_rows, w_skip.t())
-        else:  # (oneDNN's product, then the sum in place: 1.3-1.6x faster than torch.addmm)
-            rows = linear(skip_rows, w_skip).add_(rows)
-        return rows.view(low.shape[0], *skip.shape[2:], w.shape[0]).movedim(-1, 1)
+            out = F.linear(up_map.movedim(1, -1), w_up, conv.bias).movedim(-1, 1)
+        return add_pointwise(out, skip, w_skip)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         outputs = self.forward_all(x, heads=self.training and self.deep_supervision)

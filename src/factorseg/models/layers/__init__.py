@@ -13,4 +13,6 @@
 * ``conv.py``: convolutions of any spatial rank, channels-last memory, 1x1 convolutions as matrices,
   the padded-input convolution.
 * ``fastpath.py``: when the fast kernels may run (graph capture, in-place safety).
+* ``pool.py``: the layers' map-sized CPU buffers, kept for reuse where glibc's default allocator would
+  page-fault them anew every step.
 """

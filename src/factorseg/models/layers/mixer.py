@@ -125,11 +125,17 @@ class NMFMixer(nn.Module):
         return self.matricize(torch.relu(self.in_proj(x)))
 
     def forward(
-        self, x: Tensor, norm: nn.LayerNorm | None = None, residual: Tensor | None = None, keep: Keep | None = None
+        self, x: Tensor, norm: nn.LayerNorm | None = None, residual: Tensor | None = None, keep: Keep | None = None,
+        add_input: bool = False, channels_last: bool = False,
     ) -> Tensor:
         """The mixed map of ``x`` (``(B, C, *spatial)``), or of ``norm(x)`` (over channels) when ``norm`` is given;
         ``residual + `` that map when ``residual`` (channels-last ``(B, *spatial, C)``) is given, with the map
         dropped out by ``keep`` (a :func:`~factorseg.models.layers.dropout.keep_mask` over ``residual``'s shape).
+        ``add_input`` takes ``x`` itself as the residual (its channels-last view). ``channels_last``: ``x`` and the
+        result are channels-last ``(B, *spatial, C)``. The block uses both, so that no view lies between the
+        gradients of ``x``, or of the result, and the functions that make them: autograd then sums the two
+        gradients of ``x`` in place (it takes over only a first-arriving gradient that is not a view) instead of
+        into a new map (500 MiB a block at 160^3).
 
         On the CPU, for unpadded maps on the sub-block path (inference, and training with ``norm``), the
         normalisation, in-projection and sub-block layout, and the output, dropout and residual sum, run one
@@ -137,9 +143,13 @@ class NMFMixer(nn.Module):
         calls on the sub-block path with ``norm`` keep less for the backward pass through
         :class:`_NormProjectSubblocks`. The values are those of ``residual + drop(self(norm(x)))``.
         """
-        lay = self.matricize.layout_of(x)
+        lay = self.matricize.layout_of(x.movedim(-1, 1) if channels_last else x)
         edges = subblock_edges(lay)
-        xl = x.movedim(1, -1)
+        xl = x if channels_last else x.movedim(1, -1)
+        if add_input:
+            if residual is not None:
+                raise ValueError("give either a residual or add_input, not both")
+            residual = xl
         h = blocks = known = None
         boxes = self._boxwise(lay, edges, xl, norm)
         if boxes:
@@ -162,13 +172,14 @@ class NMFMixer(nn.Module):
             out = self._window_path(h if h is not None else from_subblocks(blocks, lay, edges), lay)
         elif residual is not None and boxes:
             out = add_subblock_output(residual, blocks, *factors, self.out_proj.bias, keep, lay, edges)
-            return out.movedim(-1, 1)
+            return out if channels_last else out.movedim(-1, 1)
         else:
             out = self._subblock_output(blocks, factors, lay, edges)
         out = crop_channels_last(out, lay)
         if keep is not None:
             out = drop_with(out, keep)
-        return (out if residual is None else residual + out).movedim(-1, 1)
+        out = out if residual is None else residual + out
+        return out if channels_last else out.movedim(-1, 1)
 
     def _boxwise(self, lay: WindowLayout, edges: Sequence[int], xl: Tensor, norm: nn.LayerNorm | None) -> bool:
         """Whether this call runs box by box (:mod:`~factorseg.models.layers.subblock_boxes`): on the CPU, an

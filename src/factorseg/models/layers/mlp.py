@@ -101,19 +101,20 @@ class _MLPResidual(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, rows: Tensor, ln_w: Tensor | None, ln_b: Tensor | None, w1: Tensor, b1: Tensor | None,
+        ctx: Any, y: Tensor, ln_w: Tensor | None, ln_b: Tensor | None, w1: Tensor, b1: Tensor | None,
         w2: Tensor, b2: Tensor | None, eps: float, approximate: str,
         keep: tuple[tuple[Tensor, float], tuple[Tensor, float]] | None,
     ) -> Tensor:
-        c, hidden = rows.shape[-1], w1.shape[0]
+        c, hidden = y.shape[-1], w1.shape[0]
+        rows = y.reshape(-1, c)
         keep1, keep2 = keep if keep is not None else (None, None)
         w1f, b1f = fold_norm(w1, b1, ln_w, ln_b)
         w2s = w2 if keep1 is None else w2 * keep1[1]
-        out = pool.empty_like(rows, contiguous=True)
+        out = pool.empty_like(y, contiguous=True)  # (y's shape, not a view: see mlp_residual)
         n = block_rows(hidden, rows.element_size())
         stats = []
         for r, o, k1, k2 in zip(
-            rows.split(n), out.split(n), _split(None if keep1 is None else keep1[0], n),
+            rows.split(n), out.view(-1, c).split(n), _split(None if keep1 is None else keep1[0], n),
             _split(None if keep2 is None else keep2[0], n),
         ):
             normed, mean, rstd = layer_norm_rows(r, eps)
@@ -127,6 +128,7 @@ class _MLPResidual(torch.autograd.Function):
         masks = [] if keep is None else [keep1[0], keep2[0]]
         ctx.save_for_backward(rows, mean, rstd, ln_w, ln_b, w1, w1f, b1f, w2, *masks)  # (the folded weights: once)
         ctx.settings = (eps, approximate, None if keep is None else (keep1[1], keep2[1]))
+        ctx.shape = y.shape
         return out
 
     @staticmethod
@@ -139,13 +141,14 @@ class _MLPResidual(torch.autograd.Function):
         need = ctx.needs_input_grad
         ln_mask = [need[0], ln_w is not None and need[1], ln_b is not None and need[2]]
         w2s = w2 * (s1 * s2)
-        dy = pool.empty_like(rows, contiguous=True) if need[0] else None
+        dy = pool.empty(ctx.shape, rows.dtype, rows.device) if need[0] else None
         a1, dw2 = w1.new_zeros(w1.shape), w2.new_zeros(w2.shape)
         db1, db2 = w1.new_zeros(hidden), w2.new_zeros(c)
         n = block_rows(hidden, rows.element_size())
         k1s, k2s = (_split(m, n) for m in (masks or [None, None]))
         for r, d, m, sd, k1, k2, o in zip(
-            rows.split(n), dout.split(n), mean.split(n), rstd.split(n), k1s, k2s, _split(dy, n)
+            rows.split(n), dout.reshape(-1, c).split(n), mean.split(n), rstd.split(n), k1s, k2s,
+            _split(None if dy is None else dy.view(-1, c), n),
         ):
             xhat = normalized(r, m, sd)
             h = linear(xhat, w1f, b1f)
@@ -190,8 +193,9 @@ def mlp_residual(y: Tensor, norm: nn.LayerNorm, mlp: MLP) -> Tensor:
     if drop2.p != drop1.p or drop2.training != drop1.training or p >= 1 or y.device.type != "cpu":
         return y + mlp.forward_channels_last(norm(y))  # (the diet's masks are the CPU Dropout's)
     keep = (keep_mask(hidden, p, y.device), keep_mask(rows.shape, p, y.device)) if p > 0 else None
-    out = _MLPResidual.apply(
-        rows, norm.weight, norm.bias, pointwise_weight(first), first.bias, pointwise_weight(second),
+    # y itself, not a view of it, goes in, and y's gradient comes out in y's shape: no view lies between that
+    # gradient and the function before, where autograd may sum another into it in place (the block's mixer).
+    return _MLPResidual.apply(
+        y, norm.weight, norm.bias, pointwise_weight(first), first.bias, pointwise_weight(second),
         second.bias, norm.eps, act.approximate, keep,
     )
-    return out.view(y.shape)

@@ -8,9 +8,10 @@ behind its caller; so the layers' own large buffers (the MLP's and the mixer's b
 gradients, dropout masks, window gathers) come from this pool instead, which keeps them when they are freed
 and hands them out again.
 
-A buffer is leased as a tensor on a NumPy view of it (``torch.from_numpy``): the tensor's storage holds the
-view, so the view dies exactly when the last tensor, view or autograd record of the storage does, and its
-``weakref.finalize`` then returns the buffer to the pool. A lease takes the smallest free buffer of at least
+A buffer is leased as a tensor on a NumPy array over it (``torch.from_numpy``; not a view, so that autograd can
+still sum a gradient into it in place): the tensor's storage holds the array, so the array dies exactly when
+the last tensor, view or autograd record of the storage does, and a ``weakref.finalize`` then returns the
+buffer to the pool. A lease takes the smallest free buffer of at least
 the size asked for and less than twice it; otherwise a new buffer, after dropping the longest-free buffers as
 far as needed to keep what the pool holds (leased and free) within the most it ever had leased at once. So
 the pool holds no more than its callers' own peak, and a repeated step reuses the same buffers.
@@ -49,8 +50,12 @@ class BufferPool:
         self.held = 0
         self.peak_leased = 0
 
-    def lease(self, nbytes: int) -> Tensor:
-        """A 1D ``uint8`` CPU tensor of ``nbytes`` on a pooled buffer, back in the pool when the tensor's storage dies."""
+    def lease(
+        self, nbytes: int, shape: Sequence[int] | None = None, dtype: np.dtype | None = None,
+        strides: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """An array of ``nbytes`` (``uint8``, or of ``shape``, ``dtype`` and byte ``strides``) on a pooled buffer, back
+        in the pool when the array dies (a tensor made on it by ``torch.from_numpy`` holds it)."""
         dropped: list[np.ndarray] = []  # freed after the lock: no finalizer runs under it
         with self._lock:
             fits = [i for i, b in enumerate(self._free) if nbytes <= b.nbytes < 2 * nbytes]
@@ -66,9 +71,9 @@ class BufferPool:
             self.leased += buffer.nbytes
             self.peak_leased = max(self.peak_leased, self.leased)
         dropped.clear()
-        view = buffer[:nbytes]
-        weakref.finalize(view, self._give_back, buffer).atexit = False
-        return torch.from_numpy(view)
+        array = np.ndarray((nbytes,) if shape is None else tuple(shape), dtype or np.uint8, buffer, strides=strides)
+        weakref.finalize(array, self._give_back, buffer).atexit = False  # on the array itself: NumPy may not keep
+        return array  # intermediate arrays as bases
 
     def _give_back(self, buffer: np.ndarray) -> None:
         with self._lock:
@@ -119,7 +124,18 @@ def empty_strided(shape: Sequence[int], strides: Sequence[int], dtype: torch.dty
     nbytes = math.prod(shape) * dtype.itemsize
     if torch.device(device).type != "cpu" or nbytes < LARGE or not allocator.pool_wanted():
         return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype, device=device)
-    return pool().lease(nbytes).view(dtype).as_strided(tuple(shape), tuple(strides))
+    if dtype not in _NUMPY:  # (bfloat16: a view of the bytes)
+        return torch.from_numpy(pool().lease(nbytes)).view(dtype).as_strided(tuple(shape), tuple(strides))
+    # Not a view: autograd sums a gradient into a tensor in place only when nothing else shares its storage.
+    return torch.from_numpy(pool().lease(nbytes, shape, _NUMPY[dtype], [s * dtype.itemsize for s in strides]))
+
+
+_NUMPY = {
+    t: np.dtype(n) for t, n in (
+        (torch.float32, "float32"), (torch.float64, "float64"), (torch.float16, "float16"), (torch.int64, "int64"),
+        (torch.int32, "int32"), (torch.int16, "int16"), (torch.int8, "int8"), (torch.uint8, "uint8"), (torch.bool, "bool"),
+    )
+}
 
 
 def _contiguous_strides(shape: Sequence[int]) -> list[int]:
