@@ -81,7 +81,7 @@ def test_small_or_unwanted_buffers_come_from_torch(fresh_pool: pool.BufferPool, 
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 24), st.booleans()), min_size=1, max_size=40))
-def test_live_leases_never_overlap_and_the_pool_holds_no_more_than_its_peak(ops: list[tuple[int, bool]]) -> None:
+def test_live_leases_never_overlap_and_the_pool_holds_little_more_than_its_peak(ops: list[tuple[int, bool]]) -> None:
     """Random leases (MiB) and frees (the oldest live lease when the flag is set)."""
     p = pool.BufferPool()
     live: list[torch.Tensor] = []
@@ -91,7 +91,7 @@ def test_live_leases_never_overlap_and_the_pool_holds_no_more_than_its_peak(ops:
         live.append(torch.from_numpy(p.lease(mib * MIB)))
         spans = sorted((t.data_ptr(), t.data_ptr() + t.numel()) for t in live)
         assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
-        assert p.leased >= sum(t.numel() for t in live) and p.held <= p.peak_leased
+        assert p.leased >= sum(t.numel() for t in live) and p.held <= pool.SLACK * p.peak_leased
         assert p.held == p.leased + sum(b.nbytes for b in p._free)
     live.clear()
     held = p.held
@@ -127,12 +127,15 @@ def test_a_training_step_gives_the_same_bits_with_the_pool(monkeypatch: pytest.M
     monkeypatch.setattr(pool, "_POOLS", {})
     monkeypatch.setattr(pool, "LARGE", 64 << 10)  # the step's maps are 0.1-1 MiB
     monkeypatch.setattr(allocator, "pool_wanted", lambda environ=None: True)
-    for _ in range(2):  # the second step on the first one's buffers
+    held = []
+    for _ in range(3):  # the later steps on the first one's buffers
         pooled_loss, pooled_grads = _train_step(0)
         assert torch.equal(pooled_loss, loss)
         assert all(torch.equal(a, b) for a, b in zip(pooled_grads, grads))
+        held.append(pool.pool().held)
     p = pool.pool()
     assert p.peak_leased > 0 and p.leased == 0
+    assert held[0] == held[1] == held[2] <= pool.SLACK * p.peak_leased  # no new buffer after the first step
 
 
 def test_a_forward_pass_gives_the_same_bits_with_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:

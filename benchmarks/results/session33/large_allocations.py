@@ -1,6 +1,10 @@
 """Which ATen ops of a 128^3 BraTS-preset training step allocate blocks of at least 32 MiB (what glibc's default
 allocator serves with a fresh ``mmap`` and page-faults in again every step), grouped by op and by the nearest
-factorseg / torch.autograd caller: total MiB per step and number of allocations.
+factorseg / torch.autograd caller: total MiB per step and number of allocations. Two cautions: buffers from the
+layers' pool are made by ``torch.from_numpy``, which no ATen op records (a new pooled buffer shows as the pool's
+``aten.empty``); and under any ``TorchDispatchMode`` autograd never sums two gradients in place, so the
+"autograd engine" ``aten.add.Tensor`` rows overstate what a step without the mode allocates (profile
+``aten::add`` with ``torch.profiler`` for that: ``benchmarks/results/session33/gradient_sums.py``).
 
 Run from the repository root: python benchmarks/results/session33/large_allocations.py [SIZE] [TOP]"""
 import sys

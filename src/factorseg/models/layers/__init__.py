@@ -10,8 +10,9 @@
 * ``mlp.py``: the per-voxel MLP and its memory-saving residual branch for training.
 * ``dropout.py``: the CPU dropout kernel and its keep-masks.
 * ``norm.py``: the channel LayerNorm and the channels-last instance norm.
-* ``conv.py``: convolutions of any spatial rank, channels-last memory, 1x1 convolutions as matrices,
-  the padded-input convolution.
+* ``conv.py``: convolutions of any spatial rank, channels-last memory, 1x1 convolutions as matrices (a
+  head to channels-first, a skip connection's product added into a map in place), the stem's convolution,
+  the transposed convolution with a fast weight gradient.
 * ``fastpath.py``: when the fast kernels may run (graph capture, in-place safety).
 * ``pool.py``: the layers' map-sized CPU buffers, kept for reuse where glibc's default allocator would
   page-fault them anew every step.
