@@ -135,6 +135,29 @@ def test_random_numbers_are_uniform_and_pieces_independent() -> None:
         assert abs(float((flags[lag:] == flags[:-lag]).double().mean()) - 0.5) < 5 * 0.5 / math.sqrt(n)
 
 
+def test_masks_equal_the_plain_byte_comparison() -> None:
+    """The mask is each number's high byte compared with the bound's, the tie (1 in 256) settled by a byte drawn
+    after the piece's words, in the order of the ties: bit for bit what a plain search of the ties gives."""
+    import numpy as np
+
+    from factorseg.models.layers.dropout import NUMBERS_PER_PIECE, random_at_least
+
+    n = 2 * NUMBERS_PER_PIECE + 13  # a partial last piece, not a whole number of words
+    for bound in (-32768, -26214, 0, 32767):
+        gen = torch.Generator().manual_seed(bound + 5)
+        flags = random_at_least(torch.empty(n, dtype=torch.bool), bound, gen).numpy()
+        seeds = torch.empty(3, dtype=torch.int64).random_(generator=torch.Generator().manual_seed(bound + 5)).tolist()
+        high, low = divmod(bound + 32768, 256)
+        for i, seed in enumerate(seeds):
+            a, b = i * NUMBERS_PER_PIECE, min(n, (i + 1) * NUMBERS_PER_PIECE)
+            draw = np.random.PCG64DXSM(seed).random_raw
+            top = draw(-(-(b - a) // 8)).view(np.uint8)[: b - a]
+            expected = top > high
+            ties = np.flatnonzero(top == high)
+            expected[ties] = draw(-(-ties.size // 8)).view(np.uint8)[: ties.size] >= low
+            assert np.array_equal(flags[a:b], expected)
+
+
 def test_keep_probability_near_one_drops_almost_everything() -> None:
     """A ``p`` within ``2^-17`` of 1 rounds to ``1 - 2^-16`` (it would otherwise keep nothing and scale by 1/0)."""
     keep, scale = keep_mask((4096,), 1 - 1e-7, torch.device("cpu"))

@@ -122,9 +122,9 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     def fill(i: int) -> None:
         a, b = starts[i], min(n, starts[i] + NUMBERS_PER_PIECE)
         draw = np.random.PCG64DXSM(seeds[i]).random_raw
-        top = draw(-(-(b - a) // 8)).view(np.uint8)[: b - a]
-        np.greater(top, high, out=flags[a:b])
-        ties = np.flatnonzero(top == high)
+        words = draw(-(-(b - a) // 8))
+        np.greater(words.view(np.uint8)[: b - a], high, out=flags[a:b])
+        ties = _ties(words, high, b - a)
         if ties.size:
             flags[a + ties] = draw(-(-ties.size // 8)).view(np.uint8)[: ties.size] >= low
 
@@ -143,6 +143,16 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     for future in futures:
         future.result()
     return out
+
+
+def _ties(words: np.ndarray, byte: int, n: int) -> np.ndarray:
+    """The positions (ascending) among the first ``n`` bytes of ``words`` (``uint64``) that equal ``byte``.
+
+    (Searching word by word first, then in the words holding any, took 0.10 instead of 0.15 ms a piece, but the
+    masks of a hippocampus step 27.4 against 28.3 ms on one thread and 18.9 against 18.4 on two:
+    ``benchmarks/results/session33/ties.py``. Not used.)
+    """
+    return np.flatnonzero(words.view(np.uint8)[:n] == byte)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
