@@ -60,8 +60,9 @@ def pointwise_to_channels_first(conv: nn.Module, x: Tensor) -> Tensor:
 def _channels_first_products(rows: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """``(w rows_i^T + b)`` for each item's rows ``(B, V, C)``: ``(B, N, V)``, oneDNN's product per cache-sized row
     block transposed into its place. (MKL's product of the whole map did not scale to two threads: BraTS preset at
-    128^3, 32 -> 3 channels, 31.9 against 14.5 ms; ``benchmarks/results/session31/fuse_and_head.py``.)"""
-    out = pool.empty((rows.shape[0], w.shape[0], rows.shape[1]), rows.dtype, rows.device)
+    128^3, 32 -> 3 channels, 31.9 against 14.5 ms; ``benchmarks/results/session31/fuse_and_head.py``.) Not from the
+    layers' pool: a head's output is the model's, which its caller may keep for as long as it likes."""
+    out = torch.empty((rows.shape[0], w.shape[0], rows.shape[1]), dtype=rows.dtype, device=rows.device)
     n = block_rows(max(w.shape), rows.element_size())
     for item, dst in zip(rows, out):
         for block, part in zip(item.split(n), dst.split(n, dim=1)):

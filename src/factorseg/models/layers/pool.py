@@ -5,8 +5,9 @@ training step page-faults (and the kernel zeroes) all of its large activations a
 a 128^3 BraTS-preset step, 17 GiB at 160^3, where the step took twice as long as with the command's allocator
 settings (docs/performance.md). Those settings change the whole process, which library code must not do
 behind its caller; so the layers' own large buffers (the MLP's and the mixer's box-by-box outputs and
-gradients, dropout masks, window gathers) come from this pool instead, which keeps them when they are freed
-and hands them out again.
+gradients, dropout masks, the heads' and the skip products' input gradients) come from this pool instead, which
+keeps them when they are freed and hands them out again. A model's own output (its heads') does not: its caller
+may keep it, and a kept buffer would raise what the pool holds once it is freed.
 
 A buffer is leased as a tensor on a NumPy array over it (``torch.from_numpy``; not a view, so that autograd can
 still sum a gradient into it in place): the tensor's storage holds the array, so the array dies exactly when
