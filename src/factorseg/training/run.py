@@ -46,6 +46,7 @@ from factorseg.data.splits import load_or_create_splits, make_splits
 from factorseg.data.transforms import LoadCased, TransformConfig, train_transforms, val_transforms
 from factorseg.errors import InputError, InputWarning
 from factorseg.io import atomic_path, atomic_write, write_json
+from factorseg.models.layers import pool
 from factorseg.training.data import CaseDataset, EpochSampler
 from factorseg.training.module import SegmentationModule, ValidationStats
 
@@ -792,4 +793,6 @@ def train(
         elif isinstance(exc, TrainingDiverged):
             raise TrainingDiverged(f"{exc}; {out_dir} keeps the checkpoints of the epochs before") from None
         raise
+    finally:
+        pool.release()  # the buffers the layers kept between steps, back to the system once the run is over
     return TrainResult(out_dir, best, out_dir / "model_last.pt", metrics)
