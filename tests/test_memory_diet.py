@@ -255,11 +255,13 @@ def test_fuse_float32_kernels_match_float64(grad: bool, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("channels_first", [False, True])
 def test_head_to_channels_first_matches_the_convolution(
-    bias: bool, grad: bool, monkeypatch: pytest.MonkeyPatch
+    bias: bool, grad: bool, channels_first: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``pointwise_to_channels_first`` in float32 (inference: oneDNN per row block, several blocks and batch items)
-    against the float64 1x1 convolution: values, and gradients where autograd records."""
+    """``pointwise_to_channels_first`` in float32 (oneDNN per row block, several blocks and batch items, also under
+    autograd) against the float64 1x1 convolution: values, and gradients where autograd records, for channels-last
+    and channels-first inputs."""
     from factorseg.models.layers.conv import pointwise_to_channels_first
 
     monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", 8 * 4 * 7)
@@ -267,12 +269,16 @@ def test_head_to_channels_first_matches_the_convolution(
     head = torch.nn.Conv3d(8, 3, 1, bias=bias)
     head64 = torch.nn.Conv3d(8, 3, 1, bias=bias).double()
     head64.load_state_dict(head.state_dict())
-    x = torch.randn(2, 8, 5, 3, 4).contiguous(memory_format=torch.channels_last_3d).requires_grad_(grad)
+    x = torch.randn(2, 8, 5, 3, 4).contiguous(memory_format=torch.channels_last_3d)
+    if channels_first:
+        x = x.contiguous()
+    x = x.requires_grad_(grad)
     x64 = x.detach().double().requires_grad_(grad)
     with torch.set_grad_enabled(grad):
         out, ref = pointwise_to_channels_first(head, x), head64(x64)
     assert out.shape == ref.shape and out.is_contiguous()
-    assert not grad or type(out.grad_fn).__name__ == "_PointwiseToChannelsFirstBackward"
+    if grad and not channels_first:  # (channels-first maps take the plain product)
+        assert type(out.grad_fn).__name__ == "_PointwiseToChannelsFirstBackward"
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     if grad:
         weight = torch.randn_like(ref)

@@ -3,6 +3,7 @@ the transposed conv with a fast weight gradient."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -80,7 +81,7 @@ class _PointwiseToChannelsFirst(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         rows = x.movedim(1, -1).reshape(x.shape[0], -1, x.shape[1])
         ctx.save_for_backward(rows, w)
-        ctx.has_bias, ctx.layout = b is not None, (x.shape, x.stride())
+        ctx.has_bias, ctx.shape = b is not None, x.shape
         return _channels_first_products(rows, w, b).view(x.shape[0], -1, *x.shape[2:])
 
     @staticmethod
@@ -91,7 +92,7 @@ class _PointwiseToChannelsFirst(torch.autograd.Function):
         need = ctx.needs_input_grad
         dx = dw = None
         if need[0]:
-            dx = pool.empty_strided(*ctx.layout, rows.dtype, rows.device)  # x's channels-last memory
+            dx = pool.empty_strided(ctx.shape, _channels_last_strides(ctx.shape), rows.dtype, rows.device)
             n = block_rows(max(w.shape), rows.element_size())
             for gi, di in zip(g, dx.movedim(1, -1).view(rows.shape)):
                 for src, dst in zip(gi.split(n, dim=1), di.split(n)):
@@ -102,6 +103,15 @@ class _PointwiseToChannelsFirst(torch.autograd.Function):
                 add_row_products_(dw, gi.t().contiguous(), ri)
         db = g.sum(dim=(0, 2)) if ctx.has_bias and need[2] else None
         return dx, dw, db
+
+
+def _channels_last_strides(shape: Sequence[int]) -> list[int]:
+    """The strides of a dense ``(B, C, *s)`` map in channels-last memory."""
+    strides, step = [0] * len(shape), 1
+    for d in (1, *range(len(shape) - 1, 1, -1), 0):
+        strides[d] = step
+        step *= shape[d]
+    return strides
 
 
 def add_pointwise(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
