@@ -98,6 +98,31 @@ def test_live_leases_never_overlap_and_the_pool_holds_little_more_than_its_peak(
     assert p.leased == 0 and p.release() == held and p.held == 0
 
 
+def test_leases_from_several_threads_never_share_a_buffer() -> None:
+    """Threads leasing and dropping buffers at once (the lock, and finalizers run by whichever thread drops the
+    last reference): each live lease keeps its own bytes, and the books balance at the end."""
+    import threading
+
+    p = pool.BufferPool()
+    errors: list[str] = []
+
+    def work(tag: int) -> None:
+        live: list[torch.Tensor] = []
+        for i in range(60):
+            live.append(torch.from_numpy(p.lease((1 + (i + tag) % 3) * MIB)).fill_(tag))
+            if not all(bool((t == tag).all()) for t in live):
+                errors.append(f"thread {tag}: a live lease was overwritten at lease {i}")
+            if len(live) > 2:
+                live.pop(0)  # its buffer goes back while the other threads lease
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(1, 5)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and p.leased == 0 and p.held <= pool.SLACK * p.peak_leased
+
+
 def test_release_gives_back_only_free_buffers(fresh_pool: pool.BufferPool) -> None:
     kept = pool.empty((2, MIB), torch.float32)
     pool.empty((3, MIB), torch.float32)  # freed at once
