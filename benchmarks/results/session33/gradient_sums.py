@@ -1,6 +1,7 @@
-"""The out-of-place gradient sums (``aten::add``) of a BraTS-preset training step, by ``torch.profiler`` (which, unlike a
-``TorchDispatchMode``, leaves autograd's in-place sums alone): each sum's input shapes and the autograd node whose
-gradient arrived second. A sum of two full-resolution maps is a new map-sized allocation (page-faulted anew each step
+"""The out-of-place sums (``aten::add``) of 5-D maps in a BraTS-preset training step, by ``torch.profiler`` (which, unlike
+a ``TorchDispatchMode``, leaves autograd's in-place gradient sums alone): each sum's input shapes and, for autograd's
+own gradient sums, the node whose gradient arrived second (the forward pass's sums, such as bias additions, have
+none). A sum of two full-resolution maps is a new map-sized allocation (page-faulted anew each step
 with glibc's default allocator) where autograd could have added into the first gradient.
 
 Run from the repository root: python benchmarks/results/session33/gradient_sums.py [SIZE] [THREADS]"""

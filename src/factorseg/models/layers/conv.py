@@ -3,7 +3,6 @@ the transposed conv with a fast weight gradient."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -92,7 +91,9 @@ class _PointwiseToChannelsFirst(torch.autograd.Function):
         need = ctx.needs_input_grad
         dx = dw = None
         if need[0]:
-            dx = pool.empty_strided(ctx.shape, _channels_last_strides(ctx.shape), rows.dtype, rows.device)
+            shape = ctx.shape  # channels-last strides for it, from a meta tensor
+            strides = torch.empty(shape[0], *shape[2:], shape[1], device="meta").movedim(-1, 1).stride()
+            dx = pool.empty_strided(shape, strides, rows.dtype, rows.device)
             n = block_rows(max(w.shape), rows.element_size())
             for gi, di in zip(g, dx.movedim(1, -1).view(rows.shape)):
                 for src, dst in zip(gi.split(n, dim=1), di.split(n)):
@@ -105,15 +106,6 @@ class _PointwiseToChannelsFirst(torch.autograd.Function):
         return dx, dw, db
 
 
-def _channels_last_strides(shape: Sequence[int]) -> list[int]:
-    """The strides of a dense ``(B, C, *s)`` map in channels-last memory."""
-    strides, step = [0] * len(shape), 1
-    for d in (1, *range(len(shape) - 1, 1, -1), 0):
-        strides[d] = step
-        step *= shape[d]
-    return strides
-
-
 def add_pointwise(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
     """``out + conv1x1(x)`` for maps ``out (B, N, *s)`` and ``x (B, C, *s)``, ``w (N, C)``: channels-last, in ``out``'s
     memory where it may be (a decoder's skip connection added to its up-sampled map).
@@ -124,7 +116,6 @@ def add_pointwise(out: Tensor, x: Tensor, w: Tensor) -> Tensor:
     (not a view or a leaf) and ``x`` channels-last. Elsewhere ``addmm_`` in place (graph capture) or
     oneDNN's product, then the sum.
     """
-    out = channels_last(out)  # (PyTorch's kernel for small maps returns them channels-first: the copy rows would be)
     rows, x_rows = _rows(out), _rows(x)
     if rows.device.type == "cpu" and unrecorded_eager(rows, x_rows, w):
         _add_products_(rows, x_rows, w.contiguous())
@@ -228,19 +219,23 @@ def conv_transpose(conv: nn.Module, x: Tensor, weight: Tensor | None = None, bia
     gradient of the ordinary convolution that maps the output gradient back to the input's shape
     (``dW = sum z (x) patches(dy)``), which oneDNN computes in 0.17 s, bit for bit the same. Other devices,
     padding, dilation, groups, autocast (whose casts the saved tensors would not have) or graph capture:
-    ``conv(x)``.
+    ``conv(x)``. On the CPU the output is channels-last, like the blocks' maps: PyTorch returns small maps
+    channels-first.
     """
     if (
         x.device.type != "cpu" or traced() or conv.groups != 1 or any(conv.padding) or any(conv.output_padding)
         or any(d != 1 for d in conv.dilation) or not torch.is_grad_enabled() or torch.is_autocast_enabled("cpu")
     ):
         if weight is None:
-            return conv(x)
-        fn = {3: F.conv_transpose1d, 4: F.conv_transpose2d, 5: F.conv_transpose3d}[x.dim()]
-        return fn(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation)
-    if weight is None:
-        weight, bias = conv.weight, conv.bias
-    return _ConvTranspose.apply(x, weight, bias, tuple(conv.stride))
+            out = conv(x)
+        else:
+            fn = {3: F.conv_transpose1d, 4: F.conv_transpose2d, 5: F.conv_transpose3d}[x.dim()]
+            out = fn(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation)
+    else:
+        if weight is None:
+            weight, bias = conv.weight, conv.bias
+        out = _ConvTranspose.apply(x, weight, bias, tuple(conv.stride))
+    return channels_last(out) if out.device.type == "cpu" else out
 
 
 class _ConvTranspose(torch.autograd.Function):

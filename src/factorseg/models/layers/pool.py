@@ -117,21 +117,33 @@ def release() -> int:
 
 def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device | str = "cpu") -> Tensor:
     """``torch.empty(shape, dtype=dtype, device=device)``, from the pool where it serves (CPU, :data:`LARGE` bytes or more)."""
-    return empty_strided(shape, _contiguous_strides(shape), dtype, device)
+    if not _serves(math.prod(shape) * dtype.itemsize, device):
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    return _leased(shape, torch.empty(tuple(shape), device="meta").stride(), dtype)
 
 
 def empty_like(t: Tensor, contiguous: bool = False) -> Tensor:
-    """``torch.empty_like(t)`` (``t``'s strides where ``t`` is dense, else contiguous; contiguous if asked), pooled as :func:`empty`."""
-    dense = not contiguous and _is_dense(t)
-    strides = t.stride() if dense else _contiguous_strides(t.shape)
-    return empty_strided(t.shape, strides, t.dtype, t.device)
+    """``torch.empty_like(t)`` (contiguous if asked, else ``t``'s layout as PyTorch keeps it), pooled as :func:`empty`."""
+    layout = torch.contiguous_format if contiguous else torch.preserve_format
+    if not _serves(t.numel() * t.element_size(), t.device):
+        return torch.empty_like(t, memory_format=layout)
+    return _leased(t.shape, torch.empty_like(t, device="meta", memory_format=layout).stride(), t.dtype)
 
 
 def empty_strided(shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> Tensor:
     """``torch.empty_strided`` over a dense layout, pooled as :func:`empty`."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    if torch.device(device).type != "cpu" or nbytes < LARGE or not allocator.pool_wanted():
+    if not _serves(math.prod(shape) * dtype.itemsize, device):
         return torch.empty_strided(tuple(shape), tuple(strides), dtype=dtype, device=device)
+    return _leased(shape, strides, dtype)
+
+
+def _serves(nbytes: int, device: torch.device | str) -> bool:
+    return torch.device(device).type == "cpu" and nbytes >= LARGE and allocator.pool_wanted()
+
+
+def _leased(shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """A CPU tensor of ``shape`` and (dense) ``strides`` on a leased buffer."""
+    nbytes = math.prod(shape) * dtype.itemsize
     if dtype not in _NUMPY:  # (bfloat16: a view of the bytes)
         return torch.from_numpy(pool().lease(nbytes)).view(dtype).as_strided(tuple(shape), tuple(strides))
     # Not a view: autograd sums a gradient into a tensor in place only when nothing else shares its storage.
@@ -144,22 +156,3 @@ _NUMPY = {
         (torch.int32, "int32"), (torch.int16, "int16"), (torch.int8, "int8"), (torch.uint8, "uint8"), (torch.bool, "bool"),
     )
 }
-
-
-def _contiguous_strides(shape: Sequence[int]) -> list[int]:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return strides[::-1]
-
-
-def _is_dense(t: Tensor) -> bool:
-    """Whether ``t``'s elements fill its extent exactly once in some order of its dims (``empty_like`` keeps such strides)."""
-    order = sorted(range(t.dim()), key=lambda d: t.stride(d))
-    step = 1
-    for d in order:
-        if t.shape[d] != 1 and t.stride(d) != step:
-            return False
-        step *= t.shape[d]
-    return True
