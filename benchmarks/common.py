@@ -38,6 +38,7 @@ from factorseg import allocator
 from factorseg.models import create
 from factorseg.models.blocks import FactorizerBlock
 from factorseg.models.factorizer import LEGACY_ARCHITECTURE
+from factorseg.training.module import adamw
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,7 +270,7 @@ def train_runner(model: nn.Module, x: Tensor, target: Tensor) -> Callable[[], ob
 
     # As in training (factorseg.training.module.make_loss): halving weights on the lower-resolution heads.
     loss = DeepSupervisionLoss(DiceCELoss(sigmoid=True), weight_mode="exp")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), lr=1e-4, weight_decay=1e-2)  # as factorseg train
 
     def run() -> object:
         model.train()

@@ -26,6 +26,7 @@ from benchmarks.common import common_arguments, fmt_seconds, interleaved, markdo
 from factorseg import models
 from factorseg.bundles.format import build_model
 from factorseg.config.recipes import apply_overrides, load_recipe
+from factorseg.training.module import adamw
 
 
 def recipe_model(spec: str, in_channels: int, out_channels: int) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -51,7 +52,7 @@ def step_runner(model: torch.nn.Module, cfg: dict[str, Any], in_channels: int, o
     x = torch.randn(batch, in_channels, *roi, generator=gen)
     y = torch.randint(0, out_channels, (batch, 1, *roi), generator=gen).float()
     loss = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), weight_mode="exp")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(model.parameters(), lr=1e-4, weight_decay=1e-2)  # as factorseg train
 
     def run() -> None:
         model.train()

@@ -337,3 +337,27 @@ def test_resume_with_a_corrupt_metrics_log_is_refused(one_epoch_run: Path, tiny_
     (run / "logs" / "metrics.csv").write_bytes(b"epoch,step\n\xff\xfe,\x00\n")
     _refused_resume(capsys, ["train", "-d", str(tiny_data), "-o", str(run), "--resume", "--epochs", "2",
                              "--no-progress"], run, "metrics.csv")
+
+
+def test_adamw_is_fused_on_the_cpu_and_matches_the_default_loop() -> None:
+    """``factorseg train``'s AdamW: one fused kernel on the CPU, the update of PyTorch's default loop up to rounding,
+    and a checkpoint's state resumes it fused."""
+    from factorseg.training.module import adamw
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = adamw(nets[0].parameters(), lr=1e-2, weight_decay=1e-2)
+    plain = torch.optim.AdamW(nets[1].parameters(), lr=1e-2, weight_decay=1e-2, foreach=False)
+    assert fused.param_groups[0]["fused"] is True
+    x = torch.randn(64, 16)
+    for _ in range(20):
+        for net, opt in zip(nets, (fused, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(*(net.parameters() for net in nets)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    again = adamw(nets[0].parameters(), lr=1.0, weight_decay=0.0)
+    again.load_state_dict(fused.state_dict())
+    assert again.param_groups[0]["fused"] is True and again.param_groups[0]["lr"] == 1e-2

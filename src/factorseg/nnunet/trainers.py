@@ -18,6 +18,7 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 
 from factorseg.nnunet.plans import NNUNetFactorizer, check_strides, factorizer_kwargs
+from factorseg.training.module import adamw
 
 __all__ = [
     "nnUNetTrainerFactorizer",
@@ -159,7 +160,7 @@ class nnUNetTrainerFactorizer_AdamW(nnUNetTrainerFactorizer):
         self.weight_decay = self.weight_decay_adamw
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        optimizer = adamw(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
         warmup = min(math.ceil(self.warmup_iterations / self.num_iterations_per_epoch), self.num_epochs // 10)
         return optimizer, WarmupCosineLR(optimizer, self.initial_lr, warmup, self.num_epochs)
 

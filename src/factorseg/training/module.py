@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -51,6 +52,17 @@ class ValidationDice(CumulativeIterationMetric):
     def aggregate(self) -> Tensor:
         """Mean Dice of each structure ``(S,)`` over the cases seen since the last reset."""
         return do_metric_reduction(self.get_buffer(), "mean_batch")[0]
+
+
+def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, one fused kernel per step where PyTorch has it for every parameter (floating point, on the CPU or
+    a CUDA device); elsewhere PyTorch's default. The same update up to rounding: on the CPU the default is a
+    loop of a dozen small operations per parameter tensor, which for the hippocampus recipe's SegResNet (83
+    tensors, 4.7 M values) took 13.8 ms a step against 1.9 fused, and 2.0 against 0.4 for its Factorizer (two
+    threads, ``benchmarks/results/session34/adamw.py``)."""
+    params = list(params)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -135,7 +147,7 @@ class SegmentationModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         train = self.train_cfg
-        optimizer = torch.optim.AdamW(self.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        optimizer = adamw(self.parameters(), lr=train.lr, weight_decay=train.weight_decay)
         steps = train.steps_per_epoch
         warmup, total = max(1, int(train.warmup_epochs * steps)), train.epochs * steps
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
