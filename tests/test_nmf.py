@@ -230,3 +230,42 @@ def test_head_grams_off_the_cpu_take_the_forms_before_pairs(heads: int) -> None:
     with AtenOps() as products:
         out = head_grams(torch.empty(5, 64, heads * 8, device="meta"), 8)
     assert out.shape == (heads, 5, 8, 8) and products.counts["bmm"] == 1
+
+
+def test_transpose_times_under_autograd_is_the_plain_product() -> None:
+    """``X^T u`` of channels-last window matrices under autograd (one product for all heads, ``x``'s gradient a
+    tensor of its own): the plain product's values and gradients, in float64, and numerically (gradcheck)."""
+    from factorseg.models.layers.nmf import _transpose_times
+    from factorseg.models.layers.windows import matrices_view
+
+    gen = torch.Generator().manual_seed(0)
+    stacked = torch.rand(2, 2, 3, 5, 12, generator=gen, dtype=torch.float64, requires_grad=True)  # (B, S, W, N, C)
+    u = torch.rand(2, 2, 3, 3, 4, 1, generator=gen, dtype=torch.float64, requires_grad=True)  # (B, S, H, W, M, R)
+    dv = torch.randn(2, 2, 3, 3, 5, 1, generator=gen, dtype=torch.float64)
+    x = matrices_view(stacked, 4)
+    got = _transpose_times(x, u)
+    want = x.transpose(-1, -2) @ u
+    torch.testing.assert_close(got, want)
+    grads = torch.autograd.grad(got, (stacked, u), dv)
+    torch.testing.assert_close(grads, torch.autograd.grad(want, (stacked, u), dv))
+    assert torch.autograd.grad(_transpose_times(x, u), x, dv)[0]._base is None  # a tensor of its own, not a view
+    assert torch.autograd.gradcheck(lambda s, w: _transpose_times(matrices_view(s, 4), w), (stacked, u))
+
+
+def test_window_path_sums_the_matrices_gradients_in_place() -> None:
+    """The window matrices' three gradients (Gram matrices, ``X v0``, ``X^T u``) are summed into one tensor in place:
+    no out-of-place sum of tensors the size of every shift's windows in a window-path mixer's backward pass."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from factorseg.models.layers.mixer import NMFMixer
+    from factorseg.models.layers.nmf import NMFConfig
+
+    torch.manual_seed(0)
+    mixer = NMFMixer(16, 3, head_dim=4, window_size=4, shifts=((0, 0, 0), (2, 2, 2)), nmf=NMFConfig(num_iters=3),
+                     path="windows")
+    x = torch.randn(2, 8, 8, 8, 16, requires_grad=True)
+    out = mixer(x * 1.0, channels_last=True)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        out.square().sum().backward()
+    sums = [e.input_shapes[0] for e in prof.events() if e.name == "aten::add" and e.input_shapes]
+    assert not [s for s in sums if len(s) == 6 and s[-1] == 64], sums  # (B, S, H, W, M, N) matrices

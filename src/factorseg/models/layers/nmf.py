@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from factorseg.models.layers import pool
 from factorseg.models.layers.fastpath import traced
 
 Solver = Literal["hals", "mu"]
@@ -316,7 +317,49 @@ def _transpose_times(x: Tensor, u: Tensor) -> Tensor:
     y = _channels_last_view(x)
     if y is None:
         return x.transpose(-1, -2) @ u
+    if torch.is_grad_enabled() and (x.requires_grad or u.requires_grad):
+        return _TransposeTimes.apply(x, u)
     return _from_channels_last(torch.bmm(y, head_loadings_t(u).transpose(1, 2)), x).transpose(-1, -2)
+
+
+class _TransposeTimes(torch.autograd.Function):
+    """:func:`_transpose_times` of a channels-last view under autograd, whose ``x`` gradient is a tensor of its own
+    in ``x``'s layout rather than a view.
+
+    The window matrices have three uses (their Gram matrices, ``X v0`` and this product), and this product's
+    gradient arrives first. Through autograd's own product it arrived as a view, which autograd does not add the
+    others into in place (it takes over only a first gradient that shares its memory with nothing): the second
+    one made a new tensor the size of the windows of every shift (23 MiB a mixer at the hippocampus recipe's
+    second level; ``benchmarks/results/session34/window_path_sums.py``). Same values as autograd's.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, u: Tensor) -> Tensor:
+        y = _channels_last_view(x)
+        assert y is not None
+        lt = head_loadings_t(u)  # (Bf, H R, C)
+        ctx.save_for_backward(x, lt)
+        return _from_channels_last(torch.bmm(y, lt.transpose(1, 2)), x).transpose(-1, -2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dv: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, lt = ctx.saved_tensors
+        *lead, h, w, m, n = x.shape
+        r = dv.shape[-1]
+        dvc = dv.permute(*range(len(lead)), -3, -2, -4, -1).reshape(-1, n, h * r)  # (Bf, N, H R), as the product's
+        dx = du = None
+        if ctx.needs_input_grad[0]:  # dX_h = u_h dv_h^T: all heads as one (N x H R) @ (H R x C) product
+            dx = pool.empty_like(x)
+            dy = _channels_last_view(dx)
+            assert dy is not None
+            torch.bmm(dvc, lt, out=dy)
+        if ctx.needs_input_grad[1]:  # du_h = X_h dv_h: the diagonal blocks of Y^T dV
+            y = _channels_last_view(x)
+            assert y is not None
+            blocks = torch.bmm(y.transpose(1, 2), dvc).view(-1, h, m, h, r).diagonal(dim1=1, dim2=3)  # (Bf, M, R, H)
+            du = blocks.reshape(*lead, w, m, r, h).permute(*range(len(lead)), -1, -4, -3, -2)
+        return dx, du
 
 
 def _batch_last(g: Tensor, m: int) -> Tensor:
