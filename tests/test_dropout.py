@@ -95,9 +95,9 @@ def test_masked_in_pieces_equals_where(block_bytes, monkeypatch) -> None:
 
 def test_masks_are_the_same_on_any_thread_count_and_seeded() -> None:
     """Pieces drawn side by side give the mask one thread gives; a seed (default or own generator) repeats it."""
-    from factorseg.models.layers.dropout import NUMBERS_PER_PIECE, keep_mask
+    from factorseg.models.layers.dropout import HELPED_FROM_PIECES, NUMBERS_PER_PIECE, keep_mask
 
-    shape, cpu = (3, NUMBERS_PER_PIECE + 41), torch.device("cpu")  # partial last piece
+    shape, cpu = (HELPED_FROM_PIECES, NUMBERS_PER_PIECE + 41), torch.device("cpu")  # helped; a partial last piece
     threads = torch.get_num_threads()
     try:
         masks, own = [], []

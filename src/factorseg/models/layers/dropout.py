@@ -92,6 +92,13 @@ def keep_mask(
 NUMBERS_PER_PIECE = 2**20
 """Random 16-bit numbers (2 MiB) per independently seeded piece of :func:`random_at_least`."""
 
+HELPED_FROM_PIECES = 16
+"""Pieces from which :func:`random_at_least` fills a mask on helper threads too. Right after an OpenMP op (where
+the layers draw their masks) the op's worker spins on the other core for a few milliseconds, and a helper there
+only competes with it, then delays the next op's worker. Two threads, after a product (``benchmarks/results/
+session34/mask_helpers.py``): 1.0-11.5 M numbers 0.98-1.40x the calling thread's time alone with a helper, 23 M
+0.74x, 46 M 0.68x; the hippocampus recipe's masks (at most 11.5 M numbers each) 36 against 40 ms a step."""
+
 
 def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None = None) -> Tensor:
     """Fill a 1D ``bool`` CPU tensor with ``u >= bound`` for independent uniform 16-bit signed numbers ``u``.
@@ -111,7 +118,8 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
     hippocampus step's masks on two threads 40.1 -> 35.0, 39.9 -> 36.7 and 41.9 -> 41.7 ms in three runs
     (``benchmarks/results/session32/mask_threads.py``). NumPy's steps run side by side (two threads on separate
     pieces take 1.05-1.20x one thread's time for twice the work: ``numpy_side_by_side.py`` there); what keeps the
-    masks from scaling after an OpenMP op is its worker, which spins on the second core for a while.
+    masks from scaling after an OpenMP op is its worker, which spins on the second core for a while: so a mask of
+    fewer than :data:`HELPED_FROM_PIECES` pieces is filled by the calling thread alone.
     """
     n = out.numel()
     high, low = divmod(bound + 32768, 256)  # u + 32768 >= 256 high + low, for u + 32768 in [0, 65536)
@@ -134,7 +142,7 @@ def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None =
         for i in pieces:
             fill(i)
 
-    helpers = min(torch.get_num_threads(), len(starts)) - 1
+    helpers = min(torch.get_num_threads(), len(starts)) - 1 if len(starts) >= HELPED_FROM_PIECES else 0
     futures = [_pool(helpers).submit(drain) for _ in range(helpers)]
     try:
         drain()  # the calling thread takes pieces too, instead of waiting
