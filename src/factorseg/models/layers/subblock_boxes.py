@@ -7,9 +7,9 @@ pass over a map of ``C`` values per voxel; at 128^3 with 32 channels each is 256
 Here the map is cut into boxes of whole sub-blocks (:func:`~factorseg.models.layers.windows.subblock_boxes`)
 small enough for the cache, and each box goes through its whole chain while it is there:
 
-* :func:`project_boxes`: a box's voxels, read in sub-block order (:func:`~factorseg.models.layers.windows.box_view`),
-  are normalised and projected straight into their sub-blocks, and the heads' Gram matrices and ``v0``-weighted
-  sums the NMF reads are taken from them;
+* :func:`project_boxes`: a box's voxels are normalised and projected in map order (one run of the map where the
+  box is whole planes), the ReLU writes them into their sub-blocks, and the heads' Gram matrices and
+  ``v0``-weighted sums the NMF reads are taken from those;
 * :func:`add_output_boxes`: each box's output (two thin products, the bias, the dropout mask) is added to the
   residual straight into its place in the map.
 
@@ -51,9 +51,26 @@ def _rows(t: Tensor, i: int, box: SubblockBox, edges: Sequence[int]) -> Tensor:
     return box_view(t[i], box, edges).reshape(-1, t.shape[-1])
 
 
-def _to_map(rows: Tensor, t: Tensor, i: int, box: SubblockBox, edges: Sequence[int]) -> None:
-    """Write sub-block-major ``rows`` of ``box`` into their places in map ``t`` (the inverse of :func:`_rows`)."""
-    box_view(t[i], box, edges).copy_(rows.view(*box.counts, *edges, t.shape[-1]))
+def _map_rows(t: Tensor, i: int, box: SubblockBox) -> Tensor:
+    """Batch item ``i``'s voxels of ``box`` in map ``t (B, *padded, C)``, in map order: ``(V, C)`` rows, a view where
+    the box is one run of the map (a box of whole planes), else a copy of its runs."""
+    return t[i][box.spatial].reshape(-1, t.shape[-1])
+
+
+def _subblock_order(rows: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
+    """Map-order rows ``(V, C)`` of ``box`` as its sub-blocks ``(*box.counts, *edges, C)``, a strided view."""
+    nd = len(edges)
+    split = [v for g, e in zip(box.counts, edges) for v in (g, e)]
+    return rows.view(*split, rows.shape[-1]).permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd)
+
+
+def _map_order(blocks: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
+    """Sub-block-major rows of ``box`` (``(n, Q, C)``) in map order, ``(V, C)``: a copy (the inverse of
+    :func:`_subblock_order`)."""
+    nd, c = len(edges), blocks.shape[-1]
+    grid_major = blocks.reshape(*box.counts, *edges, c)
+    order = [a for d in range(nd) for a in (d, nd + d)]
+    return grid_major.permute(*order, 2 * nd).reshape(-1, c)
 
 
 def project_boxes(
@@ -66,7 +83,7 @@ def project_boxes(
     (``M = head_dim``, the layout of :func:`~factorseg.models.layers.nmf.gram_pair`); with ``weights``
     (``(S, K, Q)``, the ``fixed_uv`` init's ``v0`` per shift and sub-block, :func:`~factorseg.models.layers.windows.subblock_weights`)
     the weighted sums of every sub-block per shift, ``(B, S, K, C')``; and with ``stats`` the LayerNorm's
-    mean and inverse deviation per voxel, sub-block-major ``(B, K, Q, 1)``, for a backward pass.
+    mean and inverse deviation per voxel, ``(B, *spatial, 1)``, for a backward pass.
     """
     bsz, c = x.shape[0], x.shape[-1]
     cout, q, m = w.shape[0], math.prod(edges), head_dim
@@ -76,19 +93,20 @@ def project_boxes(
     per_shift = None if weights is None else pool.empty((bsz, weights.shape[0], k, cout), x.dtype, x.device)
     mean = rstd = None
     if stats and norm is not None:
-        mean, rstd = (pool.empty((bsz, k, q, 1), x.dtype, x.device) for _ in range(2))
+        mean, rstd = (pool.empty((*x.shape[:-1], 1), x.dtype, x.device) for _ in range(2))
     if norm is not None:
         w, b = fold_norm(w, b, norm[0], norm[1])
     for i in range(bsz):
         for box in _boxes(lay, edges, max(c, cout), x):
-            rows = _rows(x, i, box, edges)
+            rows = _map_rows(x, i, box)  # (read in map order: one run of the map where the box is whole planes)
             if norm is not None:
                 rows, mu, sd = layer_norm_rows(rows, norm[2])
                 if mean is not None and rstd is not None:
-                    mean[i, box.k].view(-1, 1).copy_(mu)
-                    rstd[i, box.k].view(-1, 1).copy_(sd)
+                    mean[i][box.spatial].copy_(mu.view(mean[i][box.spatial].shape))
+                    rstd[i][box.spatial].copy_(sd.view(rstd[i][box.spatial].shape))
             dst = blocks[i, box.k]
-            torch.clamp_min(linear(rows, w, b), 0, out=dst.view(-1, cout))  # the ReLU, written into its box
+            h = linear(rows, w, b)  # the ReLU writes it into its sub-blocks:
+            torch.clamp_min(_subblock_order(h, box, edges), 0, out=dst.view(*box.counts, *edges, cout))
             grams[i, 0, :, box.k] = head_grams(dst, m)
             if weights is not None and per_shift is not None:
                 _shift_sums(weights[:, box.k], dst, per_shift[i, :, box.k])
@@ -200,9 +218,11 @@ class _ProjectSubblocks(torch.autograd.Function):
                     d = torch.baddbmm(d, xb, heads_to_blocks(g + g.transpose(-1, -2)))
                 if dper_shift is not None and weights is not None:  # d + sum_s w_s (x) dper_shift_s
                     d = _add_shift_products(d, weights[:, box.k], dper_shift[i, :, box.k], dgrams is not None)
-                dh = torch.ops.aten.threshold_backward(d, xb, 0).view(-1, cout)
-                rows = _rows(x, i, box, edges)
-                mu, sd = mean[i, box.k].view(-1, 1), rstd[i, box.k].view(-1, 1)
+                # The in-projection's gradient in map order (from the cache), so that the box's input and statistics
+                # are read, and its input's gradient written, in map order (one run of the map for whole planes).
+                dh = _map_order(torch.ops.aten.threshold_backward(d, xb, 0), box, edges)
+                rows = _map_rows(x, i, box)
+                mu, sd = _map_rows(mean, i, box), _map_rows(rstd, i, box)
                 if need[3] or ln_mask[1]:
                     add_row_products_(a, dh, normalized(rows, mu, sd))
                 db += dh.sum(0)
@@ -210,7 +230,7 @@ class _ProjectSubblocks(torch.autograd.Function):
                     dr = torch.ops.aten.native_layer_norm_backward(
                         linear(dh, w.t()), rows, [c], mu, sd, ln_w, ln_b, [True, False, False]
                     )[0]
-                    _to_map(dr, dx, i, box, edges)
+                    dx[i][box.spatial].copy_(dr.view(dx[i][box.spatial].shape))
         dw, dlw, dlb = norm_linear_grads(a, db, w, ln_w, ln_b)
         return (
             dx, dlw if ln_mask[1] else None, dlb if ln_mask[2] else None, dw if need[3] else None,
