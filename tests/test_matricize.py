@@ -122,8 +122,11 @@ def test_subblocks_round_trip_and_window_sums(spatial, head_dim, window, shifts)
 @pytest.mark.parametrize("spatial,head_dim,window,shifts", CASES)
 @pytest.mark.parametrize("voxels", [1, 100, 10**9])
 def test_subblock_boxes_tile_the_subblock_order(spatial, head_dim, window, shifts, voxels) -> None:
-    """The boxes' views, in turn, are ``to_subblocks`` of the map: contiguous runs of K covering it once."""
-    from factorseg.models.layers.windows import box_view, pad_channels_last, subblock_boxes, subblock_edges, to_subblocks
+    """The boxes' sub-block views, in turn, are ``to_subblocks`` of the map (contiguous runs of K covering it once), and
+    ``map_order`` takes them back."""
+    from factorseg.models.layers.windows import (
+        map_order, pad_channels_last, subblock_boxes, subblock_edges, subblock_view, to_subblocks,
+    )
 
     lay = WindowMatricize(len(spatial), head_dim, window, shifts).layout(spatial)
     edges = subblock_edges(lay)
@@ -136,9 +139,11 @@ def test_subblock_boxes_tile_the_subblock_order(spatial, head_dim, window, shift
     assert all((b.k.stop - b.k.start) * q <= max(voxels, q) for b in boxes)  # cache-sized, at least one sub-block
     for i in range(2):
         for box in boxes:
-            view = box_view(x[i], box, edges)
+            rows = x[i][box.spatial].reshape(-1, 3)  # the box's voxels in map order
+            view = subblock_view(rows, box, edges)
             assert view.shape[:-1] == (*box.counts, *edges)
             assert torch.equal(view.reshape(-1, q, 3), blocks[i, box.k])
+            assert torch.equal(map_order(blocks[i, box.k], box, edges), rows)
 
 
 @pytest.mark.parametrize("dim", [0, 1, 2, 3])

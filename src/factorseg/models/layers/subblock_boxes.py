@@ -10,8 +10,8 @@ small enough for the cache, and each box goes through its whole chain while it i
 * :func:`project_boxes`: a box's voxels are normalised and projected in map order (one run of the map where the
   box is whole planes), the ReLU writes them into their sub-blocks, and the heads' Gram matrices and
   ``v0``-weighted sums the NMF reads are taken from those;
-* :func:`add_output_boxes`: each box's output (two thin products, the bias, the dropout mask) is added to the
-  residual straight into its place in the map.
+* :func:`add_output_boxes`: each box's output (two thin products, the bias) is laid out in map order in the cache,
+  and the dropout mask and the residual sum are applied on the way into its place in the map.
 
 Both serve inference as they are, and training as autograd functions (:func:`project_subblocks`,
 :func:`add_subblock_output`) whose backward passes run box by box the same way, recomputing the cheap
@@ -35,7 +35,7 @@ from factorseg.models.layers.dropout import Keep, as_factor
 from factorseg.models.layers.fastpath import add_row_products_, block_rows, linear
 from factorseg.models.layers.nmf import head_grams, heads_to_blocks
 from factorseg.models.layers.norm import fold_norm, layer_norm_rows, norm_linear_grads, normalized
-from factorseg.models.layers.windows import SubblockBox, WindowLayout, box_view, subblock_boxes
+from factorseg.models.layers.windows import SubblockBox, WindowLayout, map_order, subblock_boxes, subblock_view
 
 Norm = tuple[Tensor | None, Tensor | None, float]
 """A LayerNorm over the channels as ``(weight, bias, eps)``."""
@@ -46,31 +46,10 @@ def _boxes(lay: WindowLayout, edges: Sequence[int], width: int, t: Tensor) -> tu
     return subblock_boxes(lay, tuple(edges), block_rows(width, t.element_size()))
 
 
-def _rows(t: Tensor, i: int, box: SubblockBox, edges: Sequence[int]) -> Tensor:
-    """Batch item ``i``'s voxels of ``box`` in map ``t (B, *padded, C)``, sub-block-major: a ``(V, C)`` copy."""
-    return box_view(t[i], box, edges).reshape(-1, t.shape[-1])
-
-
 def _map_rows(t: Tensor, i: int, box: SubblockBox) -> Tensor:
     """Batch item ``i``'s voxels of ``box`` in map ``t (B, *padded, C)``, in map order: ``(V, C)`` rows, a view where
     the box is one run of the map (a box of whole planes), else a copy of its runs."""
     return t[i][box.spatial].reshape(-1, t.shape[-1])
-
-
-def _subblock_order(rows: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
-    """Map-order rows ``(V, C)`` of ``box`` as its sub-blocks ``(*box.counts, *edges, C)``, a strided view."""
-    nd = len(edges)
-    split = [v for g, e in zip(box.counts, edges) for v in (g, e)]
-    return rows.view(*split, rows.shape[-1]).permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd)
-
-
-def _map_order(blocks: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
-    """Sub-block-major rows of ``box`` (``(n, Q, C)``) in map order, ``(V, C)``: a copy (the inverse of
-    :func:`_subblock_order`)."""
-    nd, c = len(edges), blocks.shape[-1]
-    grid_major = blocks.reshape(*box.counts, *edges, c)
-    order = [a for d in range(nd) for a in (d, nd + d)]
-    return grid_major.permute(*order, 2 * nd).reshape(-1, c)
 
 
 def project_boxes(
@@ -106,7 +85,7 @@ def project_boxes(
                     rstd[i][box.spatial].copy_(sd.view(rstd[i][box.spatial].shape))
             dst = blocks[i, box.k]
             h = linear(rows, w, b)  # the ReLU writes it into its sub-blocks:
-            torch.clamp_min(_subblock_order(h, box, edges), 0, out=dst.view(*box.counts, *edges, cout))
+            torch.clamp_min(subblock_view(h, box, edges), 0, out=dst.view(*box.counts, *edges, cout))
             grams[i, 0, :, box.k] = head_grams(dst, m)
             if weights is not None and per_shift is not None:
                 _shift_sums(weights[:, box.k], dst, per_shift[i, :, box.k])
@@ -168,9 +147,11 @@ def add_output_boxes(
             rec = torch.bmm(torch.bmm(blocks[i, box.k], left[i, box.k].transpose(1, 2)), right[i, box.k])
             if bias is not None:
                 rec = rec.add_(bias)
+            rec = map_order(rec, box, edges)  # (in the cache; the mask, residual and output are then read and written in map order)
             if keep is not None:
-                rec = rec.mul_(as_factor(_rows(keep[0], i, box, edges), rec.dtype).mul_(keep[1]).view(rec.shape))
-            torch.add(box_view(residual[i], box, edges), rec.view(*box.counts, *edges, c), out=box_view(out[i], box, edges))
+                rec = rec.mul_(as_factor(_map_rows(keep[0], i, box), rec.dtype).mul_(keep[1]))
+            place = residual[i][box.spatial]
+            torch.add(place, rec.view(place.shape), out=out[i][box.spatial])
     return out
 
 
@@ -220,7 +201,7 @@ class _ProjectSubblocks(torch.autograd.Function):
                     d = _add_shift_products(d, weights[:, box.k], dper_shift[i, :, box.k], dgrams is not None)
                 # The in-projection's gradient in map order (from the cache), so that the box's input and statistics
                 # are read, and its input's gradient written, in map order (one run of the map for whole planes).
-                dh = _map_order(torch.ops.aten.threshold_backward(d, xb, 0), box, edges)
+                dh = map_order(torch.ops.aten.threshold_backward(d, xb, 0), box, edges)
                 rows = _map_rows(x, i, box)
                 mu, sd = _map_rows(mean, i, box), _map_rows(rstd, i, box)
                 if need[3] or ln_mask[1]:
@@ -271,12 +252,12 @@ class _AddSubblockOutput(torch.autograd.Function):
         dbias = blocks.new_zeros(c) if need[4] and has_bias else None
         for i in range(bsz):
             for box in _boxes(lay, edges, c, blocks):
-                g = _rows(dout, i, box, edges)
+                g = _map_rows(dout, i, box)  # (read in map order, then laid out in sub-blocks in the cache)
                 if mask is not None:
-                    g = g.mul_(as_factor(_rows(mask, i, box, edges), g.dtype).mul_(scale))
+                    g = torch.mul(g, as_factor(_map_rows(mask, i, box), g.dtype).mul_(scale))
                 if dbias is not None:
                     dbias += g.sum(0)
-                g = g.view(-1, q, c)
+                g = subblock_view(g, box, edges).reshape(-1, q, c)
                 xb, lb, rb = blocks[i, box.k], left[i, box.k], right[i, box.k]
                 if dright is not None:
                     torch.bmm(torch.bmm(xb, lb.transpose(1, 2)).transpose(1, 2), g, out=dright[i, box.k])

@@ -412,7 +412,7 @@ def subblock_boxes(lay: WindowLayout, edges: tuple[int, ...], voxels: int) -> tu
 
     For kernels that go from the map to its sub-blocks (or back) one cache-sized box at a time: a box
     fixes the grid index of the first axes, takes a range of the next one and all of the others, so its
-    sub-blocks are one contiguous run of ``K`` and its voxels one strided view of the map (:func:`box_view`).
+    sub-blocks are one contiguous run of ``K`` and its voxels one box of the map (:func:`subblock_view`).
     """
     grid = [p // e for p, e in zip(lay.padded, edges)]
     q, nd = math.prod(edges), len(edges)
@@ -441,13 +441,20 @@ def subblock_boxes(lay: WindowLayout, edges: tuple[int, ...], voxels: int) -> tu
     return tuple(boxes)
 
 
-def box_view(x: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
-    """The voxels of ``box`` in a channels-last map of one batch item ``(*padded, C)``, sub-block-major:
-    a ``(*box.counts, *edges, C)`` view (its :meth:`~torch.Tensor.reshape` to ``(n, Q, C)`` is those
-    sub-blocks of :func:`to_subblocks`)."""
+def subblock_view(rows: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
+    """A box's voxels, as map-order rows ``(V, C)`` (of ``x[box.spatial]``), sub-block-major: a
+    ``(*box.counts, *edges, C)`` view (its :meth:`~torch.Tensor.reshape` to ``(n, Q, C)`` is those sub-blocks of
+    :func:`to_subblocks`)."""
     nd = len(edges)
     split = [v for g, e in zip(box.counts, edges) for v in (g, e)]
-    return x[box.spatial].view(*split, x.shape[-1]).permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd)
+    return rows.view(*split, rows.shape[-1]).permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd)
+
+
+def map_order(blocks: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
+    """The inverse of :func:`subblock_view`: a box's sub-blocks ``(n, Q, C)`` as map-order rows ``(V, C)`` (a copy)."""
+    nd, c = len(edges), blocks.shape[-1]
+    order = [a for d in range(nd) for a in (d, nd + d)]
+    return blocks.reshape(*box.counts, *edges, c).permute(*order, 2 * nd).reshape(-1, c)
 
 
 def _subblock_layout(lay: WindowLayout, edges: Sequence[int]) -> WindowLayout:
