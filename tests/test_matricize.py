@@ -144,6 +144,7 @@ def test_subblock_boxes_tile_the_subblock_order(spatial, head_dim, window, shift
             assert view.shape[:-1] == (*box.counts, *edges)
             assert torch.equal(view.reshape(-1, q, 3), blocks[i, box.k])
             assert torch.equal(map_order(blocks[i, box.k], box, edges), rows)
+            assert torch.equal(subblock_view(x[i][box.spatial], box, edges), view)  # the box itself, any strides
 
 
 @pytest.mark.parametrize("dim", [0, 1, 2, 3])

@@ -10,8 +10,8 @@ small enough for the cache, and each box goes through its whole chain while it i
 * :func:`project_boxes`: a box's voxels are normalised and projected in map order (one run of the map where the
   box is whole planes), the ReLU writes them into their sub-blocks, and the heads' Gram matrices and
   ``v0``-weighted sums the NMF reads are taken from those;
-* :func:`add_output_boxes`: each box's output (two thin products, the bias) is laid out in map order in the cache,
-  and the dropout mask and the residual sum are applied on the way into its place in the map.
+* :func:`add_output_boxes`: each box's output (two thin products, the bias) is added to the residual straight into
+  its place in the map; with a dropout mask, it is laid out in map order in the cache first and masked there.
 
 Both serve inference as they are, and training as autograd functions (:func:`project_subblocks`,
 :func:`add_subblock_output`) whose backward passes run box by box the same way, recomputing the cheap
@@ -46,10 +46,28 @@ def _boxes(lay: WindowLayout, edges: Sequence[int], width: int, t: Tensor) -> tu
     return subblock_boxes(lay, tuple(edges), block_rows(width, t.element_size()))
 
 
-def _map_rows(t: Tensor, i: int, box: SubblockBox) -> Tensor:
-    """Batch item ``i``'s voxels of ``box`` in map ``t (B, *padded, C)``, in map order: ``(V, C)`` rows, a view where
-    the box is one run of the map (a box of whole planes), else a copy of its runs."""
-    return t[i][box.spatial].reshape(-1, t.shape[-1])
+def _one_run(t: Tensor, i: int, box: SubblockBox) -> bool:
+    """Whether ``box``'s voxels are one run of batch item ``i`` of map ``t`` (a box of whole planes): then it is read
+    and written in map order, so that the map is streamed (a scattered write into a cold map took 3-4x a gather's
+    time; ``benchmarks/results/session34/mixer_step.txt``). Otherwise (a box of parts of planes) in sub-block
+    order, where map order would add a copy of its runs (the BraTS preset's in-projection at 128^3: 1.1-1.3x)."""
+    return t[i][box.spatial].is_contiguous()
+
+
+def _box_rows(t: Tensor, i: int, box: SubblockBox, edges: Sequence[int], map_order: bool) -> Tensor:
+    """Batch item ``i``'s voxels of ``box`` in map ``t (B, *padded, C)`` as ``(V, C)`` rows: in map order (a view of a
+    run, :func:`_one_run`), else sub-block-major (a gathered copy)."""
+    place = t[i][box.spatial]
+    return place.view(-1, t.shape[-1]) if map_order else subblock_view(place, box, edges).reshape(-1, t.shape[-1])
+
+
+def _put_box_rows(rows: Tensor, t: Tensor, i: int, box: SubblockBox, edges: Sequence[int], map_order: bool) -> None:
+    """Write ``rows``, ordered as :func:`_box_rows` gives them, into their places in map ``t``."""
+    place = t[i][box.spatial]
+    if map_order:
+        place.copy_(rows.view(place.shape))
+    else:
+        subblock_view(place, box, edges).copy_(rows.view(*box.counts, *edges, t.shape[-1]))
 
 
 def project_boxes(
@@ -77,15 +95,19 @@ def project_boxes(
         w, b = fold_norm(w, b, norm[0], norm[1])
     for i in range(bsz):
         for box in _boxes(lay, edges, max(c, cout), x):
-            rows = _map_rows(x, i, box)  # (read in map order: one run of the map where the box is whole planes)
+            in_map = _one_run(x, i, box)
+            rows = _box_rows(x, i, box, edges, in_map)
             if norm is not None:
                 rows, mu, sd = layer_norm_rows(rows, norm[2])
                 if mean is not None and rstd is not None:
-                    mean[i][box.spatial].copy_(mu.view(mean[i][box.spatial].shape))
-                    rstd[i][box.spatial].copy_(sd.view(rstd[i][box.spatial].shape))
+                    _put_box_rows(mu, mean, i, box, edges, in_map)
+                    _put_box_rows(sd, rstd, i, box, edges, in_map)
             dst = blocks[i, box.k]
-            h = linear(rows, w, b)  # the ReLU writes it into its sub-blocks:
-            torch.clamp_min(subblock_view(h, box, edges), 0, out=dst.view(*box.counts, *edges, cout))
+            h = linear(rows, w, b)  # the ReLU writes it into its sub-blocks
+            if in_map:
+                torch.clamp_min(subblock_view(h, box, edges), 0, out=dst.view(*box.counts, *edges, cout))
+            else:
+                torch.clamp_min(h, 0, out=dst.view(-1, cout))
             grams[i, 0, :, box.k] = head_grams(dst, m)
             if weights is not None and per_shift is not None:
                 _shift_sums(weights[:, box.k], dst, per_shift[i, :, box.k])
@@ -147,11 +169,18 @@ def add_output_boxes(
             rec = torch.bmm(torch.bmm(blocks[i, box.k], left[i, box.k].transpose(1, 2)), right[i, box.k])
             if bias is not None:
                 rec = rec.add_(bias)
-            rec = map_order(rec, box, edges)  # (in the cache; the mask, residual and output are then read and written in map order)
+            place, dst = residual[i][box.spatial], out[i][box.spatial]
+            # With a mask on a run of the map, the output is laid out in map order in the cache first, so that the
+            # mask is read as it lies; otherwise one pass in sub-block order.
+            in_map = keep is not None and _one_run(residual, i, box) and _one_run(keep[0], i, box)
+            rec = map_order(rec, box, edges) if in_map else rec.view(-1, c)
             if keep is not None:
-                rec = rec.mul_(as_factor(_map_rows(keep[0], i, box), rec.dtype).mul_(keep[1]))
-            place = residual[i][box.spatial]
-            torch.add(place, rec.view(place.shape), out=out[i][box.spatial])
+                rec = rec.mul_(as_factor(_box_rows(keep[0], i, box, edges, in_map), rec.dtype).mul_(keep[1]))
+            if in_map:
+                torch.add(place, rec.view(place.shape), out=dst)
+            else:
+                torch.add(subblock_view(place, box, edges), rec.view(*box.counts, *edges, c),
+                          out=subblock_view(dst, box, edges))
     return out
 
 
@@ -199,11 +228,13 @@ class _ProjectSubblocks(torch.autograd.Function):
                     d = torch.baddbmm(d, xb, heads_to_blocks(g + g.transpose(-1, -2)))
                 if dper_shift is not None and weights is not None:  # d + sum_s w_s (x) dper_shift_s
                     d = _add_shift_products(d, weights[:, box.k], dper_shift[i, :, box.k], dgrams is not None)
-                # The in-projection's gradient in map order (from the cache), so that the box's input and statistics
-                # are read, and its input's gradient written, in map order (one run of the map for whole planes).
-                dh = map_order(torch.ops.aten.threshold_backward(d, xb, 0), box, edges)
-                rows = _map_rows(x, i, box)
-                mu, sd = _map_rows(mean, i, box), _map_rows(rstd, i, box)
+                # On a run of the map, the in-projection's gradient is laid out in map order (from the cache), so that
+                # the box's input and statistics are read, and its input's gradient written, as they lie.
+                in_map = _one_run(x, i, box)
+                dh = torch.ops.aten.threshold_backward(d, xb, 0)
+                dh = map_order(dh, box, edges) if in_map else dh.view(-1, cout)
+                rows = _box_rows(x, i, box, edges, in_map)
+                mu, sd = (_box_rows(t, i, box, edges, in_map) for t in (mean, rstd))
                 if need[3] or ln_mask[1]:
                     add_row_products_(a, dh, normalized(rows, mu, sd))
                 db += dh.sum(0)
@@ -211,7 +242,7 @@ class _ProjectSubblocks(torch.autograd.Function):
                     dr = torch.ops.aten.native_layer_norm_backward(
                         linear(dh, w.t()), rows, [c], mu, sd, ln_w, ln_b, [True, False, False]
                     )[0]
-                    dx[i][box.spatial].copy_(dr.view(dx[i][box.spatial].shape))
+                    _put_box_rows(dr, dx, i, box, edges, in_map)
         dw, dlw, dlb = norm_linear_grads(a, db, w, ln_w, ln_b)
         return (
             dx, dlw if ln_mask[1] else None, dlb if ln_mask[2] else None, dw if need[3] else None,
@@ -252,12 +283,13 @@ class _AddSubblockOutput(torch.autograd.Function):
         dbias = blocks.new_zeros(c) if need[4] and has_bias else None
         for i in range(bsz):
             for box in _boxes(lay, edges, c, blocks):
-                g = _map_rows(dout, i, box)  # (read in map order, then laid out in sub-blocks in the cache)
+                in_map = mask is not None and _one_run(dout, i, box) and _one_run(mask, i, box)  # (as in the forward)
+                g = _box_rows(dout, i, box, edges, in_map)  # (a view of dout in map order: not to be written into)
                 if mask is not None:
-                    g = torch.mul(g, as_factor(_map_rows(mask, i, box), g.dtype).mul_(scale))
+                    g = torch.mul(g, as_factor(_box_rows(mask, i, box, edges, in_map), g.dtype).mul_(scale))
                 if dbias is not None:
                     dbias += g.sum(0)
-                g = subblock_view(g, box, edges).reshape(-1, q, c)
+                g = subblock_view(g, box, edges).reshape(-1, q, c) if in_map else g.view(-1, q, c)
                 xb, lb, rb = blocks[i, box.k], left[i, box.k], right[i, box.k]
                 if dright is not None:
                     torch.bmm(torch.bmm(xb, lb.transpose(1, 2)).transpose(1, 2), g, out=dright[i, box.k])

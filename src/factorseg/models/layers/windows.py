@@ -441,13 +441,13 @@ def subblock_boxes(lay: WindowLayout, edges: tuple[int, ...], voxels: int) -> tu
     return tuple(boxes)
 
 
-def subblock_view(rows: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
-    """A box's voxels, as map-order rows ``(V, C)`` (of ``x[box.spatial]``), sub-block-major: a
+def subblock_view(t: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
+    """A box's voxels, as ``x[box.spatial]`` (any strides) or its map-order rows ``(V, C)``, sub-block-major: a
     ``(*box.counts, *edges, C)`` view (its :meth:`~torch.Tensor.reshape` to ``(n, Q, C)`` is those sub-blocks of
     :func:`to_subblocks`)."""
     nd = len(edges)
     split = [v for g, e in zip(box.counts, edges) for v in (g, e)]
-    return rows.view(*split, rows.shape[-1]).permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd)
+    return t.view(*split, t.shape[-1]).permute(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2), 2 * nd)
 
 
 def map_order(blocks: Tensor, box: SubblockBox, edges: Sequence[int]) -> Tensor:
