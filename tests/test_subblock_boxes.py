@@ -184,3 +184,30 @@ def test_shift_products_match_einsum(shape: tuple[int, int, int]) -> None:
         result = _add_shift_products(target, weights, grads, inplace)
         torch.testing.assert_close(result, expected)
         assert (result is target) if inplace else torch.equal(target, d)  # d itself left as it was
+
+
+@pytest.mark.parametrize("box_bytes", [None, 4 * 8 * 8 * 3], ids=["whole-planes", "parts-of-planes"])
+def test_strided_output_gradient_and_mask_in_map_order(box_bytes: int | None, monkeypatch) -> None:
+    """Boxes of whole planes are read and written in map order, boxes of parts of planes in sub-block order; an output
+    gradient that is not contiguous (its boxes then not runs of the map) takes the latter: every way gives the window
+    path's output and gradients, with a dropout mask on the output."""
+    if box_bytes is not None:
+        monkeypatch.setattr(fastpath, "ROW_BLOCK_BYTES", box_bytes)
+    torch.manual_seed(0)
+    mixer = NMFMixer(16, 3, head_dim=8, window_size=4, shifts=[0, 2], nmf=NMFConfig(num_iters=3)).double()
+    norm = torch.nn.LayerNorm(16).double()
+    x0 = torch.rand(2, 8, 12, 8, 16, dtype=torch.float64)
+    keep = keep_mask((2, 8, 12, 8, 16), 0.2, x0.device)
+    grad = torch.randn(2, 8, 12, 8, 16, dtype=torch.float64)
+    strided = grad.transpose(1, 2).contiguous().transpose(1, 2)  # the same values, other strides
+    results = []
+    for path, g in (("windows", grad), ("subblocks", grad), ("subblocks", strided)):
+        net = with_mixer_path(mixer, path)
+        x = x0.clone().requires_grad_()
+        out = net(x, norm=norm, channels_last=True, add_input=True, keep=keep)
+        out.backward(g)
+        results.append((out.detach(), x.grad, *(p.grad for p in (*net.parameters(), *norm.parameters()))))
+        norm.zero_grad()
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            torch.testing.assert_close(a, b)
