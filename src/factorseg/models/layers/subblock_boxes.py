@@ -80,7 +80,8 @@ def project_boxes(
     (``M = head_dim``, the layout of :func:`~factorseg.models.layers.nmf.gram_pair`); with ``weights``
     (``(S, K, Q)``, the ``fixed_uv`` init's ``v0`` per shift and sub-block, :func:`~factorseg.models.layers.windows.subblock_weights`)
     the weighted sums of every sub-block per shift, ``(B, S, K, C')``; and with ``stats`` the LayerNorm's
-    mean and inverse deviation per voxel, ``(B, *spatial, 1)``, for a backward pass.
+    mean and inverse deviation per voxel, ``(B, K, Q, 1)``: each box's under its sub-blocks, in the order its rows
+    were normalised (:func:`_one_run`), for a backward pass.
     """
     bsz, c = x.shape[0], x.shape[-1]
     cout, q, m = w.shape[0], math.prod(edges), head_dim
@@ -90,7 +91,7 @@ def project_boxes(
     per_shift = None if weights is None else pool.empty((bsz, weights.shape[0], k, cout), x.dtype, x.device)
     mean = rstd = None
     if stats and norm is not None:
-        mean, rstd = (pool.empty((*x.shape[:-1], 1), x.dtype, x.device) for _ in range(2))
+        mean, rstd = (pool.empty((bsz, k, q, 1), x.dtype, x.device) for _ in range(2))
     if norm is not None:
         w, b = fold_norm(w, b, norm[0], norm[1])
     for i in range(bsz):
@@ -99,9 +100,9 @@ def project_boxes(
             rows = _box_rows(x, i, box, edges, in_map)
             if norm is not None:
                 rows, mu, sd = layer_norm_rows(rows, norm[2])
-                if mean is not None and rstd is not None:
-                    _put_box_rows(mu, mean, i, box, edges, in_map)
-                    _put_box_rows(sd, rstd, i, box, edges, in_map)
+                if mean is not None and rstd is not None:  # (contiguous, in the rows' order, whichever it is)
+                    mean[i, box.k].view(-1, 1).copy_(mu)
+                    rstd[i, box.k].view(-1, 1).copy_(sd)
             dst = blocks[i, box.k]
             h = linear(rows, w, b)  # the ReLU writes it into its sub-blocks
             if in_map:
@@ -234,7 +235,7 @@ class _ProjectSubblocks(torch.autograd.Function):
                 dh = torch.ops.aten.threshold_backward(d, xb, 0)
                 dh = map_order(dh, box, edges) if in_map else dh.view(-1, cout)
                 rows = _box_rows(x, i, box, edges, in_map)
-                mu, sd = (_box_rows(t, i, box, edges, in_map) for t in (mean, rstd))
+                mu, sd = mean[i, box.k].view(-1, 1), rstd[i, box.k].view(-1, 1)
                 if need[3] or ln_mask[1]:
                     add_row_products_(a, dh, normalized(rows, mu, sd))
                 db += dh.sum(0)
@@ -285,8 +286,9 @@ class _AddSubblockOutput(torch.autograd.Function):
             for box in _boxes(lay, edges, c, blocks):
                 in_map = mask is not None and _one_run(dout, i, box) and _one_run(mask, i, box)  # (as in the forward)
                 g = _box_rows(dout, i, box, edges, in_map)  # (a view of dout in map order: not to be written into)
-                if mask is not None:
-                    g = torch.mul(g, as_factor(_box_rows(mask, i, box, edges, in_map), g.dtype).mul_(scale))
+                if mask is not None:  # (into the gathered copy; out of place on the view of dout)
+                    factor = as_factor(_box_rows(mask, i, box, edges, in_map), g.dtype).mul_(scale)
+                    g = torch.mul(g, factor) if in_map else g.mul_(factor)
                 if dbias is not None:
                     dbias += g.sum(0)
                 g = subblock_view(g, box, edges).reshape(-1, q, c) if in_map else g.view(-1, q, c)
