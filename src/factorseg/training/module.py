@@ -58,8 +58,8 @@ def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) 
     """AdamW, one fused kernel per step where PyTorch has it for every parameter (floating point, on the CPU or
     a CUDA device); elsewhere PyTorch's default. The same update up to rounding: on the CPU the default is a
     loop of a dozen small operations per parameter tensor, which for the hippocampus recipe's SegResNet (83
-    tensors, 4.7 M values) took 13.8 ms a step against 1.9 fused, and 2.0 against 0.4 for its Factorizer (two
-    threads, ``benchmarks/results/session34/adamw.py``)."""
+    tensors, 4.7 M values) took 8.5-13.8 ms a step against 1.9 fused, and 2.0 against 0.4 for its Factorizer (two
+    threads, two runs: ``benchmarks/results/session34/adamw.py``, ``adamw_2threads.txt``)."""
     params = list(params)
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True if fused else None)

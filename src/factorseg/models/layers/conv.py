@@ -101,7 +101,7 @@ class _PointwiseToChannelsFirst(torch.autograd.Function):
         if need[1]:
             dw = torch.zeros_like(w)
             for gi, ri in zip(g, rows):
-                add_row_products_(dw, gi.t(), ri)  # (no transposed copy: 0.69 -> 0.15 ms a level-1 hippocampus item)
+                add_row_products_(dw, gi.t(), ri)  # (no transposed copy: benchmarks/results/session34/head_backward.py)
         db = g.sum(dim=(0, 2)) if ctx.has_bias and need[2] else None
         return dx, dw, db
 

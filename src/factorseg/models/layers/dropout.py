@@ -96,8 +96,9 @@ HELPED_FROM_PIECES = 16
 """Pieces from which :func:`random_at_least` fills a mask on helper threads too. Right after an OpenMP op (where
 the layers draw their masks) the op's worker spins on the other core for a few milliseconds, and a helper there
 only competes with it, then delays the next op's worker. Two threads, after a product (``benchmarks/results/
-session34/mask_helpers.py``): 1.0-11.5 M numbers 0.98-1.40x the calling thread's time alone with a helper, 23 M
-0.74x, 46 M 0.68x; the hippocampus recipe's masks (at most 11.5 M numbers each) 36 against 40 ms a step."""
+session34/mask_helpers.py``, ``mask_helpers.txt``): with a helper, 1.0-5.7 M numbers took 1.05-1.12x the calling
+thread's time alone, 11.5 M 0.97x, 23 M 0.82x, 46 M 0.73x. (The hippocampus recipe's masks, at most 11.5 M numbers
+each: its step level within the noise, ``tries/toggle3.py`` there.)"""
 
 
 def random_at_least(out: Tensor, bound: int, generator: torch.Generator | None = None) -> Tensor:

@@ -48,9 +48,10 @@ def _boxes(lay: WindowLayout, edges: Sequence[int], width: int, t: Tensor) -> tu
 
 def _one_run(t: Tensor, i: int, box: SubblockBox) -> bool:
     """Whether ``box``'s voxels are one run of batch item ``i`` of map ``t`` (a box of whole planes): then it is read
-    and written in map order, so that the map is streamed (a scattered write into a cold map took 3-4x a gather's
-    time; ``benchmarks/results/session34/mixer_step.txt``). Otherwise (a box of parts of planes) in sub-block
-    order, where map order would add a copy of its runs (the BraTS preset's in-projection at 128^3: 1.1-1.3x)."""
+    and written in map order, so that the map is streamed instead of gathered from and scattered into (the
+    hippocampus recipe's first-level mixer, training step: 1-10 % faster, ``benchmarks/results/session34/
+    mixer_step*.txt``). Otherwise (a box of parts of planes) in sub-block order, where map order would add a copy of
+    its runs (the BraTS preset's in-projection at 128^3: 1.08-1.11x the time, ``mixer_128.txt``)."""
     return t[i][box.spatial].is_contiguous()
 
 
@@ -68,6 +69,13 @@ def _put_box_rows(rows: Tensor, t: Tensor, i: int, box: SubblockBox, edges: Sequ
         place.copy_(rows.view(place.shape))
     else:
         subblock_view(place, box, edges).copy_(rows.view(*box.counts, *edges, t.shape[-1]))
+
+
+def _times_mask(t: Tensor, mask_rows: Tensor, scale: float, in_place: bool) -> Tensor:
+    """``t`` times the dropout mask's rows (ordered as ``t``'s) and ``scale``: in place, or into a new tensor. (The
+    mask's factors die here, so that the next box reuses their memory while it is in the cache.)"""
+    factor = as_factor(mask_rows, t.dtype).mul_(scale)
+    return t.mul_(factor) if in_place else torch.mul(t, factor)
 
 
 def project_boxes(
@@ -104,11 +112,13 @@ def project_boxes(
                     mean[i, box.k].view(-1, 1).copy_(mu)
                     rstd[i, box.k].view(-1, 1).copy_(sd)
             dst = blocks[i, box.k]
-            h = linear(rows, w, b)  # the ReLU writes it into its sub-blocks
+            # The ReLU writes the product into its sub-blocks. (No name holds the product: a box's temporaries are
+            # freed before the next box's, which then reuses their memory while it is in the cache.)
             if in_map:
-                torch.clamp_min(subblock_view(h, box, edges), 0, out=dst.view(*box.counts, *edges, cout))
+                torch.clamp_min(subblock_view(linear(rows, w, b), box, edges), 0,
+                                out=dst.view(*box.counts, *edges, cout))
             else:
-                torch.clamp_min(h, 0, out=dst.view(-1, cout))
+                torch.clamp_min(linear(rows, w, b), 0, out=dst.view(-1, cout))
             grams[i, 0, :, box.k] = head_grams(dst, m)
             if weights is not None and per_shift is not None:
                 _shift_sums(weights[:, box.k], dst, per_shift[i, :, box.k])
@@ -176,7 +186,7 @@ def add_output_boxes(
             in_map = keep is not None and _one_run(residual, i, box) and _one_run(keep[0], i, box)
             rec = map_order(rec, box, edges) if in_map else rec.view(-1, c)
             if keep is not None:
-                rec = rec.mul_(as_factor(_box_rows(keep[0], i, box, edges, in_map), rec.dtype).mul_(keep[1]))
+                rec = _times_mask(rec, _box_rows(keep[0], i, box, edges, in_map), keep[1], in_place=True)
             if in_map:
                 torch.add(place, rec.view(place.shape), out=dst)
             else:
@@ -287,8 +297,7 @@ class _AddSubblockOutput(torch.autograd.Function):
                 in_map = mask is not None and _one_run(dout, i, box) and _one_run(mask, i, box)  # (as in the forward)
                 g = _box_rows(dout, i, box, edges, in_map)  # (a view of dout in map order: not to be written into)
                 if mask is not None:  # (into the gathered copy; out of place on the view of dout)
-                    factor = as_factor(_box_rows(mask, i, box, edges, in_map), g.dtype).mul_(scale)
-                    g = torch.mul(g, factor) if in_map else g.mul_(factor)
+                    g = _times_mask(g, _box_rows(mask, i, box, edges, in_map), scale, in_place=not in_map)
                 if dbias is not None:
                     dbias += g.sum(0)
                 g = subblock_view(g, box, edges).reshape(-1, q, c) if in_map else g.view(-1, q, c)
